@@ -1,0 +1,24 @@
+"""Hearth's inference engine: catalog, loading, continuous batching, sampling, detokenization.
+
+The server imports only what is exported here.
+"""
+
+from engine.config import ModelConfig
+from engine.engine import Engine
+from engine.prompt import ChatTemplateError, render_chat
+from engine.registry import ModelLoadError, ModelRegistry, UnknownModelError
+from engine.request import Delta, EngineStats, FinishReason, SamplingParams
+
+__all__ = [
+    "ChatTemplateError",
+    "Delta",
+    "Engine",
+    "EngineStats",
+    "FinishReason",
+    "ModelConfig",
+    "ModelLoadError",
+    "ModelRegistry",
+    "SamplingParams",
+    "UnknownModelError",
+    "render_chat",
+]

@@ -1,0 +1,152 @@
+"""Attention over the slot KV cache, plugged into transformers' attention interface.
+
+One engine step runs every scheduled token of every sequence as one packed row
+(`input_ids: [1, T]`): decode tokens first (one per decoding sequence, plus padding that
+rounds T up to a multiple of 4), then prefill chunks. The model's own layers do the
+projections, norms and rotary embeddings; this function writes the new keys and values
+into their slots and attends over each sequence's cached prefix.
+
+Batch invariance: greedy output must not depend on which other requests share the batch.
+CPU BLAS kernels give a row different bits depending on where it sits in a matrix, so every
+product here keeps the same shape class for a given row: query rows are padded to a
+multiple of 4 per (slot, kv head), key lengths are rounded up to whole `KV_BLOCK`s, and
+`probs @ V` is summed block by block in a fixed order, so padding only ever adds exact zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engine.kv_cache import SlotKVCache
+
+KV_BLOCK = 256
+ROW_MULTIPLE = 4
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+@dataclass
+class PrefillChunk:
+    """`count` prompt tokens at positions [start_pos, start_pos + count) of one slot."""
+
+    token_start: int  # index of the chunk's first token in the packed row
+    count: int
+    slot: int
+    start_pos: int
+
+    @property
+    def kv_len(self) -> int:
+        return round_up(self.start_pos + self.count, KV_BLOCK)
+
+
+@dataclass
+class StepMeta:
+    """Everything attention needs to know about one packed step. Built once, read by every layer."""
+
+    cache: SlotKVCache
+    write_slots: torch.Tensor  # [T] slot of each token
+    write_pos: torch.Tensor  # [T] position of each token
+    decode_tokens: int  # the first `decode_tokens` tokens are decode tokens (incl. padding)
+    decode_slots: torch.Tensor  # [decode_tokens]
+    decode_lens: torch.Tensor  # [view_slots] kv length per slot row (0 for rows not decoding)
+    view_slots: int  # decode attention reads slots [0, view_slots)
+    decode_kv_len: int  # multiple of KV_BLOCK
+    prefills: list[PrefillChunk]
+    _bias: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
+
+    def decode_bias(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask [view_slots, 1, 1, decode_kv_len]: 0 where a slot row may look, -inf elsewhere."""
+        key = ("decode", window, dtype)
+        if key not in self._bias:
+            j = torch.arange(self.decode_kv_len, device=self.decode_lens.device)[None, :]
+            lens = self.decode_lens[:, None]
+            ok = (j < lens) | (lens == 0)  # idle rows see zeros: finite garbage, never used
+            if window is not None:
+                ok &= j >= lens - window
+            self._bias[key] = _additive(ok, dtype)[:, None, None, :]
+        return self._bias[key]
+
+    def prefill_bias(self, i: int, groups: int, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """Additive causal mask [rows, kv_len] for chunk i; rows = count * groups rounded up."""
+        key = ("prefill", i, groups, window, dtype)
+        if key not in self._bias:
+            chunk = self.prefills[i]
+            rows = round_up(chunk.count * groups, ROW_MULTIPLE)
+            device = self.write_pos.device
+            pos = chunk.start_pos + torch.arange(rows, device=device) // groups  # [rows]
+            pos = pos.clamp(max=chunk.start_pos + chunk.count - 1)
+            j = torch.arange(chunk.kv_len, device=device)[None, :]
+            ok = j <= pos[:, None]
+            if window is not None:
+                ok &= j > pos[:, None] - window
+            self._bias[key] = _additive(ok, dtype)
+        return self._bias[key]
+
+
+def _additive(ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    zero = torch.zeros((), dtype=dtype, device=ok.device)
+    return torch.where(ok, zero, torch.tensor(float("-inf"), dtype=dtype, device=ok.device))
+
+
+def blocked_pv(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """probs [..., M, L] @ v [..., L, D], summed over KV_BLOCK-sized blocks in order."""
+    length = probs.shape[-1]
+    out = torch.matmul(probs[..., :KV_BLOCK], v[..., :KV_BLOCK, :])
+    for b in range(KV_BLOCK, length, KV_BLOCK):
+        out += torch.matmul(probs[..., b : b + KV_BLOCK], v[..., b : b + KV_BLOCK, :])
+    return out
+
+
+def slot_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention interface: query [1, Hq, T, D], key/value [1, Hkv, T, D]."""
+    step: StepMeta = kwargs["hearth_step"]
+    layer = int(module.layer_idx)  # type: ignore[arg-type]
+    kc, vc = step.cache.k[layer], step.cache.v[layer]  # [S, Hkv, Lmax, D]
+    kc[step.write_slots, :, step.write_pos] = key[0].transpose(0, 1)
+    vc[step.write_slots, :, step.write_pos] = value[0].transpose(0, 1)
+
+    _, hq, t, d = query.shape
+    hkv = key.shape[1]
+    g = hq // hkv
+    scale = scaling if scaling is not None else d**-0.5
+    q = query[0].transpose(0, 1)  # [T, Hq, D]
+    out = query.new_empty(t, hq, d)
+
+    n_dec = step.decode_tokens
+    if n_dec:
+        n, length = step.view_slots, step.decode_kv_len
+        q4 = query.new_zeros(n, hkv, round_up(g, ROW_MULTIPLE), d)
+        q4[step.decode_slots, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
+        scores = torch.matmul(q4, kc[:n, :, :length].transpose(-1, -2))  # [n, Hkv, G4, L]
+        scores.mul_(scale).add_(step.decode_bias(sliding_window, scores.dtype))
+        o = blocked_pv(torch.softmax(scores, dim=-1), vc[:n, :, :length])  # [n, Hkv, G4, D]
+        out[:n_dec] = o[step.decode_slots, :, :g].reshape(n_dec, hq, d)
+
+    for i, chunk in enumerate(step.prefills):
+        c, s0 = chunk.count, chunk.token_start
+        rows = round_up(c * g, ROW_MULTIPLE)
+        qc = q[s0 : s0 + c].reshape(c, hkv, g, d).permute(1, 0, 2, 3).reshape(hkv, c * g, d)
+        if rows != c * g:
+            qc = torch.cat([qc, qc.new_zeros(hkv, rows - c * g, d)], dim=1)
+        length = chunk.kv_len
+        scores = torch.matmul(qc, kc[chunk.slot, :, :length].transpose(-1, -2))  # [Hkv, rows, L]
+        scores.mul_(scale).add_(step.prefill_bias(i, g, sliding_window, scores.dtype))
+        o = blocked_pv(torch.softmax(scores, dim=-1), vc[chunk.slot, :, :length])  # [Hkv, rows, D]
+        out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
+
+    return out.unsqueeze(0), None

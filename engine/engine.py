@@ -1,0 +1,267 @@
+"""The engine loop: one thread per loaded model, stepping schedule -> run -> sample -> detokenize -> publish.
+
+The asyncio side talks to the thread through typed commands on a thread-safe inbox
+(`_Add`, `_Abort`); the thread hands each request's `Delta`s back to its asyncio queue with
+`loop.call_soon_threadsafe`. A request whose consumer goes away (client disconnect, task
+cancelled) sends `_Abort`, and its slot is freed before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from engine.config import ModelConfig
+from engine.detokenize import IncrementalDetokenizer
+from engine.request import Delta, EngineStats, FinishReason, SamplingParams
+from engine.runner import ModelRunner
+from engine.sampling import sample
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+
+log = logging.getLogger("hearth.engine")
+
+
+class QueueFullError(RuntimeError):
+    """The model's wait queue is full; the caller should retry later."""
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread has stopped; no request can be served."""
+
+
+@dataclass(frozen=True)
+class _Add:
+    seq: Sequence
+    detok: IncrementalDetokenizer
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_id: str
+
+
+class Engine:
+    """One loaded model served by a continuous-batching loop on its own thread.
+
+    `async for delta in engine.generate(prompt_ids, params, request_id)` yields `Delta`s, the
+    last with `finish_reason`. Leaving the loop early (or cancelling) aborts the request.
+    """
+
+    def __init__(self, loaded: Any, config: ModelConfig) -> None:
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.config = config
+        self.eos_token_ids: frozenset[int] = frozenset(loaded.eos_token_ids)
+        self.runner = ModelRunner(self.model, config.max_batch_size, config.max_context)
+        self.scheduler = Scheduler(config.max_batch_size, config.max_waiting, config.prefill_chunk)
+        self._inbox: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
+        self._detoks: dict[str, IncrementalDetokenizer] = {}
+        self._stats = EngineStats()
+        self._pending = 0  # requests sent to the thread, not yet admitted or finished
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.dead_reason: str | None = None
+
+    @property
+    def max_context(self) -> int:
+        return self.config.max_context
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return replace(self._stats, extra=dict(self._stats.extra))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name=f"engine-{self.config.id}", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[Delta]:
+        """Submit a request and yield its deltas as the engine produces them."""
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) + params.max_tokens > self.max_context:
+            raise ValueError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds "
+                f"the context window of {self.max_context} tokens"
+            )
+        if not self.alive:
+            raise EngineDeadError(self.dead_reason or "engine is not running")
+        with self._lock:
+            if self._pending >= self.config.max_batch_size + self.config.max_waiting:
+                raise QueueFullError(f"{self.config.id}: wait queue is full")
+            self._pending += 1
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[Delta] = asyncio.Queue()
+
+        def emit(delta: Delta) -> None:
+            loop.call_soon_threadsafe(out.put_nowait, delta)
+
+        seq = Sequence(request_id, prompt_ids, params, emit)
+        detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)
+        self._inbox.put(_Add(seq, detok))
+        done = False
+        try:
+            while True:
+                delta = await out.get()
+                done = delta.finish_reason is not None
+                yield delta
+                if done:
+                    return
+        finally:
+            if not done:
+                self._inbox.put(_Abort(request_id))
+
+    # ---- engine thread ----
+
+    def _main(self) -> None:
+        threads = self.config.threads or os.cpu_count() or 1
+        if self.runner.device.type == "cpu":
+            torch.set_num_threads(threads)
+        log.info("engine for %s running (%d slots, %d threads)", self.config.id, self.config.max_batch_size, threads)
+        try:
+            with torch.inference_mode():
+                while not self._stopping:
+                    self._drain_inbox(block=not self.scheduler.has_work())
+                    if not self._stopping:
+                        self.step()
+        except BaseException as exc:  # the thread must never die silently
+            self.dead_reason = f"engine thread died: {exc!r}"
+            log.exception("engine for %s died", self.config.id)
+            self._fail_all(self.dead_reason)
+            raise
+
+    def _drain_inbox(self, block: bool) -> None:
+        while True:
+            try:
+                cmd = self._inbox.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if cmd is None:
+                self._stopping = True
+                return
+            if isinstance(cmd, _Add):
+                self._add(cmd)
+            else:
+                self._abort(cmd.request_id)
+
+    def _add(self, cmd: _Add) -> None:
+        seq = cmd.seq
+        self._detoks[seq.request_id] = cmd.detok
+        self.scheduler.waiting.append(seq)
+        with self._lock:
+            self._stats.submitted += 1
+            self._update_gauges()
+
+    def _abort(self, request_id: str) -> None:
+        seq = self.scheduler.find(request_id)
+        if seq is not None:
+            self._release(seq, aborted=True)
+
+    def step(self) -> None:
+        """One iteration: schedule -> run -> sample -> detokenize -> publish."""
+        plan = self.scheduler.schedule()
+        if not plan:
+            return
+        try:
+            logits, due = self.runner.run(plan)
+            tokens = sample(logits, [s.params for s in due], [s.generator for s in due])
+        except Exception as exc:
+            log.exception("step failed for %d sequences", len(plan))
+            for seq, _ in plan:
+                self._fail(seq, f"generation failed: {exc}")
+            return
+        for seq, n in plan:
+            seq.num_computed += n
+        for seq, token in zip(due, tokens, strict=True):
+            self._publish(seq, token)
+        with self._lock:
+            self._stats.steps += 1
+            self._stats.prompt_tokens += sum(n for s, n in plan if s.remaining > 1 or n > 1)
+            self._stats.generated_tokens += len(due)
+            self._update_gauges()
+
+    def _publish(self, seq: Sequence, token: int) -> None:
+        detok = self._detoks[seq.request_id]
+        seq.token_ids.append(token)
+        params = seq.params
+        finish: FinishReason | None = None
+        if not params.ignore_eos and token in self.eos_token_ids or token in params.stop_token_ids:
+            text, finish = detok.finish(), FinishReason.STOP
+        else:
+            text = detok.add(token)
+            if detok.stop_hit is not None:
+                finish = FinishReason.STOP
+            elif seq.num_completion >= params.max_tokens or seq.num_tokens >= self.max_context:
+                text += detok.finish()
+                finish = FinishReason.LENGTH
+        seq.emit(
+            Delta(
+                text=text,
+                token_ids=(token,),
+                prompt_tokens=seq.num_prompt,
+                completion_tokens=seq.num_completion,
+                cached_tokens=seq.cached_tokens,
+                finish_reason=finish,
+                stop_text=detok.stop_hit,
+            )
+        )
+        if finish is not None:
+            self._release(seq)
+
+    def _release(self, seq: Sequence, aborted: bool = False, failed: bool = False) -> None:
+        was_running = seq.slot is not None
+        self.scheduler.finish(seq)
+        self._detoks.pop(seq.request_id, None)
+        with self._lock:
+            self._pending -= 1
+            self._stats.freed_slots += int(was_running)
+            self._stats.cached_tokens += seq.cached_tokens
+            if aborted:
+                self._stats.aborted += 1
+            elif failed:
+                self._stats.failed += 1
+            else:
+                self._stats.finished += 1
+            self._update_gauges()
+
+    def _fail(self, seq: Sequence, message: str) -> None:
+        seq.emit(
+            Delta(
+                text="",
+                token_ids=(),
+                prompt_tokens=seq.num_prompt,
+                completion_tokens=seq.num_completion,
+                finish_reason=FinishReason.ERROR,
+                error=message,
+            )
+        )
+        self._release(seq, failed=True)
+
+    def _fail_all(self, message: str) -> None:
+        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            self._fail(seq, message)
+
+    def _update_gauges(self) -> None:
+        self._stats.running = len(self.scheduler.running)
+        self._stats.waiting = len(self.scheduler.waiting)

@@ -1,0 +1,112 @@
+"""The only place that touches the model, the device and the KV cache.
+
+`ModelRunner.run(plan)` packs one step's tokens into a single row, runs the transformers
+model with the slot attention (engine.attention), and returns the logits of the last token
+of every sequence that is due a new token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+
+from engine.attention import KV_BLOCK, ROW_MULTIPLE, PrefillChunk, StepMeta, round_up, slot_attention
+from engine.kv_cache import SlotKVCache
+from engine.sequence import Sequence
+
+ATTENTION_NAME = "hearth_slots"
+
+
+def use_slot_attention(model: Any) -> None:
+    """Register the slot attention with transformers and switch `model` to it."""
+    AttentionInterface.register(ATTENTION_NAME, slot_attention)
+    model.set_attn_implementation(ATTENTION_NAME)
+
+
+class ModelRunner:
+    def __init__(self, model: Any, max_batch: int, max_context: int) -> None:
+        use_slot_attention(model)
+        self.model = model
+        cfg = model.config.get_text_config()
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.max_context = max_context
+        self.cache = SlotKVCache(
+            num_layers=cfg.num_hidden_layers,
+            num_slots=max_batch + 1,
+            kv_heads=cfg.num_key_value_heads,
+            max_len=round_up(max_context, KV_BLOCK),
+            head_dim=head_dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    @torch.inference_mode()
+    def run(self, plan: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
+        """Run one step. Returns (logits [K, V] as float32, the K sequences they belong to)."""
+        decode = [s for s, n in plan if n == 1 and s.remaining == 1]
+        prefill = [(s, n) for s, n in plan if not (n == 1 and s.remaining == 1)]
+        ids: list[int] = []
+        slots: list[int] = []
+        pos: list[int] = []
+        for s in decode:
+            assert s.slot is not None
+            ids.append(s.token_ids[-1])
+            slots.append(s.slot)
+            pos.append(s.num_computed)
+        total = len(decode) + sum(n for _, n in prefill)
+        pad = round_up(total, ROW_MULTIPLE) - total
+        ids += [0] * pad
+        slots += [0] * pad
+        pos += [0] * pad
+        n_dec = len(ids)
+
+        chunks: list[PrefillChunk] = []
+        logit_rows = list(range(len(decode)))
+        sampled = list(decode)
+        for s, n in prefill:
+            assert s.slot is not None
+            start = s.num_computed
+            chunks.append(PrefillChunk(token_start=len(ids), count=n, slot=s.slot, start_pos=start))
+            ids += s.token_ids[start : start + n]
+            slots += [s.slot] * n
+            pos += range(start, start + n)
+            if start + n == s.num_tokens:
+                logit_rows.append(len(ids) - 1)
+                sampled.append(s)
+
+        lens = [0] * (max(slots[:n_dec], default=0) + 1)
+        for slot, p in zip(slots[:n_dec], pos[:n_dec], strict=True):
+            lens[slot] = max(lens[slot], p + 1)
+        view = len(lens) if n_dec else 0
+        decode_kv_len = round_up(max(lens), KV_BLOCK) if n_dec else 0
+        if n_dec:
+            self.cache.ensure_clean(range(view), decode_kv_len)
+        for c in chunks:
+            self.cache.ensure_clean([c.slot], c.kv_len)
+
+        dev = self.device
+        step = StepMeta(
+            cache=self.cache,
+            write_slots=torch.tensor(slots, device=dev),
+            write_pos=torch.tensor(pos, device=dev),
+            decode_tokens=n_dec,
+            decode_slots=torch.tensor(slots[:n_dec], device=dev),
+            decode_lens=torch.tensor(lens, device=dev),
+            view_slots=view,
+            decode_kv_len=decode_kv_len,
+            prefills=chunks,
+        )
+        keep = logit_rows + [logit_rows[-1]] * (round_up(len(logit_rows), ROW_MULTIPLE) - len(logit_rows))
+        out = self.model(
+            input_ids=torch.tensor([ids], device=dev),
+            position_ids=torch.tensor([pos], device=dev),
+            use_cache=False,
+            logits_to_keep=torch.tensor(keep, device=dev),
+            hearth_step=step,
+        )
+        logits = out.logits[0, : len(sampled)].float()  # [K, V]
+        return logits, sampled

@@ -1,0 +1,59 @@
+"""One request's state inside the engine: its tokens, its slot, how far its KV cache reaches."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from engine.request import Delta, SamplingParams, Status
+
+
+class Sequence:
+    """A request being served. The engine thread alone mutates it.
+
+    `token_ids` holds the prompt followed by every generated token; `num_computed` counts
+    the leading tokens whose keys and values are in the slot's cache. A step feeds
+    `token_ids[num_computed : num_computed + n]`; when that reaches the end of `token_ids`
+    the step's logits for the last token produce the next token.
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        emit: Callable[[Delta], None],
+    ) -> None:
+        self.request_id = request_id
+        self.token_ids = list(prompt_ids)
+        self.num_prompt = len(prompt_ids)
+        self.params = params
+        self.emit = emit
+        self.status = Status.WAITING
+        self.slot: int | None = None
+        self.num_computed = 0
+        self.cached_tokens = 0
+        self.arrival = time.monotonic()
+        self.first_token_at: float | None = None
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_completion(self) -> int:
+        return len(self.token_ids) - self.num_prompt
+
+    @property
+    def remaining(self) -> int:
+        """Tokens not yet in the cache; 1 means the sequence is decoding."""
+        return len(self.token_ids) - self.num_computed
+
+    @property
+    def completion_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt :]

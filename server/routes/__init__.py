@@ -1,0 +1,11 @@
+"""Routes, one module per API family; each module declares its `routes` as data."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from server.routes import chat, health, models
+
+
+def all_routes() -> list[BaseRoute]:
+    return [*health.routes, *models.routes, *chat.routes]

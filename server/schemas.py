@@ -1,0 +1,241 @@
+"""Pydantic models mirroring the OpenAI chat and models APIs, field for field (see `api.md`).
+
+Requests validate strictly (a string is not a number) and keep unknown fields in `model_extra`,
+so the route can log and ignore them. Responses are plain models dumped with `model_dump()`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+MAX_STOP = 4
+
+
+def _omit_none(value: Any) -> bool:
+    return value is None
+
+
+class RequestModel(BaseModel):
+    """Base of request bodies: strict types, unknown fields kept (and ignored)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class TextPart(RequestModel):
+    type: Literal["text"]
+    text: str
+
+
+class FunctionCall(RequestModel):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(RequestModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(RequestModel):
+    role: Role
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    content: str | list[TextPart] | None = Field(default=None, validate_default=True)
+
+    @field_validator("content")
+    @classmethod
+    def _content_required(cls, value: str | list[TextPart] | None, info: ValidationInfo) -> Any:
+        if value is None and "role" in info.data:
+            if not (info.data["role"] == "assistant" and info.data.get("tool_calls")):
+                raise PydanticCustomError(
+                    "missing_content", "content is required unless an assistant message has tool_calls"
+                )
+        return value
+
+    @property
+    def text(self) -> str | None:
+        """The content as one string: text parts joined by newlines."""
+        if isinstance(self.content, list):
+            return "\n".join(part.text for part in self.content)
+        return self.content
+
+    def to_template(self) -> dict[str, Any]:
+        """The message as a chat-template dict: `role`, `content` (a string) and any optional fields."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text}
+        if self.name is not None:
+            message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class StreamOptions(RequestModel):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(RequestModel):
+    """POST /v1/chat/completions. Range checks live here; limits that depend on the model in the route."""
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: NonEmptyStr | Annotated[list[NonEmptyStr], Field(max_length=MAX_STOP)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    # Accepted, no effect on the output.
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    sess_id: Any = None
+    retries: Any = None
+    enable_search: bool | None = None
+
+    @field_validator("enable_search")
+    @classmethod
+    def _no_search(cls, value: bool | None) -> bool | None:
+        if value:
+            raise PydanticCustomError("unsupported", "web search is not available on this server")
+        return value
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        """`max_completion_tokens` when given, else `max_tokens`, else None (the rest of the context)."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+# Responses.
+
+
+def completion_id(hex_id: str | None = None) -> str:
+    return f"chatcmpl-{hex_id or secrets.token_hex(12)}"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails = Field(default_factory=CompletionTokensDetails)
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+        )
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    reasoning_content: str | None = Field(default=None, exclude_if=_omit_none)
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, exclude_if=_omit_none)
+
+
+class Choice(BaseModel):
+    index: int
+    message: ResponseMessage
+    logprobs: dict[str, Any] | None = None
+    finish_reason: str | None
+
+
+class ChatCompletion(BaseModel):
+    id: str = Field(default_factory=completion_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[Choice]
+    usage: Usage
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = Field(default=None, exclude_if=_omit_none)
+    content: str | None = Field(default=None, exclude_if=_omit_none)
+    reasoning_content: str | None = Field(default=None, exclude_if=_omit_none)
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: DeltaMessage
+    logprobs: dict[str, Any] | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: Usage | None = Field(default=None, exclude_if=_omit_none)
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    loaded: bool = False  # Hearth extension: the weights are in memory
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,98 @@
+"""models.yaml parsing: the shipped catalog, name resolution, and errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.catalog import Catalog, CatalogError, load_catalog, resolve_source
+from engine.config import ModelConfig
+
+REPO = Path(__file__).resolve().parent.parent
+A = "models:\n  - id: a\n    source: x\n"  # one valid model, four lines to extend
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_catalog_resolves_default_by_id_and_alias() -> None:
+    catalog = load_catalog(REPO / "models.yaml")
+    cfg = catalog.default_model
+    assert cfg.id == "smollm2-135m-instruct"
+    assert catalog.resolve("smollm2") is cfg
+    assert catalog.resolve("HuggingFaceTB/SmolLM2-135M-Instruct") is cfg
+    assert catalog.resolve("gpt-4") is None
+    assert (cfg.dtype, cfg.max_context, cfg.max_batch_size, cfg.prefill_chunk) == ("float32", 4096, 32, 256)
+
+
+def test_package_source_resolves_to_folder_with_gguf() -> None:
+    cfg = load_catalog(REPO / "models.yaml").default_model
+    folder = resolve_source(cfg)
+    assert cfg.gguf_file is not None
+    assert (folder / cfg.gguf_file).is_file()
+
+
+def test_missing_package_source_is_a_clear_error() -> None:
+    cfg = ModelConfig(id="ghost", source="package:no_such_hearth_package")
+    with pytest.raises(FileNotFoundError, match="ghost.*no_such_hearth_package.*not installed"):
+        resolve_source(cfg)
+
+
+def test_relative_source_is_relative_to_the_yaml_and_cache_dir_follows_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "weights").mkdir()
+    monkeypatch.setenv("HEARTH_CACHE_DIR", str(tmp_path / "cache"))
+    catalog = load_catalog(write(tmp_path, "models:\n  - id: local\n    source: weights\n"))
+    assert catalog == Catalog(
+        models=(ModelConfig(id="local", source=str(tmp_path / "weights")),),
+        default="local",
+        cache_dir=tmp_path / "cache",
+    )
+    assert resolve_source(catalog.models[0]) == tmp_path / "weights"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (A + "    dtype: fp8\n", ":4: model 'a': field 'dtype': must be auto"),
+        (A + "    colour: red\n", ":4: model 'a': field 'colour': unknown field"),
+        (A + "    max_context: 0\n", "model 'a': field 'max_context': must be >= 1"),
+        (A + "    max_context: '9'\n", "field 'max_context': must be an integer"),
+        (A + "    aliases: b\n", "field 'aliases': must be a list of strings"),
+        (A + "    eos_token_ids: [true]\n", "field 'eos_token_ids': must be a list"),
+        ("models:\n  - id: a\n", "model 'a': field 'source': missing"),
+        ("models:\n  - source: x\n", ":2: field 'id': every model needs"),
+        (
+            "models:\n  - {id: a, source: x}\n  - {id: b, source: y, aliases: [a]}\n",
+            "model 'b': field 'aliases'",
+        ),
+        (
+            "models:\n  - {id: a, source: x}\n  - {id: a, source: y}\n",
+            "model 'a': field 'id': name 'a' is already",
+        ),
+        ("default: zz\nmodels:\n  - {id: a, source: x}\n", ":1: default model 'zz' is not in 'models'"),
+        ("colour: red\nmodels:\n  - {id: a, source: x}\n", ":1: unknown key 'colour'"),
+        ("models:\n  - {id: a, source: x, id: b}\n", "key 'id' appears twice"),
+        ("models: []\n", "'models' must be a non-empty list"),
+        ("models: [\n", "invalid YAML"),
+        ("", "empty catalog"),
+    ],
+)
+def test_errors_name_file_line_model_and_field(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_default_may_be_an_alias(tmp_path: Path) -> None:
+    catalog = load_catalog(write(tmp_path, "default: b\nmodels:\n  - {id: a, source: x, aliases: [b]}\n"))
+    assert catalog.default == "a"
