@@ -3,13 +3,19 @@
 The server imports only what is exported here.
 """
 
+from engine.catalog import Catalog, CatalogError, load_catalog
 from engine.config import ModelConfig
-from engine.engine import Engine
+from engine.engine import Engine, EngineDeadError, QueueFullError
 from engine.prompt import ChatTemplateError, render_chat
 from engine.registry import ModelLoadError, ModelRegistry, UnknownModelError
 from engine.request import Delta, EngineStats, FinishReason, SamplingParams
 
 __all__ = [
+    "Catalog",
+    "CatalogError",
+    "EngineDeadError",
+    "QueueFullError",
+    "load_catalog",
     "ChatTemplateError",
     "Delta",
     "Engine",

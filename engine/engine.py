@@ -95,7 +95,9 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[Delta]:
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[Delta]:
         """Submit a request and yield its deltas as the engine produces them."""
         if not prompt_ids:
             raise ValueError("the prompt is empty")
@@ -137,7 +139,12 @@ class Engine:
         threads = self.config.threads or os.cpu_count() or 1
         if self.runner.device.type == "cpu":
             torch.set_num_threads(threads)
-        log.info("engine for %s running (%d slots, %d threads)", self.config.id, self.config.max_batch_size, threads)
+        log.info(
+            "engine for %s running (%d slots, %d threads)",
+            self.config.id,
+            self.config.max_batch_size,
+            threads,
+        )
         try:
             with torch.inference_mode():
                 while not self._stopping:

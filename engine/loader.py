@@ -111,15 +111,21 @@ def _read_template(template: str) -> str:
     return template
 
 
-def _gguf_cache(cfg: ModelConfig, source: Path, cache_dir: Path) -> Path:
-    """The safetensors folder for `cfg`'s GGUF file, converting it first if needed."""
+def gguf_cache_dir(cfg: ModelConfig, source: Path, cache_dir: Path) -> Path:
+    """Where `cfg`'s GGUF file is (or will be) cached as safetensors; keyed by its name, size and mtime."""
     assert cfg.gguf_file is not None
     gguf = source / cfg.gguf_file
     if not gguf.is_file():
         raise FileNotFoundError(f"model {cfg.id!r}: gguf_file {gguf} does not exist")
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    final = cache_dir / f"{cfg.id}-{key}"
+    return cache_dir / f"{cfg.id}-{key}"
+
+
+def _gguf_cache(cfg: ModelConfig, source: Path, cache_dir: Path) -> Path:
+    """The safetensors folder for `cfg`'s GGUF file, converting it first if needed."""
+    assert cfg.gguf_file is not None
+    final = gguf_cache_dir(cfg, source, cache_dir)
     if final.is_dir():
         return final
 

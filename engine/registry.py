@@ -50,7 +50,7 @@ class ModelRegistry:
         catalog: Catalog,
         engine_factory: EngineFactory | None = None,
         *,
-        attn_implementation: str | None = "hearth",
+        attn_implementation: str | None = None,
     ) -> None:
         self.catalog = catalog
         self._factory: EngineFactory = engine_factory or Engine

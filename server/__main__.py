@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
-from engine.catalog import CatalogError, load_catalog
+from engine import CatalogError, load_catalog
 from server.app import create_app
 from server.settings import Settings
 

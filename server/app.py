@@ -13,8 +13,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import ModelRegistry
-from engine.catalog import load_catalog
+from engine import ModelRegistry, load_catalog
 from server.errors import REQUEST_ID_HEADER, exception_handlers
 from server.routes import all_routes
 from server.settings import Settings

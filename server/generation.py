@@ -14,8 +14,16 @@ from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 
-from engine import Delta, Engine, FinishReason, ModelConfig, ModelLoadError, UnknownModelError
-from engine.engine import EngineDeadError, QueueFullError  # TODO(lead): export from engine
+from engine import (
+    Delta,
+    Engine,
+    EngineDeadError,
+    FinishReason,
+    ModelConfig,
+    ModelLoadError,
+    QueueFullError,
+    UnknownModelError,
+)
 from server.errors import APIError, model_not_found
 from server.state import AppState
 
@@ -41,9 +49,12 @@ async def get_engine(state: AppState, name: str) -> tuple[ModelConfig, Engine]:
     return cfg, engine
 
 
-def completion_budget(prompt_tokens: int, max_tokens: int | None, max_context: int, param: str) -> int:
+def completion_budget(
+    prompt_tokens: int, max_tokens: int | None, max_context: int, param: str, max_param: str = "max_tokens"
+) -> int:
     """`max_tokens`, or what is left of the context window when None; 400 `context_length_exceeded` if
-    the prompt plus the completion do not fit (`param` names the field holding the prompt)."""
+    the prompt plus the completion do not fit. `param` names the field holding the prompt (blamed when
+    the prompt alone fills the window), `max_param` the field that asked for too many tokens."""
     budget = max_context - prompt_tokens if max_tokens is None else max_tokens
     if budget < 1 or prompt_tokens + budget > max_context:
         if max_tokens is None:
@@ -56,7 +67,7 @@ def completion_budget(prompt_tokens: int, max_tokens: int | None, max_context: i
         raise APIError(
             400,
             f"This model's maximum context length is {max_context} tokens. {detail}",
-            param=param,
+            param=param if max_tokens is None or prompt_tokens >= max_context else max_param,
             code="context_length_exceeded",
         )
     return budget

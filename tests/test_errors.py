@@ -51,7 +51,7 @@ class FakeRegistry:
 
 
 @pytest.fixture
-def client() -> TestClient:
+def api() -> TestClient:
     """The real app with a fake registry put in place of what `lifespan` would load."""
     settings = Settings(config_path=Path("unused.yaml"), max_body_bytes=1000)
     app = create_app(settings)
@@ -112,64 +112,64 @@ def test_param_path_drops_union_tags(loc: tuple[int | str, ...], param: str | No
     assert param_path(loc) == param
 
 
-def test_every_response_has_a_request_id(client: TestClient) -> None:
-    first = client.get("/health")
+def test_every_response_has_a_request_id(api: TestClient) -> None:
+    first = api.get("/health")
     assert first.json() == {"status": "ok"}
-    second = client.get("/health")
+    second = api.get("/health")
     assert REQUEST_ID.match(first.headers["x-request-id"])
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
 
 
-def test_unknown_route_is_a_404_in_the_shape(client: TestClient) -> None:
-    assert "/v1/nothing" in assert_error(client.get("/v1/nothing"), 404)
+def test_unknown_route_is_a_404_in_the_shape(api: TestClient) -> None:
+    assert "/v1/nothing" in assert_error(api.get("/v1/nothing"), 404)
 
 
-def test_wrong_method_is_a_405_in_the_shape(client: TestClient) -> None:
-    response = client.get(CHAT)
+def test_wrong_method_is_a_405_in_the_shape(api: TestClient) -> None:
+    response = api.get(CHAT)
     assert_error(response, 405)
     assert "POST" in response.headers["allow"]
 
 
-def test_malformed_json(client: TestClient) -> None:
-    message = assert_error(client.post(CHAT, content=b'{"model": '), 400)
+def test_malformed_json(api: TestClient) -> None:
+    message = assert_error(api.post(CHAT, content=b'{"model": '), 400)
     assert message.startswith("could not parse JSON body")
-    assert_error(client.post(CHAT, content=b""), 400)
-    assert_error(client.post(CHAT, content=b"[1, 2]"), 400)
-    assert_error(client.post(CHAT, content=b'{"model": "tiny", "temperature": NaN}'), 400)
-    assert_error(client.post(CHAT, content=b'{"model": "\xff"}'), 400)
+    assert_error(api.post(CHAT, content=b""), 400)
+    assert_error(api.post(CHAT, content=b"[1, 2]"), 400)
+    assert_error(api.post(CHAT, content=b'{"model": "tiny", "temperature": NaN}'), 400)
+    assert_error(api.post(CHAT, content=b'{"model": "\xff"}'), 400)
 
 
-def test_body_over_the_limit_is_a_413(client: TestClient) -> None:
+def test_body_over_the_limit_is_a_413(api: TestClient) -> None:
     body = {"model": "tiny", "messages": [{"role": "user", "content": "x" * 2000}]}
-    assert_error(client.post(CHAT, json=body), 413, code="request_too_large")
+    assert_error(api.post(CHAT, json=body), 413, code="request_too_large")
 
 
-def test_validation_error_names_the_dotted_field(client: TestClient) -> None:
+def test_validation_error_names_the_dotted_field(api: TestClient) -> None:
     body: dict[str, Any] = {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}
-    assert_error(client.post(CHAT, json=body), 400, param="messages.0.role", code="invalid_value")
+    assert_error(api.post(CHAT, json=body), 400, param="messages.0.role", code="invalid_value")
     body = {"model": "tiny", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}
-    assert_error(client.post(CHAT, json=body), 400, param="stop", code="invalid_value")
+    assert_error(api.post(CHAT, json=body), 400, param="stop", code="invalid_value")
     body = {"model": "tiny", "messages": USER, "enable_search": True}
-    assert_error(client.post(CHAT, json=body), 400, param="enable_search", code="invalid_value")
+    assert_error(api.post(CHAT, json=body), 400, param="enable_search", code="invalid_value")
 
 
-def test_n_over_the_cap(client: TestClient) -> None:
-    assert_error(client.post(CHAT, json={"model": "tiny", "messages": USER, "n": 2}), 400, param="n")
+def test_n_over_the_cap(api: TestClient) -> None:
+    assert_error(api.post(CHAT, json={"model": "tiny", "messages": USER, "n": 2}), 400, param="n")
 
 
-def test_unknown_model(client: TestClient) -> None:
-    response = client.post(CHAT, json={"model": "nope", "messages": USER})
+def test_unknown_model(api: TestClient) -> None:
+    response = api.post(CHAT, json={"model": "nope", "messages": USER})
     assert "nope" in assert_error(response, 404, param="model", code="model_not_found")
-    assert_error(client.get("/v1/models/nope"), 404, param="model", code="model_not_found")
+    assert_error(api.get("/v1/models/nope"), 404, param="model", code="model_not_found")
 
 
-def test_model_that_fails_to_load_is_a_503(client: TestClient) -> None:
-    response = client.post(CHAT, json={"model": "broken", "messages": USER})
+def test_model_that_fails_to_load_is_a_503(api: TestClient) -> None:
+    response = api.post(CHAT, json={"model": "broken", "messages": USER})
     assert "no weights" in assert_error(response, 503, code="model_unavailable")
 
 
-def test_models_list_and_alias(client: TestClient) -> None:
-    listing = client.get("/v1/models").json()
+def test_models_list_and_alias(api: TestClient) -> None:
+    listing = api.get("/v1/models").json()
     assert listing["object"] == "list"
     assert [m["id"] for m in listing["data"]] == ["tiny", "broken"]
     assert listing["data"][0] == {
@@ -179,7 +179,7 @@ def test_models_list_and_alias(client: TestClient) -> None:
         "owned_by": "hearth",
         "loaded": False,
     }
-    assert client.get("/v1/models/t").json()["id"] == "tiny"
+    assert api.get("/v1/models/t").json()["id"] == "tiny"
 
 
 def test_unhandled_exception_is_a_500_in_the_shape(caplog: pytest.LogCaptureFixture) -> None:

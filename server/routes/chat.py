@@ -74,7 +74,10 @@ async def chat_completions(request: Request) -> Response:
 
 def sampling_params(body: ChatCompletionRequest, prompt_tokens: int, max_context: int) -> SamplingParams:
     """The engine's settings for this request (OpenAI defaults: temperature 1, top_p 1)."""
-    max_tokens = completion_budget(prompt_tokens, body.max_new_tokens, max_context, param="messages")
+    max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    max_tokens = completion_budget(
+        prompt_tokens, body.max_new_tokens, max_context, param="messages", max_param=max_param
+    )
     return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
