@@ -22,7 +22,7 @@ import torch
 
 from engine.kv_cache import SlotKVCache
 
-KV_BLOCK = 256
+KV_BLOCK = 64
 ROW_MULTIPLE = 4
 
 

@@ -14,6 +14,7 @@ from transformers import AttentionInterface
 
 from engine.attention import KV_BLOCK, ROW_MULTIPLE, PrefillChunk, StepMeta, round_up, slot_attention
 from engine.kv_cache import SlotKVCache
+from engine.packed_linear import pack_linears, packing_available
 from engine.sequence import Sequence
 
 ATTENTION_NAME = "hearth_slots"
@@ -33,6 +34,8 @@ class ModelRunner:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        if packing_available(self.device, self.dtype):
+            pack_linears(model, batch_hint=max_batch)
         self.max_context = max_context
         self.cache = SlotKVCache(
             num_layers=cfg.num_hidden_layers,
