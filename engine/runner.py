@@ -103,7 +103,10 @@ class ModelRunner:
             decode_kv_len=decode_kv_len,
             prefills=chunks,
         )
-        keep = logit_rows + [logit_rows[-1]] * (round_up(len(logit_rows), ROW_MULTIPLE) - len(logit_rows))
+        # Logits only for rows that sample, padded to a multiple of 4 rows (a step that only
+        # prefills the middle of a prompt still computes 4 throwaway rows).
+        keep = logit_rows or [0]
+        keep = keep + [keep[-1]] * (round_up(len(keep), ROW_MULTIPLE) - len(keep))
         out = self.model(
             input_ids=torch.tensor([ids], device=dev),
             position_ids=torch.tensor([pos], device=dev),

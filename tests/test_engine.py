@@ -1,0 +1,113 @@
+"""The engine driven directly with the real model: batch invariance, chunked prefill, prefix reuse, aborts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, SamplingParams, load_catalog
+from engine.loader import load_model
+from engine.slots import common_prefix
+
+ROOT = Path(__file__).resolve().parent.parent
+LONG_SYSTEM = " ".join(f"Rule {i}: be kind, be brief and be accurate." for i in range(60))
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    catalog = load_catalog(ROOT / "models.yaml")
+    cfg = catalog.default_model
+    eng = Engine(load_model(cfg, catalog.cache_dir), cfg)
+    eng.start()
+    yield eng
+    eng.shutdown()
+
+
+def _prompt(engine: Engine, question: str, system: str | None = None) -> list[int]:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": question})
+    out = engine.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return list(out)
+
+
+async def _run(engine: Engine, ids: list[int], max_tokens: int, rid: str, delay: float = 0.0) -> tuple[str, int]:
+    await asyncio.sleep(delay)
+    text, cached = "", 0
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    async for d in engine.generate(ids, params, rid):
+        assert d.error is None, d.error
+        text += d.text
+        cached = d.cached_tokens
+    assert text
+    return text, cached
+
+
+def test_greedy_output_does_not_depend_on_the_batch(engine: Engine) -> None:
+    prompts = [
+        _prompt(engine, "Write a poem about autumn."),
+        _prompt(engine, "Summarise the rules above.", system=LONG_SYSTEM),  # > prefill chunk: several steps
+        _prompt(engine, "What is 7 times 8?"),
+        _prompt(engine, "Describe the ocean."),
+        _prompt(engine, "Name five animals that live in the forest and say one thing about each."),
+    ]
+    assert len(prompts[1]) > engine.config.prefill_chunk
+
+    async def main() -> tuple[list[str], list[str]]:
+        solo = [(await _run(engine, p, 40, f"solo{i}"))[0] for i, p in enumerate(prompts)]
+        mixed = await asyncio.gather(
+            *[_run(engine, p, 40 + 7 * i, f"mix{i}", delay=0.15 * i) for i, p in enumerate(prompts)]
+        )
+        return solo, [t for t, _ in mixed]
+
+    solo, mixed = asyncio.run(main())
+    for i, (a, b) in enumerate(zip(solo, mixed, strict=True)):
+        assert b.startswith(a), f"prompt {i} diverged:\n{a!r}\n{b!r}"
+
+
+def test_shared_prefix_is_reused(engine: Engine) -> None:
+    first = _prompt(engine, "What is the first rule?", system=LONG_SYSTEM)
+    second = _prompt(engine, "What is the last rule?", system=LONG_SYSTEM)
+
+    async def main() -> tuple[tuple[str, int], tuple[str, int]]:
+        a = await _run(engine, first, 8, "p1")
+        b = await _run(engine, second, 8, "p2")
+        return a, b
+
+    (_, cached_a), (_, cached_b) = asyncio.run(main())
+    shared = common_prefix(first, second)
+    assert shared > 500
+    assert cached_b == shared  # everything the two prompts share came from the cache
+    assert cached_a < shared
+
+
+def test_abandoned_request_frees_its_slot(engine: Engine) -> None:
+    async def main() -> None:
+        params = SamplingParams(temperature=0.0, max_tokens=500, ignore_eos=True)
+        gen = engine.generate(_prompt(engine, "Tell me a long story."), params, "gone")
+        async for _ in gen:
+            break
+        await gen.aclose()
+        for _ in range(100):
+            if engine.stats.running == 0:
+                return
+            await asyncio.sleep(0.05)
+
+    before = engine.stats.aborted
+    asyncio.run(main())
+    assert engine.stats.running == 0 and engine.stats.waiting == 0
+    assert engine.stats.aborted == before + 1
+
+
+def test_prompt_over_the_context_window_is_refused(engine: Engine) -> None:
+    async def main() -> None:
+        params = SamplingParams(max_tokens=engine.max_context)
+        async for _ in engine.generate([1, 2, 3], params, "too-long"):
+            pass
+
+    with pytest.raises(ValueError, match="context window"):
+        asyncio.run(main())

@@ -1,0 +1,55 @@
+"""The scheduler and slot pool alone: no model, no torch work."""
+
+from __future__ import annotations
+
+from engine.request import Delta, SamplingParams, Status
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+from engine.slots import SlotPool
+
+
+def _seq(rid: str, prompt: list[int]) -> Sequence:
+    def emit(d: Delta) -> None:
+        pass
+
+    return Sequence(rid, prompt, SamplingParams(max_tokens=4), emit)
+
+
+def test_decoding_sequences_run_before_prefill_and_prefill_is_chunked() -> None:
+    sched = Scheduler(num_slots=4, max_waiting=8, prefill_budget=10)
+    a = _seq("a", list(range(1, 30)))
+    sched.waiting.append(a)
+    plan = sched.schedule()
+    assert plan == [(a, 10)] and a.status is Status.RUNNING
+    a.num_computed += 10
+    b = _seq("b", [5, 6, 7])
+    sched.waiting.append(b)
+    plan = sched.schedule()
+    assert plan == [(a, 10)]  # budget spent on the older prompt first
+    a.num_computed += 10
+    a.num_computed = a.num_tokens - 1  # now decoding
+    plan = sched.schedule()
+    assert plan[0] == (a, 1) and plan[1] == (b, 3)
+
+
+def test_finished_sequence_frees_its_slot_at_once() -> None:
+    sched = Scheduler(num_slots=1, max_waiting=8, prefill_budget=100)
+    a, b = _seq("a", [1, 2, 3]), _seq("b", [4, 5])
+    sched.waiting.extend([a, b])
+    assert [s for s, _ in sched.schedule()] == [a]
+    a.num_computed = 3
+    sched.finish(a)
+    assert a.status is Status.FINISHED and not sched.running
+    assert [s for s, _ in sched.schedule()] == [b]
+
+
+def test_slot_pool_prefers_the_longest_cached_prefix_and_keeps_one_token_to_compute() -> None:
+    pool = SlotPool(3)
+    s1, _ = pool.acquire([1, 2, 3, 4])
+    s2, _ = pool.acquire([9, 9])
+    pool.release(s1, [1, 2, 3, 4])
+    pool.release(s2, [9, 9])
+    slot, cached = pool.acquire([1, 2, 3, 7])
+    assert slot == s1 and cached == 3
+    slot, cached = pool.acquire([9, 9])
+    assert slot == s2 and cached == 1  # the last prompt token is always recomputed
