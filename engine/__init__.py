@@ -8,7 +8,7 @@ from engine.config import ModelConfig
 from engine.engine import Engine, EngineDeadError, QueueFullError
 from engine.prompt import ChatTemplateError, render_chat
 from engine.registry import ModelLoadError, ModelRegistry, UnknownModelError
-from engine.request import Delta, EngineStats, FinishReason, SamplingParams
+from engine.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 
 __all__ = [
     "Catalog",
@@ -21,6 +21,7 @@ __all__ = [
     "Engine",
     "EngineStats",
     "FinishReason",
+    "Logprob",
     "ModelConfig",
     "ModelLoadError",
     "ModelRegistry",

@@ -21,9 +21,10 @@ import torch
 
 from engine.config import ModelConfig
 from engine.detokenize import IncrementalDetokenizer
-from engine.request import Delta, EngineStats, FinishReason, SamplingParams
+from engine.logprobs import TokenTexts
+from engine.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 from engine.runner import ModelRunner
-from engine.sampling import sample
+from engine.sampler import Sampler
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 
@@ -52,8 +53,9 @@ class _Abort:
 class Engine:
     """One loaded model served by a continuous-batching loop on its own thread.
 
-    `async for delta in engine.generate(prompt_ids, params, request_id)` yields `Delta`s, the
-    last with `finish_reason`. Leaving the loop early (or cancelling) aborts the request.
+    `async for delta in engine.generate(prompt_ids, params, request_id, n)` yields the `Delta`s of
+    n choices (`Delta.index`), each choice's last with `finish_reason`. Leaving the loop early
+    (or cancelling) aborts the request.
     """
 
     def __init__(self, loaded: Any, config: ModelConfig) -> None:
@@ -63,6 +65,7 @@ class Engine:
         self.eos_token_ids: frozenset[int] = frozenset(loaded.eos_token_ids)
         self.runner = ModelRunner(self.model, config.max_batch_size, config.max_context)
         self.scheduler = Scheduler(config.max_batch_size, config.max_waiting, config.prefill_chunk)
+        self.sampler = Sampler(config.max_batch_size + 1, TokenTexts(self.tokenizer))
         self._inbox: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
         self._detoks: dict[str, IncrementalDetokenizer] = {}
         self._stats = EngineStats()
@@ -75,6 +78,11 @@ class Engine:
     @property
     def max_context(self) -> int:
         return self.config.max_context
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the model's logits: valid token ids are 0..vocab_size-1."""
+        return int(self.model.config.get_text_config().vocab_size)
 
     @property
     def alive(self) -> bool:
@@ -96,9 +104,14 @@ class Engine:
             self._thread.join(timeout=30)
 
     async def generate(
-        self, prompt_ids: list[int], params: SamplingParams, request_id: str
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str, n: int = 1
     ) -> AsyncIterator[Delta]:
-        """Submit a request and yield its deltas as the engine produces them."""
+        """Submit a request for n choices and yield their deltas as the engine produces them.
+
+        The choices are n sequences; choice 0 has `request_id`, choice i `request_id/i`.
+        """
+        if n < 1:
+            raise ValueError("n must be at least 1")
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         if len(prompt_ids) + params.max_tokens > self.max_context:
@@ -109,29 +122,32 @@ class Engine:
         if not self.alive:
             raise EngineDeadError(self.dead_reason or "engine is not running")
         with self._lock:
-            if self._pending >= self.config.max_batch_size + self.config.max_waiting:
+            if self._pending + n > self.config.max_batch_size + self.config.max_waiting:
                 raise QueueFullError(f"{self.config.id}: wait queue is full")
-            self._pending += 1
+            self._pending += n
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[Delta] = asyncio.Queue()
 
         def emit(delta: Delta) -> None:
             loop.call_soon_threadsafe(out.put_nowait, delta)
 
-        seq = Sequence(request_id, prompt_ids, params, emit)
-        detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)
-        self._inbox.put(_Add(seq, detok))
-        done = False
+        seqs: list[Sequence] = []
+        for i in range(n):
+            rid = request_id if i == 0 else f"{request_id}/{i}"
+            parent = seqs[0] if seqs else None
+            seqs.append(Sequence(rid, prompt_ids, params, emit, index=i, parent=parent))
+        for seq in seqs:
+            self._inbox.put(_Add(seq, IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)))
+        running = set(range(n))
         try:
-            while True:
+            while running:
                 delta = await out.get()
-                done = delta.finish_reason is not None
+                if delta.finish_reason is not None:
+                    running.discard(delta.index)
                 yield delta
-                if done:
-                    return
         finally:
-            if not done:
-                self._inbox.put(_Abort(request_id))
+            for i in sorted(running):
+                self._inbox.put(_Abort(seqs[i].request_id))
 
     # ---- engine thread ----
 
@@ -191,8 +207,10 @@ class Engine:
         if not plan:
             return
         try:
+            for src, dst, n_tokens in self.scheduler.take_copies():
+                self.runner.cache.copy_prefix(src, dst, n_tokens)
             logits, due = self.runner.run(plan)
-            tokens = sample(logits, [s.params for s in due], [s.generator for s in due])
+            tokens, logprobs = self.sampler(logits, due)
         except Exception as exc:
             log.exception("step failed for %d sequences", len(plan))
             for seq, _ in plan:
@@ -200,15 +218,15 @@ class Engine:
             return
         for seq, n in plan:
             seq.num_computed += n
-        for seq, token in zip(due, tokens, strict=True):
-            self._publish(seq, token)
+        for seq, token, logprob in zip(due, tokens, logprobs, strict=True):
+            self._publish(seq, token, logprob)
         with self._lock:
             self._stats.steps += 1
             self._stats.prompt_tokens += sum(n for s, n in plan if s.remaining > 1 or n > 1)
             self._stats.generated_tokens += len(due)
             self._update_gauges()
 
-    def _publish(self, seq: Sequence, token: int) -> None:
+    def _publish(self, seq: Sequence, token: int, logprob: Logprob | None) -> None:
         detok = self._detoks[seq.request_id]
         seq.token_ids.append(token)
         params = seq.params
@@ -231,6 +249,8 @@ class Engine:
                 cached_tokens=seq.cached_tokens,
                 finish_reason=finish,
                 stop_text=detok.stop_hit,
+                index=seq.index,
+                logprobs=() if logprob is None else (logprob,),
             )
         )
         if finish is not None:
@@ -261,6 +281,7 @@ class Engine:
                 completion_tokens=seq.num_completion,
                 finish_reason=FinishReason.ERROR,
                 error=message,
+                index=seq.index,
             )
         )
         self._release(seq, failed=True)

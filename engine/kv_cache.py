@@ -45,3 +45,12 @@ class SlotKVCache:
     def bytes_per_token(self) -> int:
         _, _, heads, _, dim = self.k.shape
         return 2 * self.k.shape[0] * heads * dim * self.k.element_size()
+
+    def copy_prefix(self, src: int, dst: int, n_tokens: int) -> None:
+        """Copy the keys and values of positions [0, n_tokens) from slot `src` into slot `dst`.
+
+        Used to share a prompt's prefill between the n choices of one request.
+        """
+        self.k[:, dst, :, :n_tokens] = self.k[:, src, :, :n_tokens]
+        self.v[:, dst, :, :n_tokens] = self.v[:, src, :, :n_tokens]
+        self._clean[dst] = max(self._clean[dst], n_tokens)

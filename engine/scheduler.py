@@ -8,6 +8,13 @@ Policy, every step:
 3. waiting requests are admitted into free slots (reusing a cached prefix where one
    exists) while prefill budget and slots last.
 A finished or aborted sequence leaves the batch at once and its slot is free for the next step.
+
+Siblings (the choices 1..n-1 of a request for n, see `Sequence.parent`) share the prompt's
+prefill: one waits, without holding up the requests behind it, until its parent has computed
+the prompt, then is admitted with the parent's KV for all but the last prompt token copied into
+its own slot (`copies`, which the engine applies before the step runs). It computes only that
+last token, whose logits give its own first token. A sibling whose parent already finished
+takes the parent's freed slot by the ordinary prefix reuse, when still free.
 No torch here: plain Python over a deque and a list.
 """
 
@@ -27,6 +34,7 @@ class Scheduler:
         self.prefill_budget = prefill_budget
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.copies: list[tuple[int, int, int]] = []  # (source slot, target slot, tokens) before the step
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -49,16 +57,32 @@ class Scheduler:
             n = min(seq.remaining, budget)
             plan.append((seq, n))
             budget -= n
+        held: list[Sequence] = []
         while self.waiting and budget > 0 and self.slots.free_count:
             seq = self.waiting.popleft()
+            if not _parent_ready(seq):
+                held.append(seq)
+                continue
             self._admit(seq)
             n = min(seq.remaining, budget)
             plan.append((seq, n if seq.remaining > 1 else 1))
             budget -= n
+        self.waiting.extendleft(reversed(held))
         return plan
+
+    def take_copies(self) -> list[tuple[int, int, int]]:
+        """The KV prefix copies the last `schedule()` asked for; the caller must apply them first."""
+        copies, self.copies = self.copies, []
+        return copies
 
     def _admit(self, seq: Sequence) -> None:
         slot, cached = self.slots.acquire(seq.token_ids)
+        parent = seq.parent
+        shared = seq.num_prompt - 1
+        if parent is not None and parent.status is Status.RUNNING and cached < shared:
+            assert parent.slot is not None and parent.num_computed >= shared
+            self.copies.append((parent.slot, slot, shared))
+            cached = shared
         seq.slot, seq.num_computed, seq.cached_tokens = slot, cached, cached
         seq.status = Status.RUNNING
         self.running.append(seq)
@@ -82,3 +106,11 @@ class Scheduler:
             if seq.request_id == request_id:
                 return seq
         return None
+
+
+def _parent_ready(seq: Sequence) -> bool:
+    """A sibling may start once its parent has computed the prompt (or is gone)."""
+    parent = seq.parent
+    if parent is None or parent.status is Status.FINISHED:
+        return True
+    return parent.status is Status.RUNNING and parent.num_computed >= seq.num_prompt - 1

@@ -6,8 +6,10 @@ is spent. Per request: TTFT (first non-empty content chunk), end-to-end latency,
 (the usage the server reports, else the number of content chunks). Per level: output tok/s (all
 completion tokens / wall time of the level), TTFT p50/p99, latency p50, requests ok/failed.
 
-Without --url the bench starts Hearth itself on a free port and stops it afterwards. --compare also
-benchmarks `transformers serve --continuous-batching` on the same weights, one server at a time.
+Without --url the bench starts Hearth itself on a free port and stops it afterwards (with --hearth-config,
+on that catalog). --compare also benchmarks `transformers serve --continuous-batching` on the same
+weights, one server at a time: from `.venv-peer` (created on first use), or with --peer-python from an
+interpreter that already has `transformers[serving]` (a machine without internet).
 
 Quirks of `transformers serve` 5.24 (checked by hand on the converted SmolLM2-135M folder, offline):
 - The model folder given as FORCE_MODEL pins the server: requests must name exactly that path
@@ -301,6 +303,7 @@ def server(name: str, cmd: list[str], port: int, env: dict[str, str] | None = No
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            cwd=ROOT,
             start_new_session=True,
         )
     try:
@@ -348,14 +351,23 @@ def default_model_dir() -> Path:
     return max(dirs, key=lambda d: d.stat().st_mtime)
 
 
-def hearth_cmd(port: int, model: str | None) -> list[str]:
-    cmd = [str(HEARTH_PY), "-m", "server", "--port", str(port), "--log-level", "warning"]
-    return [*cmd, "--model", model] if model else cmd
+def hearth_cmd(port: int, args: argparse.Namespace) -> list[str]:
+    python = args.hearth_python or (HEARTH_PY if HEARTH_PY.exists() else Path(sys.executable))
+    cmd = [str(python), "-m", "server", "--port", str(port), "--log-level", "warning"]
+    if args.hearth_config:
+        cmd += ["--config", str(Path(args.hearth_config).resolve())]
+    return [*cmd, "--model", args.model] if args.model else cmd
 
 
-def peer_cmd(exe: Path, model_dir: Path, port: int) -> list[str]:
+def peer_cmd(args: argparse.Namespace, model_dir: Path, port: int) -> list[str]:
+    """`transformers serve`: .venv-peer's (installed on first use), or `--peer-python -m transformers...`."""
+    if args.peer_python:
+        exe = [str(args.peer_python), "-m", "transformers.cli.transformers"]
+    else:
+        exe = [str(ensure_peer_venv())]
     return [
-        str(exe), "serve", str(model_dir), "--continuous-batching", "--device", "cpu", "--dtype", "float32",
+        *exe, "serve", str(model_dir), "--continuous-batching",
+        "--device", args.peer_device, "--dtype", args.peer_dtype,
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
     ]  # fmt: skip
 
@@ -429,6 +441,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--model-dir", type=Path, help="weights folder for the peer (default: Hearth's converted cache)"
     )
+    p.add_argument("--hearth-config", type=Path, help="models.yaml for the Hearth it starts (--config)")
+    p.add_argument(
+        "--hearth-python", type=Path, help="interpreter for Hearth (default: .venv's, else this one)"
+    )
+    p.add_argument(
+        "--peer-python",
+        type=Path,
+        help="run the peer with this interpreter (it must have transformers[serving]) instead of .venv-peer",
+    )
+    p.add_argument(
+        "--peer-device", default="cpu", help="`transformers serve --device` (default: %(default)s)"
+    )
+    p.add_argument(
+        "--peer-dtype", default="float32", help="`transformers serve --dtype` (default: %(default)s)"
+    )
     p.add_argument("--csv", help="write the per-level rows to this CSV file")
     p.add_argument("--json", help="write the per-level rows to this JSON file")
     args = p.parse_args(argv)
@@ -447,15 +474,14 @@ def run_hearth(args: argparse.Namespace) -> list[LevelResult]:
         url = args.url.rstrip("/")
         return bench(Target("hearth", url, args.model or first_model_id(url), extra), args)
     port = free_port()
-    with server("hearth", hearth_cmd(port, args.model), port) as url:
+    with server("hearth", hearth_cmd(port, args), port) as url:
         return bench(Target("hearth", url, args.model or first_model_id(url), extra), args)
 
 
 def run_peer(args: argparse.Namespace) -> list[LevelResult]:
     model_dir = (args.model_dir or default_model_dir()).resolve()
-    exe = ensure_peer_venv()
     port = free_port()
-    with server("peer", peer_cmd(exe, model_dir, port), port, env={"HF_HUB_OFFLINE": "1"}) as url:
+    with server("peer", peer_cmd(args, model_dir, port), port, env={"HF_HUB_OFFLINE": "1"}) as url:
         # The peer is pinned to the folder and wants exactly that string as the model name.
         return bench(Target("peer", url, first_model_id(url), {"ignore_eos": True}), args)
 

@@ -43,6 +43,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         help="models.yaml to serve (default: $HEARTH_CONFIG, else the repository's models.yaml)",
     )
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="default: %(default)s")
+    parser.add_argument(
+        "--max-n", type=int, default=8, help="most choices per request (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     config = args.config if args.config is not None else default_config_path()
     try:
@@ -52,6 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
             port=args.port,
             default_model=args.model,
             log_level=args.log_level,
+            max_n=args.max_n,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -19,12 +19,14 @@ from engine import (
     Engine,
     EngineDeadError,
     FinishReason,
+    Logprob,
     ModelConfig,
     ModelLoadError,
     QueueFullError,
     UnknownModelError,
 )
 from server.errors import APIError, model_not_found
+from server.schemas import Usage
 from server.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -128,35 +130,84 @@ async def _next(deltas: AsyncIterator[Delta]) -> Delta | None:
 
 
 @dataclass(frozen=True)
-class Collected:
-    text: str
-    last: Delta
+class ResponseMeta:
+    """What every chunk (and the non-streamed answer) of one response shares."""
+
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str
 
 
-async def collect(first: Delta, deltas: AsyncIterator[Delta]) -> Collected:
-    """The request's text joined from `first` and the rest of `deltas`, which is closed however this ends."""
-    parts = [first.text]
-    last = first
+class Choices:
+    """The n choices of one request, gathered from their deltas: text, logprob entries, last delta."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._texts: list[list[str]] = [[] for _ in range(n)]
+        self.logprobs: list[list[Logprob]] = [[] for _ in range(n)]
+        self.last: list[Delta | None] = [None] * n
+
+    def add(self, delta: Delta) -> None:
+        self._texts[delta.index].append(delta.text)
+        self.logprobs[delta.index].extend(delta.logprobs)
+        self.last[delta.index] = delta
+
+    def text(self, index: int) -> str:
+        return "".join(self._texts[index])
+
+    def finish_reason(self, index: int) -> str:
+        last = self.last[index]
+        assert last is not None and last.finish_reason is not None
+        return last.finish_reason.value
+
+    def usage(self) -> Usage:
+        """The prompt counted once, the completion tokens of every choice summed."""
+        lasts = [d for d in self.last if d is not None]
+        if not lasts:
+            return Usage.of(0, 0)
+        first = self.last[0] or lasts[0]
+        completion = sum(d.completion_tokens for d in lasts)
+        return Usage.of(first.prompt_tokens, completion, first.cached_tokens)
+
+
+async def checked(deltas: AsyncIterator[Delta], n: int) -> AsyncIterator[Delta]:
+    """The deltas of n choices, raising the `APIError` of the first choice that failed, or of the
+    request when the engine stopped before every choice finished."""
+    finished: set[int] = set()
+    async for delta in deltas:
+        if delta.finish_reason is not None:
+            error = delta_error(delta)
+            if error is not None:
+                raise error
+            finished.add(delta.index)
+        yield delta
+    if len(finished) < n:
+        raise APIError(500, "the engine ended the request without a result")
+
+
+async def collect(first: Delta, deltas: AsyncIterator[Delta], n: int) -> Choices:
+    """Every choice of the request from `first` and the rest of `deltas`, which is closed however this
+    ends. Raises the `APIError` of a failed choice."""
+    choices = Choices(n)
+    stream = chain(first, deltas)
     try:
-        if first.finish_reason is None:
-            async for delta in deltas:
-                parts.append(delta.text)
-                last = delta
+        async for delta in checked(stream, n):
+            choices.add(delta)
     finally:
-        await aclose(deltas)
-    return Collected("".join(parts), last)
+        await aclose(stream)
+    return choices
 
 
 async def chain(first: Delta, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    """`first`, then the rest of `deltas` unless `first` was already the last.
+    """`first`, then the rest of `deltas` (which ends by itself once every choice has finished).
 
     Closing this generator closes `deltas` (an abandoned `async for` would not).
     """
     try:
         yield first
-        if first.finish_reason is None:
-            async for delta in deltas:
-                yield delta
+        async for delta in deltas:
+            yield delta
     finally:
         await aclose(deltas)
 

@@ -18,7 +18,7 @@ NonEmptyStr = Annotated[str, Field(min_length=1)]
 MAX_STOP = 4
 
 
-def _omit_none(value: Any) -> bool:
+def omit_none(value: Any) -> bool:
     return value is None
 
 
@@ -84,32 +84,74 @@ class StreamOptions(RequestModel):
     include_usage: bool | None = None
 
 
-class ChatCompletionRequest(RequestModel):
-    """POST /v1/chat/completions. Range checks live here; limits that depend on the model in the route."""
+def _logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    """Keys must be token ids written as integer strings, values -100..100 (ids < vocab: in the route)."""
+    for key, bias in (value or {}).items():
+        if not key.isdigit():
+            raise PydanticCustomError(
+                "logit_bias_key", "keys must be token ids (integer strings), got {key}", {"key": repr(key)}
+            )
+        if not -100 <= bias <= 100:
+            raise PydanticCustomError("logit_bias_value", "bias values must be between -100 and 100")
+    return value
+
+
+class GenerationRequest(RequestModel):
+    """Fields shared by chat and (legacy) completions: sampling, stop strings, streaming, n."""
 
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: NonEmptyStr | Annotated[list[NonEmptyStr], Field(max_length=MAX_STOP)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    # Extensions that local users expect (vLLM's meaning): top_k 0 or -1 is off.
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    ignore_eos: bool | None = None  # keep generating past the end-of-sequence token (benchmarks)
     # Accepted, no effect on the output.
     user: str | None = None
     metadata: dict[str, Any] | None = None
     store: bool | None = None
+
+    _check_logit_bias = field_validator("logit_bias")(_logit_bias)
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(GenerationRequest):
+    """POST /v1/chat/completions. Range checks live here; limits that depend on the model in the route."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Accepted, no effect on the output.
     sess_id: Any = None
     retries: Any = None
     enable_search: bool | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise PydanticCustomError("needs_logprobs", "top_logprobs requires logprobs to be true")
+        return value
 
     @field_validator("enable_search")
     @classmethod
@@ -122,16 +164,6 @@ class ChatCompletionRequest(RequestModel):
     def max_new_tokens(self) -> int | None:
         """`max_completion_tokens` when given, else `max_tokens`, else None (the rest of the context)."""
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-
-    @property
-    def stop_strings(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 # Responses.
@@ -173,8 +205,8 @@ class Usage(BaseModel):
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
-    reasoning_content: str | None = Field(default=None, exclude_if=_omit_none)
-    tool_calls: list[dict[str, Any]] | None = Field(default=None, exclude_if=_omit_none)
+    reasoning_content: str | None = Field(default=None, exclude_if=omit_none)
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, exclude_if=omit_none)
 
 
 class Choice(BaseModel):
@@ -195,9 +227,9 @@ class ChatCompletion(BaseModel):
 
 
 class DeltaMessage(BaseModel):
-    role: Literal["assistant"] | None = Field(default=None, exclude_if=_omit_none)
-    content: str | None = Field(default=None, exclude_if=_omit_none)
-    reasoning_content: str | None = Field(default=None, exclude_if=_omit_none)
+    role: Literal["assistant"] | None = Field(default=None, exclude_if=omit_none)
+    content: str | None = Field(default=None, exclude_if=omit_none)
+    reasoning_content: str | None = Field(default=None, exclude_if=omit_none)
 
 
 class ChunkChoice(BaseModel):
@@ -214,7 +246,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     system_fingerprint: str | None = None
     choices: list[ChunkChoice]
-    usage: Usage | None = Field(default=None, exclude_if=_omit_none)
+    usage: Usage | None = Field(default=None, exclude_if=omit_none)
 
 
 class Model(BaseModel):

@@ -22,7 +22,7 @@ class Settings:
     default_model: str | None = None
     log_level: str = "info"
     max_body_bytes: int = 4 * MiB
-    max_n: int = 1  # choices per chat request
+    max_n: int = 8  # choices (n) per request
     system_fingerprint: str = "fp_hearth"
 
     def __post_init__(self) -> None:

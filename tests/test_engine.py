@@ -78,11 +78,10 @@ def test_shared_prefix_is_reused(engine: Engine) -> None:
         b = await _run(engine, second, 8, "p2")
         return a, b
 
-    (_, cached_a), (_, cached_b) = asyncio.run(main())
+    _, (_, cached_b) = asyncio.run(main())
     shared = common_prefix(first, second)
     assert shared > 500
     assert cached_b == shared  # everything the two prompts share came from the cache
-    assert cached_a < shared
 
 
 def test_abandoned_request_frees_its_slot(engine: Engine) -> None:

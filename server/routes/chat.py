@@ -5,27 +5,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine import ChatTemplateError, Delta, SamplingParams, render_chat
+from engine import ChatTemplateError, Delta, render_chat
 from server.body import read_json
 from server.errors import APIError
 from server.generation import (
-    Collected,
+    Choices,
+    ResponseMeta,
     aclose,
     chain,
+    checked,
     collect,
     completion_budget,
-    delta_error,
     first_delta,
     generate_error,
     get_engine,
     until_disconnected,
 )
+from server.logprobs import chat_logprobs
+from server.sampling import choice_count, sampling_params
 from server.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -46,8 +49,7 @@ async def chat_completions(request: Request) -> Response:
     settings = state.settings
     body = ChatCompletionRequest.model_validate(await read_json(request, settings.max_body_bytes))
     state.ignored_fields.note("chat.completions", body.model_extra or {})
-    if (body.n or 1) > settings.max_n:
-        raise APIError(400, f"n must be at most {settings.max_n} on this server", param="n")
+    n = choice_count(body.n, settings.max_n)
     cfg, engine = await get_engine(state, body.model)
 
     messages = [message.to_template() for message in body.messages]
@@ -55,7 +57,11 @@ async def chat_completions(request: Request) -> Response:
         prompt_ids = await asyncio.to_thread(render_chat, engine.tokenizer, messages)
     except ChatTemplateError as e:
         raise APIError(400, f"could not apply the chat template: {e}", param="messages") from None
-    params = sampling_params(body, len(prompt_ids), engine.max_context)
+    max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    max_tokens = completion_budget(
+        len(prompt_ids), body.max_new_tokens, engine.max_context, param="messages", max_param=max_param
+    )
+    params = sampling_params(body, max_tokens, engine.vocab_size, bool(body.logprobs), body.top_logprobs or 0)
 
     request_id: str = request.state.request_id
     meta = ChunkMeta(
@@ -64,41 +70,26 @@ async def chat_completions(request: Request) -> Response:
         model=cfg.id,
         system_fingerprint=settings.system_fingerprint,
     )
-    deltas = engine.generate(prompt_ids, params, request_id)
+    deltas = engine.generate(prompt_ids, params, request_id, n)
     first = await first_delta(request, deltas, param="messages")
     if body.stream:
-        return EventStreamResponse(stream_chunks(chain(first, deltas), meta, body.include_usage))
-    result = await until_disconnected(request, collect(first, deltas))
-    return JSONResponse(completion(result, meta).model_dump())
+        events = stream_chunks(chain(first, deltas), meta, n, body.include_usage, params.logprobs)
+        return EventStreamResponse(events)
+    choices = await until_disconnected(request, collect(first, deltas, n))
+    return JSONResponse(completion(choices, meta, params.logprobs).model_dump())
 
 
-def sampling_params(body: ChatCompletionRequest, prompt_tokens: int, max_context: int) -> SamplingParams:
-    """The engine's settings for this request (OpenAI defaults: temperature 1, top_p 1)."""
-    max_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    max_tokens = completion_budget(
-        prompt_tokens, body.max_new_tokens, max_context, param="messages", max_param=max_param
-    )
-    return SamplingParams(
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=body.top_k or 0,
-        max_tokens=max_tokens,
-        stop=body.stop_strings,
-        seed=body.seed,
-    )
+class ChunkMeta(ResponseMeta):
+    """Builds the chat chunks of one response."""
 
-
-@dataclass(frozen=True)
-class ChunkMeta:
-    """What every chunk (and the non-streamed completion) of one response shares."""
-
-    id: str
-    created: int
-    model: str
-    system_fingerprint: str
-
-    def chunk(self, delta: DeltaMessage, finish_reason: str | None = None) -> bytes:
-        choice = ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)
+    def chunk(
+        self,
+        delta: DeltaMessage,
+        finish_reason: str | None = None,
+        index: int = 0,
+        logprobs: dict[str, Any] | None = None,
+    ) -> bytes:
+        choice = ChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
         return encode_event(self._chunk([choice], usage=None).model_dump())
 
     def usage_chunk(self, usage: Usage) -> bytes:
@@ -115,16 +106,8 @@ class ChunkMeta:
         )
 
 
-def usage_of(last: Delta) -> Usage:
-    return Usage.of(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
-
-
-def completion(result: Collected, meta: ChunkMeta) -> ChatCompletion:
-    """The non-streamed answer, or the `APIError` its last delta reports."""
-    error = delta_error(result.last)
-    if error is not None:
-        raise error
-    assert result.last.finish_reason is not None
+def completion(choices: Choices, meta: ChunkMeta, logprobs: bool) -> ChatCompletion:
+    """The non-streamed answer."""
     return ChatCompletion(
         id=meta.id,
         created=meta.created,
@@ -132,44 +115,44 @@ def completion(result: Collected, meta: ChunkMeta) -> ChatCompletion:
         system_fingerprint=meta.system_fingerprint,
         choices=[
             Choice(
-                index=0,
-                message=ResponseMessage(content=result.text),
-                finish_reason=result.last.finish_reason.value,
+                index=i,
+                message=ResponseMessage(content=choices.text(i)),
+                logprobs=chat_logprobs(choices.logprobs[i]) if logprobs else None,
+                finish_reason=choices.finish_reason(i),
             )
+            for i in range(choices.n)
         ],
-        usage=usage_of(result.last),
+        usage=choices.usage(),
     )
 
 
 async def stream_chunks(
-    deltas: AsyncIterator[Delta], meta: ChunkMeta, include_usage: bool
+    deltas: AsyncIterator[Delta], meta: ChunkMeta, n: int, include_usage: bool, logprobs: bool
 ) -> AsyncIterator[bytes]:
-    """The SSE events of one streamed answer (see "Streaming" in `api.md`).
+    """The SSE events of one streamed answer (see "Streaming" in `api.md`): per choice a role chunk,
+    content chunks (with their tokens' logprobs when asked), a finish chunk.
 
     A failure after the first event becomes `data: {"error": ...}` and `data: [DONE]`. Closing
     this generator (the client left) closes `deltas`, which aborts the engine request.
     """
     try:
-        yield meta.chunk(DeltaMessage(role="assistant", content=""))
-        last: Delta | None = None
-        error: APIError | None
+        for i in range(n):
+            yield meta.chunk(DeltaMessage(role="assistant", content=""), index=i)
+        tally = Choices(n)
         try:
-            async for delta in deltas:
-                last = delta
-                if delta.text:
-                    yield meta.chunk(DeltaMessage(content=delta.text))
+            async for delta in checked(deltas, n):
+                tally.add(delta)
+                if delta.text or (logprobs and delta.logprobs):
+                    lp = chat_logprobs(delta.logprobs) if logprobs else None
+                    yield meta.chunk(DeltaMessage(content=delta.text), index=delta.index, logprobs=lp)
+                if delta.finish_reason is not None:
+                    yield meta.chunk(DeltaMessage(), delta.finish_reason.value, index=delta.index)
         except Exception as e:
-            error = generate_error(e, param="messages")
-        else:
-            error = delta_error(last)
-        if error is not None:
-            yield encode_event(error.body())
+            yield encode_event(generate_error(e, param="messages").body())
             yield DONE
             return
-        assert last is not None and last.finish_reason is not None
-        yield meta.chunk(DeltaMessage(), finish_reason=last.finish_reason.value)
         if include_usage:
-            yield meta.usage_chunk(usage_of(last))
+            yield meta.usage_chunk(tally.usage())
         yield DONE
     finally:
         await aclose(deltas)
