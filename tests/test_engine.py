@@ -35,7 +35,9 @@ def _prompt(engine: Engine, question: str, system: str | None = None) -> list[in
     return list(out)
 
 
-async def _run(engine: Engine, ids: list[int], max_tokens: int, rid: str, delay: float = 0.0) -> tuple[str, int]:
+async def _run(
+    engine: Engine, ids: list[int], max_tokens: int, rid: str, delay: float = 0.0
+) -> tuple[str, int]:
     await asyncio.sleep(delay)
     text, cached = "", 0
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
