@@ -4,7 +4,7 @@ Policy, every step:
 1. every running sequence that is decoding contributes its one new token, so streams
    never stall behind a newcomer;
 2. sequences still prefilling get chunks of their prompt, oldest first, within
-   `prefill_budget` tokens per step (at least one chunk per step, so prompts always move);
+   `prefill_budget` tokens per step (4x that when no sequence is decoding);
 3. waiting requests are admitted into free slots (reusing a cached prefix where one
    exists) while prefill budget and slots last.
 A finished or aborted sequence leaves the batch at once and its slot is free for the next step.
@@ -25,6 +25,8 @@ from collections import deque
 from engine.request import Status
 from engine.sequence import Sequence
 from engine.slots import SlotPool
+
+IDLE_PREFILL_FACTOR = 4
 
 
 class Scheduler:
@@ -49,7 +51,8 @@ class Scheduler:
     def schedule(self) -> list[tuple[Sequence, int]]:
         """The next step's work: (sequence, number of its tokens to run)."""
         plan = [(s, 1) for s in self.running if s.remaining == 1]
-        budget = self.prefill_budget
+        # With nobody decoding there is no stream to stall: take a bigger bite of the queue.
+        budget = self.prefill_budget if plan else self.prefill_budget * IDLE_PREFILL_FACTOR
         prefilling = [s for s in self.running if s.remaining > 1]
         for seq in prefilling:
             if budget <= 0:

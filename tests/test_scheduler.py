@@ -17,19 +17,22 @@ def _seq(rid: str, prompt: list[int]) -> Sequence:
 
 def test_decoding_sequences_run_before_prefill_and_prefill_is_chunked() -> None:
     sched = Scheduler(num_slots=4, max_waiting=8, prefill_budget=10)
-    a = _seq("a", list(range(1, 30)))
+    a = _seq("a", list(range(1, 60)))
     sched.waiting.append(a)
     plan = sched.schedule()
-    assert plan == [(a, 10)] and a.status is Status.RUNNING
-    a.num_computed += 10
+    assert plan == [(a, 40)] and a.status is Status.RUNNING  # nobody decoding: a bigger bite
+    a.num_computed += 40
     b = _seq("b", [5, 6, 7])
     sched.waiting.append(b)
     plan = sched.schedule()
-    assert plan == [(a, 10)]  # budget spent on the older prompt first
-    a.num_computed += 10
-    a.num_computed = a.num_tokens - 1  # now decoding
+    assert plan == [(a, 19), (b, 3)]  # the older prompt first
+    a.num_computed += 19
+    b.num_computed += 2  # b's last prompt token computed -> b decodes; a decodes too
+    a.token_ids.append(100)
+    c = _seq("c", list(range(1, 30)))
+    sched.waiting.append(c)
     plan = sched.schedule()
-    assert plan[0] == (a, 1) and plan[1] == (b, 3)
+    assert plan == [(a, 1), (b, 1), (c, 10)]  # decodes first, then prefill within the budget
 
 
 def test_finished_sequence_frees_its_slot_at_once() -> None:
