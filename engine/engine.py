@@ -206,6 +206,8 @@ class Engine:
         plan = self.scheduler.schedule()
         if not plan:
             return
+        with self._lock:  # admitted sequences count as running before their first delta is out
+            self._update_gauges()
         try:
             for src, dst, n_tokens in self.scheduler.take_copies():
                 self.runner.cache.copy_prefix(src, dst, n_tokens)

@@ -11,10 +11,15 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import ModelRegistry, load_catalog
+from server.auth import APIKeyMiddleware
+from server.context import RequestContext, bind, unbind
+from server.drain import Drain, DrainMiddleware
 from server.errors import REQUEST_ID_HEADER, exception_handlers
+from server.metrics import Metrics, MetricsMiddleware
 from server.routes import all_routes
 from server.settings import Settings
 from server.state import AppState
@@ -27,7 +32,8 @@ def new_request_id() -> str:
 
 
 class RequestIdMiddleware:
-    """Gives every HTTP request an id (`request.state.request_id`) and echoes it in `x-request-id`."""
+    """Gives every HTTP request an id (`request.state.request_id`), echoed in `x-request-id`, and binds its
+    `RequestContext` (the id in log lines, its deadline and timings) while it is served."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -46,36 +52,73 @@ class RequestIdMiddleware:
                     headers.append(REQUEST_ID_HEADER, request_id)
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        token = bind(RequestContext(request_id))
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            unbind(token)
 
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    """Load the catalog, build the registry, load the default model; shut the registry down on exit."""
+    """Load the catalog, build the registry, load the default model; on exit let the requests in flight
+    finish (up to the shutdown grace), then shut the registry down."""
     settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    drain: Drain = app.state.drain
     catalog = load_catalog(settings.config_path)
     registry = ModelRegistry(catalog)
+    collector = metrics.watch(registry)
     try:
         default = registry.resolve(settings.default_model or catalog.default).id
         logger.info("loading default model %r from %s", default, settings.config_path)
         started = time.monotonic()
         await registry.aget(default)
-        logger.info("model %r ready in %.1fs", default, time.monotonic() - started)
+        load_seconds = time.monotonic() - started
+        metrics.model_load.labels(default).set(load_seconds)
+        logger.info("model %r ready in %.1fs", default, load_seconds)
         app.state.hearth = AppState(
             settings=settings, registry=registry, default_model=default, started_at=int(time.time())
         )
         yield
+        drain.start()
+        await drain.wait_idle(settings.shutdown_grace)
     finally:
         registry.shutdown()
+        metrics.registry.unregister(collector)
 
 
 def create_app(settings: Settings) -> Starlette:
     """The Hearth ASGI app for `settings`; nothing is loaded until its lifespan starts."""
+    metrics = Metrics()
+    drain = Drain()
     app = Starlette(
         routes=all_routes(),
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=middleware(settings, metrics, drain),
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.drain = drain
     return app
+
+
+def middleware(settings: Settings, metrics: Metrics, drain: Drain) -> list[Middleware]:
+    """Outermost first: the request id (so every response has one), metrics (so 401s and 503s count),
+    CORS (so preflights need no key and errors carry CORS headers), draining, then API keys."""
+    stack = [Middleware(RequestIdMiddleware), Middleware(MetricsMiddleware, metrics=metrics)]
+    if settings.cors_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["*"],
+                allow_headers=["*"],
+                expose_headers=[REQUEST_ID_HEADER, "retry-after"],
+            )
+        )
+    stack.append(Middleware(DrainMiddleware, drain=drain))
+    if settings.api_keys:
+        stack.append(Middleware(APIKeyMiddleware, keys=settings.api_keys))
+    return stack

@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from server.anthropic_errors import anthropic_error_body, is_anthropic_path
+
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -58,8 +60,10 @@ class APIError(Exception):
         """The JSON body, also used as the payload of an SSE error event."""
         return error_body(self.message, self.type, self.param, self.code)
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self, path: str = "") -> JSONResponse:
+        """The JSON response; for a request to an Anthropic route (`path`) in Anthropic's error shape."""
+        body = anthropic_error_body(self.status, self.message) if is_anthropic_path(path) else self.body()
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def model_not_found(name: str) -> APIError:
@@ -124,7 +128,7 @@ def _code(err: ErrorDetails) -> str | None:
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return exc.response()
+    return exc.response(request.url.path)
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
@@ -137,17 +141,18 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
         message = f"Method not allowed ({where})"
     else:
         message = str(exc.detail)
-    return APIError(exc.status_code, message, headers=exc.headers).response()
+    return APIError(exc.status_code, message, headers=exc.headers).response(request.url.path)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ValidationError)
-    return validation_error_to_api(exc).response()
+    return validation_error_to_api(exc).response(request.url.path)
 
 
 async def json_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, json.JSONDecodeError)
-    return APIError(400, f"could not parse JSON body: {exc.msg} at position {exc.pos}").response()
+    error = APIError(400, f"could not parse JSON body: {exc.msg} at position {exc.pos}")
+    return error.response(request.url.path)
 
 
 async def client_disconnect_handler(request: Request, exc: Exception) -> Response:
@@ -155,7 +160,7 @@ async def client_disconnect_handler(request: Request, exc: Exception) -> Respons
     request_id = request.scope.get("state", {}).get("request_id")
     where = f"{request.method} {request.url.path}"
     logger.info("%s (%s): client disconnected, request abandoned", where, request_id)
-    return APIError(400, "client disconnected").response()
+    return APIError(400, "client disconnected").response(request.url.path)
 
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
@@ -164,7 +169,7 @@ async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
     logger.error("unhandled error in %s %s (%s)", request.method, request.url.path, request_id, exc_info=exc)
     headers = {REQUEST_ID_HEADER: request_id} if request_id else None
     error = APIError(500, "internal server error; see the server log", headers=headers)
-    return error.response()
+    return error.response(request.url.path)
 
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]

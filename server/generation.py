@@ -25,6 +25,7 @@ from engine import (
     QueueFullError,
     UnknownModelError,
 )
+from server.context import next_delta, note_model, observed
 from server.errors import APIError, model_not_found
 from server.schemas import Usage
 from server.state import AppState
@@ -48,6 +49,7 @@ async def get_engine(state: AppState, name: str) -> tuple[ModelConfig, Engine]:
     except ModelLoadError as e:
         message = f"model '{cfg.id}' could not be loaded: {e.message}"
         raise APIError(503, message, code="model_unavailable") from None
+    note_model(cfg.id)
     return cfg, engine
 
 
@@ -124,9 +126,7 @@ async def first_delta(request: Request, deltas: AsyncIterator[Delta], param: str
 
 
 async def _next(deltas: AsyncIterator[Delta]) -> Delta | None:
-    async for delta in deltas:
-        return delta
-    return None
+    return await next_delta(deltas)
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ async def checked(deltas: AsyncIterator[Delta], n: int) -> AsyncIterator[Delta]:
     """The deltas of n choices, raising the `APIError` of the first choice that failed, or of the
     request when the engine stopped before every choice finished."""
     finished: set[int] = set()
-    async for delta in deltas:
+    async for delta in observed(deltas):
         if delta.finish_reason is not None:
             error = delta_error(delta)
             if error is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -14,6 +14,8 @@ class Settings:
 
     `default_model` is an id or alias from the catalog; None means the catalog's own default.
     That model is loaded while the server starts; the others load on their first request.
+    `api_keys` empty means no authentication; they never appear in `repr` (nor in logs).
+    `request_timeout` (seconds) applies to requests that set no `timeout` themselves; None: none.
     """
 
     config_path: Path
@@ -23,7 +25,13 @@ class Settings:
     log_level: str = "info"
     max_body_bytes: int = 4 * MiB
     max_n: int = 8  # choices (n) per request
+    max_messages: int = 1024  # messages per chat request
+    max_json_depth: int = 64  # nesting of arrays and objects in a request body
     system_fingerprint: str = "fp_hearth"
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    cors_origins: tuple[str, ...] = ()
+    request_timeout: float | None = None
+    shutdown_grace: float = 15.0  # seconds running requests may take to finish after SIGTERM
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -32,3 +40,13 @@ class Settings:
             raise ValueError("max_body_bytes must be >= 1")
         if self.max_n < 1:
             raise ValueError("max_n must be >= 1")
+        if self.max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
+        if self.max_json_depth < 2:
+            raise ValueError("max_json_depth must be >= 2")
+        if any(not key or key != key.strip() for key in self.api_keys):
+            raise ValueError("API keys must be non-empty and have no surrounding whitespace")
+        if self.request_timeout is not None and not self.request_timeout > 0:
+            raise ValueError("request_timeout must be > 0 seconds")
+        if not self.shutdown_grace >= 0:
+            raise ValueError("shutdown_grace must be >= 0 seconds")

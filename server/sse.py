@@ -16,10 +16,12 @@ DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def encode_event(payload: Mapping[str, Any]) -> bytes:
-    """One SSE event carrying `payload` as compact JSON (non-ASCII kept as UTF-8)."""
+def encode_event(payload: Mapping[str, Any], event: str | None = None) -> bytes:
+    """One SSE event carrying `payload` as compact JSON (non-ASCII kept as UTF-8), named `event`
+    (an `event:` line, as Anthropic's streams have) when given."""
     data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
+    name = f"event: {event}\n" if event else ""
+    return f"{name}data: {data}\n\n".encode()
 
 
 class EventStreamResponse(StreamingResponse):

@@ -26,7 +26,7 @@ def test_shipped_catalog_resolves_default_by_id_and_alias() -> None:
     assert catalog.resolve("smollm2") is cfg
     assert catalog.resolve("HuggingFaceTB/SmolLM2-135M-Instruct") is cfg
     assert catalog.resolve("gpt-4") is None
-    assert (cfg.dtype, cfg.max_context, cfg.max_batch_size, cfg.prefill_chunk) == ("float32", 4096, 32, 256)
+    assert (cfg.dtype, cfg.max_context, cfg.max_batch_size, cfg.prefill_chunk) == ("auto", 4096, 32, 256)
 
 
 def test_package_source_resolves_to_folder_with_gguf() -> None:

@@ -93,7 +93,7 @@ def test_abandoned_request_frees_its_slot(engine: Engine) -> None:
         async for _ in gen:
             break
         await gen.aclose()
-        for _ in range(100):
+        for _ in range(600):
             if engine.stats.running == 0:
                 return
             await asyncio.sleep(0.05)

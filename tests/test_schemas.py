@@ -53,7 +53,12 @@ def test_minimal_request_has_openai_defaults() -> None:
         ("max_tokens", 0),
         ("max_completion_tokens", 0),
         ("n", 0),
-        ("top_k", -1),
+        ("top_k", -2),
+        ("top_logprobs", 21),
+        ("logit_bias", {"abc": 1}),
+        ("logit_bias", {"12": 101}),
+        ("logit_bias", {"-3": 1}),
+        ("ignore_eos", "yes"),
         ("min_p", 1.5),
         ("repetition_penalty", 0),
         ("frequency_penalty", 2.5),
@@ -71,10 +76,27 @@ def test_out_of_range_or_wrong_type_names_the_field(field: str, value: Any) -> N
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("temperature", 0), ("temperature", 2), ("top_p", 1), ("frequency_penalty", -2), ("seed", -1)],
+    [
+        ("temperature", 0),
+        ("temperature", 2),
+        ("top_p", 1),
+        ("frequency_penalty", -2),
+        ("seed", -1),
+        ("top_k", -1),
+        ("logit_bias", {"42": -100, "7": 100.0}),
+    ],
 )
 def test_range_bounds_are_accepted(field: str, value: Any) -> None:
     assert getattr(chat(**{field: value}), field) == value
+
+
+def test_top_logprobs_needs_logprobs() -> None:
+    assert chat(logprobs=True, top_logprobs=20).top_logprobs == 20
+    param, message = rejected({"model": "m", "messages": USER, "top_logprobs": 2})
+    assert param == "top_logprobs" and "logprobs" in message
+    assert (
+        rejected({"model": "m", "messages": USER, "logprobs": False, "top_logprobs": 2})[0] == "top_logprobs"
+    )
 
 
 def test_max_completion_tokens_wins_over_max_tokens() -> None:

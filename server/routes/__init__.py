@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from server.routes import chat, completions, health, models
+from server.routes import anthropic, chat, completions, health, models
 
 
 def all_routes() -> list[BaseRoute]:
-    return [*health.routes, *models.routes, *chat.routes, *completions.routes]
+    return [*health.routes, *models.routes, *chat.routes, *completions.routes, *anthropic.routes]

@@ -1,0 +1,47 @@
+"""A request body's sampling fields as the engine's `SamplingParams`, with the checks that need the model."""
+
+from __future__ import annotations
+
+from engine import SamplingParams
+from server.errors import APIError
+from server.schemas import GenerationRequest
+
+
+def choice_count(n: int | None, max_n: int) -> int:
+    """The number of choices asked for; 400 `n` above the server's cap."""
+    count = 1 if n is None else n
+    if count > max_n:
+        raise APIError(400, f"n must be at most {max_n} on this server", param="n")
+    return count
+
+
+def logit_bias(bias: dict[str, float] | None, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """`logit_bias` as (token id, bias) pairs; 400 `logit_bias` for an id past the vocabulary."""
+    pairs = tuple((int(key), float(value)) for key, value in (bias or {}).items())
+    for token, _ in pairs:
+        if token >= vocab_size:
+            message = f"token id {token} in logit_bias is out of range (the vocabulary has {vocab_size})"
+            raise APIError(400, message, param="logit_bias")
+    return pairs
+
+
+def sampling_params(
+    body: GenerationRequest, max_tokens: int, vocab_size: int, logprobs: bool = False, top_logprobs: int = 0
+) -> SamplingParams:
+    """The engine's settings for a request (OpenAI defaults: temperature 1, top_p 1, no penalties)."""
+    return SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=max(body.top_k or 0, 0),
+        min_p=body.min_p or 0.0,
+        max_tokens=max_tokens,
+        stop=body.stop_strings,
+        ignore_eos=bool(body.ignore_eos),
+        seed=body.seed,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        logit_bias=logit_bias(body.logit_bias, vocab_size),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+    )

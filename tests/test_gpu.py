@@ -1,0 +1,103 @@
+"""The engine on a CUDA GPU, with a small random-weight Llama model (tests/random_llama.py).
+
+Every test here is marked `gpu` and skips where torch sees no CUDA GPU. `HEARTH_TEST_DEVICE=cpu`
+runs the same tests on the CPU (scripts/gpu-check --device cpu does, to check the code paths
+on a machine without a GPU). They also skip when no SmolLM2 tokenizer files are found.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.engine import Engine
+from engine.loader import pick_dtype
+from engine.request import EngineStats
+from tests.greedy import (
+    describe_divergence,
+    engine_generate,
+    engine_greedy,
+    first_divergence,
+    hf_greedy,
+    prompts,
+    running_engine,
+)
+from tests.random_llama import LlamaSize, build_random_llama, find_tokenizer_dir
+
+DEVICE = os.environ.get("HEARTH_TEST_DEVICE", "cuda")
+N_TOKENS = 24
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="torch sees no CUDA GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tokenizer = find_tokenizer_dir()
+    if tokenizer is None:
+        pytest.skip("no SmolLM2 tokenizer files (.gpu-assets/tokenizer or ~/.cache/hearth)")
+    size = LlamaSize(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=512, init_std=0.1)
+    return build_random_llama(tmp_path_factory.mktemp("random-llama"), tokenizer, size)
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir: Path) -> list[list[int]]:
+    """Greedy tokens of the first 4 prompts from plain transformers on the CPU in float32."""
+    return hf_greedy(model_dir, prompts(model_dir, 4), N_TOKENS, device="cpu", dtype=torch.float32)
+
+
+def settled_stats(engine: Engine, timeout: float = 5.0) -> EngineStats:
+    """The engine's counters once nothing runs: a request's last delta is sent before its slot is freed."""
+    deadline = time.monotonic() + timeout
+    while engine.stats.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return engine.stats
+
+
+def test_engine_float32_on_device_matches_cpu_reference(model_dir: Path, reference: list[list[int]]) -> None:
+    got = engine_greedy(model_dir, prompts(model_dir, 4), N_TOKENS, device=DEVICE, dtype="float32")
+    assert got == reference, describe_divergence(
+        f"engine {DEVICE} float32 vs transformers cpu", got, reference
+    )
+
+
+def test_auto_dtype_and_kv_cache_live_on_the_device(model_dir: Path) -> None:
+    want = pick_dtype("auto", torch.device(DEVICE))
+    assert want == (torch.float32 if DEVICE == "cpu" else torch.bfloat16)
+    with running_engine(model_dir, DEVICE, "auto") as engine:
+        param = next(engine.model.parameters())
+        assert (param.device.type, param.dtype) == (DEVICE, want)
+        cache = engine.runner.cache
+        assert (cache.k.device.type, cache.k.dtype) == (DEVICE, want)
+        assert (cache.v.device.type, cache.v.dtype) == (DEVICE, want)
+        [(tokens, finish)] = engine_generate(engine, prompts(model_dir, 1), [N_TOKENS])
+    assert finish == "length"
+    assert len(tokens) == N_TOKENS
+
+
+def test_eight_concurrent_requests_all_finish_in_bf16(model_dir: Path) -> None:
+    ids = prompts(model_dir, 8)
+    lengths = [8 + 4 * i for i in range(8)]
+    with running_engine(model_dir, DEVICE, "auto", max_batch=8) as engine:
+        results = engine_generate(engine, ids, lengths, together=True)
+        stats = settled_stats(engine)
+    assert [finish for _, finish in results] == ["length"] * 8
+    assert [len(tokens) for tokens, _ in results] == lengths
+    assert (stats.finished, stats.failed, stats.running, stats.waiting) == (8, 0, 0, 0)
+
+
+def test_batched_greedy_equals_solo_in_float32(model_dir: Path) -> None:
+    """Batch invariance on the device: a request's greedy tokens don't depend on its neighbours."""
+    ids = prompts(model_dir, 8)
+    lengths = [N_TOKENS] * 8
+    with running_engine(model_dir, DEVICE, "float32", max_batch=8) as engine:
+        solo = [tokens for tokens, _ in engine_generate(engine, ids, lengths, together=False)]
+        together = [tokens for tokens, _ in engine_generate(engine, ids, lengths, together=True)]
+    diverged = [p for p in range(8) if first_divergence(together[p], solo[p]) is not None]
+    assert not diverged, describe_divergence("batched vs solo", together, solo)

@@ -1,0 +1,57 @@
+"""The n choices of one request in the scheduler: siblings wait for the parent's prefill, then copy it."""
+
+from __future__ import annotations
+
+from engine.request import Delta, SamplingParams, Status
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+
+
+def _emit(d: Delta) -> None:
+    pass
+
+
+def _family(prompt: list[int], n: int) -> list[Sequence]:
+    seqs: list[Sequence] = []
+    for i in range(n):
+        parent = seqs[0] if seqs else None
+        seqs.append(Sequence(f"r/{i}", prompt, SamplingParams(max_tokens=4), _emit, index=i, parent=parent))
+    return seqs
+
+
+def test_siblings_wait_for_the_parent_prefill_without_blocking_others_then_copy_its_kv() -> None:
+    sched = Scheduler(num_slots=4, max_waiting=8, prefill_budget=1)  # 4 per step while nobody decodes
+    parent, sib = _family(list(range(1, 11)), 2)
+    other = Sequence("o", [7, 8], SamplingParams(max_tokens=4), _emit)
+    sched.waiting.extend([parent, sib, other])
+
+    plan = sched.schedule()
+    assert plan == [(parent, 4)]  # budget spent on the parent's first chunk
+    parent.num_computed += 4
+    plan = sched.schedule()
+    assert plan == [(parent, 4)] and list(sched.waiting) == [sib, other]
+    parent.num_computed += 4
+    plan = sched.schedule()
+    assert plan == [(parent, 2), (other, 2)]  # the sibling waits, the request behind it goes ahead
+    assert list(sched.waiting) == [sib] and sched.take_copies() == []
+    parent.num_computed += 2
+    other.num_computed += 2
+    parent.token_ids.append(99)
+    other.token_ids.append(98)
+
+    plan = sched.schedule()
+    assert (sib, 1) in plan and sib.status is Status.RUNNING
+    assert sib.num_computed == sib.cached_tokens == 9  # all but the last prompt token
+    assert sched.take_copies() == [(parent.slot, sib.slot, 9)]
+    assert sched.take_copies() == []
+
+
+def test_sibling_of_a_finished_parent_reuses_its_freed_slot() -> None:
+    sched = Scheduler(num_slots=1, max_waiting=8, prefill_budget=100)
+    parent, sib = _family([1, 2, 3, 4], 2)
+    sched.waiting.extend([parent, sib])
+    assert sched.schedule() == [(parent, 4)]
+    parent.num_computed = 4
+    sched.finish(parent)
+    assert sched.schedule() == [(sib, 1)]
+    assert sib.num_computed == 3 and sched.take_copies() == []
