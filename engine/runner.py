@@ -92,26 +92,30 @@ class ModelRunner:
             self.cache.ensure_clean([c.slot], c.kv_len)
 
         dev = self.device
-        step = StepMeta(
-            cache=self.cache,
-            write_slots=torch.tensor(slots, device=dev),
-            write_pos=torch.tensor(pos, device=dev),
-            decode_tokens=n_dec,
-            decode_slots=torch.tensor(slots[:n_dec], device=dev),
-            decode_lens=torch.tensor(lens, device=dev),
-            view_slots=view,
-            decode_kv_len=decode_kv_len,
-            prefills=chunks,
-        )
         # Logits only for rows that sample, padded to a multiple of 4 rows (a step that only
         # prefills the middle of a prompt still computes 4 throwaway rows).
         keep = logit_rows or [0]
         keep = keep + [keep[-1]] * (round_up(len(keep), ROW_MULTIPLE) - len(keep))
+        # One host-to-device copy for every index the step needs; the pieces are views.
+        t, n_lens = len(ids), len(lens)
+        packed = torch.tensor([*ids, *slots, *pos, *lens, *keep]).to(self.device, non_blocking=True)
+        ids_t, slots_t, pos_t = packed[:t], packed[t : 2 * t], packed[2 * t : 3 * t]
+        step = StepMeta(
+            cache=self.cache,
+            write_slots=slots_t,
+            write_pos=pos_t,
+            decode_tokens=n_dec,
+            decode_slots=slots_t[:n_dec],
+            decode_lens=packed[3 * t : 3 * t + n_lens],
+            view_slots=view,
+            decode_kv_len=decode_kv_len,
+            prefills=chunks,
+        )
         out = self.model(
-            input_ids=torch.tensor([ids], device=dev),
-            position_ids=torch.tensor([pos], device=dev),
+            input_ids=ids_t[None],
+            position_ids=pos_t[None],
             use_cache=False,
-            logits_to_keep=torch.tensor(keep, device=dev),
+            logits_to_keep=packed[3 * t + n_lens :],
             hearth_step=step,
         )
         logits = out.logits[0, : len(sampled)].float()  # [K, V]
