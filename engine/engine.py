@@ -72,6 +72,7 @@ class Engine:
         self._pending = 0  # requests sent to the thread, not yet admitted or finished
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
         self._stopping = False
         self.dead_reason: str | None = None
 
@@ -94,8 +95,10 @@ class Engine:
             return replace(self._stats, extra=dict(self._stats.extra))
 
     def start(self) -> None:
+        """Start the engine thread and wait until it is ready to take requests."""
         self._thread = threading.Thread(target=self._main, name=f"engine-{self.config.id}", daemon=True)
         self._thread.start()
+        self._ready.wait()
 
     def shutdown(self) -> None:
         self._stopping = True
@@ -153,15 +156,17 @@ class Engine:
 
     def _main(self) -> None:
         threads = self.config.threads or os.cpu_count() or 1
-        if self.runner.device.type == "cpu":
-            torch.set_num_threads(threads)
-        log.info(
-            "engine for %s running (%d slots, %d threads)",
-            self.config.id,
-            self.config.max_batch_size,
-            threads,
-        )
         try:
+            try:
+                self.runner.prepare(threads)
+            finally:
+                self._ready.set()
+            log.info(
+                "engine for %s running (%d slots, %d threads)",
+                self.config.id,
+                self.config.max_batch_size,
+                threads,
+            )
             with torch.inference_mode():
                 while not self._stopping:
                     self._drain_inbox(block=not self.scheduler.has_work())
@@ -212,21 +217,49 @@ class Engine:
             for src, dst, n_tokens in self.scheduler.take_copies():
                 self.runner.cache.copy_prefix(src, dst, n_tokens)
             logits, due = self.runner.run(plan)
-            tokens, logprobs = self.sampler(logits, due)
         except Exception as exc:
             log.exception("step failed for %d sequences", len(plan))
             for seq, _ in plan:
                 self._fail(seq, f"generation failed: {exc}")
             return
+        prompt_tokens = sum(n for seq, n in plan if seq.remaining > 1)
         for seq, n in plan:
             seq.num_computed += n
-        for seq, token, logprob in zip(due, tokens, logprobs, strict=True):
+        sampled = self._sample(logits, due)
+        for seq, token, logprob in sampled:
             self._publish(seq, token, logprob)
         with self._lock:
             self._stats.steps += 1
-            self._stats.prompt_tokens += sum(n for s, n in plan if s.remaining > 1 or n > 1)
-            self._stats.generated_tokens += len(due)
+            self._stats.prompt_tokens += prompt_tokens
+            self._stats.generated_tokens += len(sampled)
             self._update_gauges()
+
+    def _sample(
+        self, logits: torch.Tensor, due: list[Sequence]
+    ) -> list[tuple[Sequence, int, Logprob | None]]:
+        """Sample every due row; a row that cannot be sampled fails its own request, not the batch."""
+        finite = torch.isfinite(logits).all(dim=-1).tolist()  # [K]
+        if not all(finite):
+            for seq, ok in zip(due, finite, strict=True):
+                if not ok:
+                    self._fail(seq, "the model produced non-finite logits for this request")
+            keep = [i for i, ok in enumerate(finite) if ok]
+            logits, due = logits[keep], [due[i] for i in keep]
+        if not due:
+            return []
+        try:
+            tokens, logprobs = self.sampler(logits, due)
+            return list(zip(due, tokens, logprobs, strict=True))
+        except Exception:
+            log.exception("batched sampling failed; sampling %d rows one by one", len(due))
+        out: list[tuple[Sequence, int, Logprob | None]] = []
+        for i, seq in enumerate(due):
+            try:
+                tokens, logprobs = self.sampler(logits[i : i + 1], [seq])
+                out.append((seq, tokens[0], logprobs[0]))
+            except Exception as exc:
+                self._fail(seq, f"sampling failed: {exc}")
+        return out
 
     def _publish(self, seq: Sequence, token: int, logprob: Logprob | None) -> None:
         detok = self._detoks[seq.request_id]

@@ -112,3 +112,35 @@ def test_prompt_over_the_context_window_is_refused(engine: Engine) -> None:
 
     with pytest.raises(ValueError, match="context window"):
         asyncio.run(main())
+
+
+def test_a_failing_request_leaves_the_rest_of_the_batch_running(engine: Engine) -> None:
+    real = engine.sampler
+
+    def faulty(logits, seqs):  # type: ignore[no-untyped-def]
+        if any(s.request_id == "bad" for s in seqs):
+            raise RuntimeError("injected sampling fault")
+        return real(logits, seqs)
+
+    good_ids = _prompt(engine, "Describe the ocean.")
+
+    async def bad() -> str | None:
+        params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+        async for d in engine.generate(_prompt(engine, "Tell me a joke."), params, "bad"):
+            if d.finish_reason is not None:
+                return d.error
+        return None
+
+    async def main() -> tuple[str, str | None, str]:
+        solo = (await _run(engine, good_ids, 30, "good-solo"))[0]
+        engine.sampler = faulty  # type: ignore[method-assign]
+        try:
+            (good, _), error = await asyncio.gather(_run(engine, good_ids, 30, "good", delay=0.1), bad())
+        finally:
+            engine.sampler = real  # type: ignore[method-assign]
+        return solo, error, good
+
+    solo, error, good = asyncio.run(main())
+    assert error is not None and "injected sampling fault" in error
+    assert good == solo
+    assert engine.alive and engine.stats.running == 0
