@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,4 +144,7 @@ def test_a_failing_request_leaves_the_rest_of_the_batch_running(engine: Engine) 
     solo, error, good = asyncio.run(main())
     assert error is not None and "injected sampling fault" in error
     assert good == solo
+    deadline = time.monotonic() + 30
+    while engine.stats.running and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert engine.alive and engine.stats.running == 0
