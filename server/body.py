@@ -1,14 +1,18 @@
-"""Reading a request body as a JSON object, within the configured size limit."""
+"""Reading a request body as a JSON object, within the configured size limit, and validating it."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
 from server.errors import APIError
 from server.limits import check_body
+from server.schemas import RequestModel
+from server.state import app_state
+
+B = TypeVar("B", bound=RequestModel)
 
 
 def request_too_large(limit: int) -> APIError:
@@ -37,9 +41,21 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise APIError(400, "could not parse JSON body: it is not UTF-8 text") from None
     except RecursionError:
         raise APIError(400, "could not parse JSON body: it nests too deeply") from None
+    except json.JSONDecodeError:
+        raise  # answered by the JSON error handler, with the position
+    except ValueError as e:  # e.g. an integer literal longer than Python's digit limit
+        raise APIError(400, f"could not parse JSON body: {e}") from None
     if not isinstance(body, dict):
         raise APIError(400, "could not parse JSON body: expected an object at the top level")
     check_body(request, body)
+    return body
+
+
+async def read_body(request: Request, schema: type[B], where: str) -> B:
+    """The body (see `read_json`) validated as `schema`; its unknown fields are logged once under `where`."""
+    state = app_state(request)
+    body = schema.model_validate(await read_json(request, state.settings.max_body_bytes))
+    state.ignored_fields.note(where, body.model_extra or {})
     return body
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from server.schemas import GenerationRequest, Usage, omit_none
+from server.schemas import GenerationRequest, ResponseHead, Usage, omit_none
 
 TokenId = Annotated[int, Field(ge=0)]
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
@@ -71,13 +71,9 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class Completion(BaseModel):
+class Completion(ResponseHead):
     """The response, and each streamed chunk (same shape; the usage-only chunk has no choices)."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[CompletionChoice]
     usage: Usage | None = Field(default=None, exclude_if=omit_none)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
@@ -40,10 +39,7 @@ async def get_engine(state: AppState, name: str) -> tuple[ModelConfig, Engine]:
 
     Raises 404 `model_not_found` or 503 `model_unavailable`.
     """
-    try:
-        cfg = state.registry.resolve(name)
-    except UnknownModelError:
-        raise model_not_found(name) from None
+    cfg = resolve_model(state, name)
     try:
         engine = await state.registry.aget(cfg.id)
     except ModelLoadError as e:
@@ -51,6 +47,14 @@ async def get_engine(state: AppState, name: str) -> tuple[ModelConfig, Engine]:
         raise APIError(503, message, code="model_unavailable") from None
     note_model(cfg.id)
     return cfg, engine
+
+
+def resolve_model(state: AppState, name: str) -> ModelConfig:
+    """The catalog entry `name` (id or alias) names; 404 `model_not_found` when none does."""
+    try:
+        return state.registry.resolve(name)
+    except UnknownModelError:
+        raise model_not_found(name) from None
 
 
 def completion_budget(
@@ -127,16 +131,6 @@ async def first_delta(request: Request, deltas: AsyncIterator[Delta], param: str
 
 async def _next(deltas: AsyncIterator[Delta]) -> Delta | None:
     return await next_delta(deltas)
-
-
-@dataclass(frozen=True)
-class ResponseMeta:
-    """What every chunk (and the non-streamed answer) of one response shares."""
-
-    id: str
-    created: int
-    model: str
-    system_fingerprint: str
 
 
 class Choices:

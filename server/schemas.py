@@ -202,6 +202,16 @@ class Usage(BaseModel):
         )
 
 
+class ResponseHead(BaseModel):
+    """The fields every response object and stream chunk starts with (`object` set by each kind)."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
@@ -216,12 +226,10 @@ class Choice(BaseModel):
     finish_reason: str | None
 
 
-class ChatCompletion(BaseModel):
+class ChatCompletion(ResponseHead):
     id: str = Field(default_factory=completion_id)
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=_now)
-    model: str
-    system_fingerprint: str | None = None
     choices: list[Choice]
     usage: Usage
 
@@ -239,12 +247,8 @@ class ChunkChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(ResponseHead):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[ChunkChoice]
     usage: Usage | None = Field(default=None, exclude_if=omit_none)
 

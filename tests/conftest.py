@@ -2,82 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
-import httpx
 import openai
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-MODEL = "smollm2-135m-instruct"
+from tests.launch import MODEL, ROOT, Server, launch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Server:
-    url: str
-    log: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
-
-    def stats(self) -> dict[str, dict[str, float]]:
-        return httpx.get(f"{self.url}/v1/stats", timeout=10).json()
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"server not ready after {timeout:.0f}s:\n{log.read_text()[-4000:]}")
+AsyncClientFactory = Callable[[], openai.AsyncOpenAI]
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(port), "--config", str(ROOT / "models.yaml")],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        _wait_ready(proc, url, log, timeout=300)
-        yield Server(url=url, log=log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with launch(["--config", str(ROOT / "models.yaml")], log, timeout=300) as launched:
+        yield launched
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +30,12 @@ def client(server: Server) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="session")
-def aclient(server: Server) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
+def aclient(server: Server) -> AsyncClientFactory:
+    """Makes an `AsyncOpenAI` client. Make it inside the test's event loop and close it there
+    (`async with aclient() as client:`): one kept across `asyncio.run` calls fails, "Event loop is closed"."""
+    return functools.partial(
+        openai.AsyncOpenAI, base_url=server.base_url, api_key="unused", max_retries=0, timeout=300
+    )
 
 
 @pytest.fixture(scope="session")

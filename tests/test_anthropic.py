@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import MODEL, Server
+from tests.helpers import drop_stream, total, wait_idle
 
 FRANCE: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]
 STORY: list[Any] = [{"role": "user", "content": "Write a long story about a cat."}]
@@ -147,24 +147,11 @@ def test_raw_stream_has_named_events_in_order(server: Server) -> None:
     assert delta["usage"]["output_tokens"] > 0
 
 
-def _running(server: Server) -> float:
-    return sum(s["running"] + s["waiting"] for s in server.stats().values())
-
-
 def test_client_that_drops_a_stream_frees_its_sequence(server: Server) -> None:
-    aborted_before = sum(s["aborted"] for s in server.stats().values())
+    aborted_before = total(server.stats(), "aborted")
     body = {"model": MODEL, "max_tokens": 1000, "messages": STORY, "stream": True}
-    with httpx.stream("POST", f"{server.url}/anthropic/v1/messages", json=body, timeout=120) as r:
-        deltas = 0
-        for line in r.iter_lines():
-            deltas += line == "event: content_block_delta"
-            if deltas >= 5:
-                break
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _running(server) > 0:
-        time.sleep(0.2)
-    assert _running(server) == 0
-    assert sum(s["aborted"] for s in server.stats().values()) == aborted_before + 1
+    drop_stream(f"{server.url}/anthropic/v1/messages", body, "event: content_block_delta")
+    assert total(wait_idle(server), "aborted") == aborted_before + 1
 
 
 def test_tool_round_trip_history_is_answered(claude: anthropic.Anthropic) -> None:

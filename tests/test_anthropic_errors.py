@@ -9,20 +9,10 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL, Server
+from tests.helpers import assert_anthropic_error, post_malformed_json
 
 HI: list[Any] = [{"role": "user", "content": "hi"}]
 TOOL: dict[str, Any] = {"name": "f", "input_schema": {"type": "object"}}
-
-
-def _check(r: httpx.Response, status: int, error_type: str) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["type"] == "error"
-    assert set(body["error"]) == {"type", "message"}
-    assert body["error"]["type"] == error_type
-    message: str = body["error"]["message"]
-    assert message
-    return message
 
 
 def _post(server: Server, body: object, path: str = "/anthropic/v1/messages") -> httpx.Response:
@@ -30,13 +20,9 @@ def _post(server: Server, body: object, path: str = "/anthropic/v1/messages") ->
 
 
 def test_malformed_json(server: Server) -> None:
-    r = httpx.post(
-        f"{server.url}/anthropic/v1/messages",
-        content=b'{"model": "x", "messages": [',
-        headers={"content-type": "application/json"},
-        timeout=30,
+    assert_anthropic_error(
+        post_malformed_json(f"{server.url}/anthropic/v1/messages"), 400, "invalid_request_error"
     )
-    _check(r, 400, "invalid_request_error")
 
 
 @pytest.mark.parametrize(
@@ -104,19 +90,21 @@ def test_malformed_json(server: Server) -> None:
     ],
 )
 def test_invalid_request(server: Server, body: dict[str, Any], field: str) -> None:
-    message = _check(_post(server, body), 400, "invalid_request_error")
+    message = assert_anthropic_error(_post(server, body), 400, "invalid_request_error")
     assert field in message
 
 
 def test_misplaced_tool_result(server: Server) -> None:
     turn = {"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x"}]}
     body = {"model": MODEL, "max_tokens": 5, "messages": [*HI, turn, *HI]}
-    assert "messages.1.content.0" in _check(_post(server, body), 400, "invalid_request_error")
+    assert "messages.1.content.0" in assert_anthropic_error(_post(server, body), 400, "invalid_request_error")
 
 
 def test_unknown_model_is_not_found(server: Server) -> None:
-    _check(_post(server, {"model": "no-such-model", "max_tokens": 5, "messages": HI}), 404, "not_found_error")
-    _check(
+    assert_anthropic_error(
+        _post(server, {"model": "no-such-model", "max_tokens": 5, "messages": HI}), 404, "not_found_error"
+    )
+    assert_anthropic_error(
         _post(server, {"model": "no-such-model", "messages": HI}, "/v1/messages/count_tokens"),
         404,
         "not_found_error",
@@ -124,13 +112,15 @@ def test_unknown_model_is_not_found(server: Server) -> None:
 
 
 def test_unknown_route_and_method(server: Server) -> None:
-    _check(httpx.get(f"{server.url}/anthropic/v1/nothing", timeout=30), 404, "not_found_error")
-    _check(httpx.get(f"{server.url}/v1/messages", timeout=30), 405, "invalid_request_error")
+    assert_anthropic_error(
+        httpx.get(f"{server.url}/anthropic/v1/nothing", timeout=30), 404, "not_found_error"
+    )
+    assert_anthropic_error(httpx.get(f"{server.url}/v1/messages", timeout=30), 405, "invalid_request_error")
 
 
 def test_context_too_long(server: Server) -> None:
     body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "word " * 5000}]}
-    _check(_post(server, body), 400, "invalid_request_error")
+    assert_anthropic_error(_post(server, body), 400, "invalid_request_error")
 
 
 def test_sdk_raises_typed_errors(server: Server) -> None:

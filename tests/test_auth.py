@@ -12,7 +12,6 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import httpx
@@ -22,7 +21,8 @@ from starlette.datastructures import Headers
 
 from server.__main__ import parse_args
 from server.auth import APIKeyMiddleware, presented_key
-from tests.launch import Launched, launch, small_catalog
+from tests.helpers import assert_anthropic_error, long_story, wait_idle
+from tests.launch import MODEL, Launched, launch, small_catalog
 
 KEYS = ("key-one", "key-two")
 FILE_KEY = "key-from-file"
@@ -31,18 +31,6 @@ GRACE = 20
 AUTH = {"authorization": f"Bearer {KEYS[0]}"}
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "Hi."}]
-MODEL = "smollm2-135m-instruct"
-
-
-def chat_body(max_tokens: int, stream: bool = False) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": stream,
-    }
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +43,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
     args += ["--shutdown-grace", str(GRACE)]
     with launch(args, folder / "server.log", env={"HEARTH_API_KEYS": ",".join(KEYS)}) as server:
         yield server
-
-
-def wait_idle(service: Launched) -> None:
-    """Until the engine holds no sequence (a closed stream frees its slot at the next step)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        stats = httpx.get(f"{service.url}/v1/stats", headers=AUTH, timeout=10).json()[MODEL]
-        if stats["running"] == 0 and stats["waiting"] == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"engine still busy: {stats}")
 
 
 def assert_401(response: httpx.Response) -> None:
@@ -122,7 +99,7 @@ def test_without_a_key_every_other_route_is_401(service: Launched, path: str) ->
     ],
 )
 def test_a_wrong_key_is_401(service: Launched, headers: dict[str, str]) -> None:
-    assert_401(httpx.post(f"{service.url}{CHAT}", json=chat_body(4), headers=headers))
+    assert_401(httpx.post(f"{service.url}{CHAT}", json=long_story(4), headers=headers))
 
 
 def test_the_sdk_with_a_wrong_key_gets_an_authentication_error(service: Launched) -> None:
@@ -143,9 +120,7 @@ def test_the_sdk_with_a_right_key_works(service: Launched) -> None:
 
 def test_anthropic_routes_answer_401_in_their_shape_and_take_x_api_key(service: Launched) -> None:
     denied = httpx.post(f"{service.url}/v1/messages", json={"model": MODEL, "max_tokens": 4, "messages": []})
-    assert denied.status_code == 401
-    body = denied.json()
-    assert (body["type"], body["error"]["type"]) == ("error", "authentication_error")
+    assert_anthropic_error(denied, 401, "authentication_error")
     with anthropic.Anthropic(base_url=f"{service.url}/anthropic", api_key=KEYS[0], max_retries=0) as claude:
         reply = claude.messages.create(model=MODEL, max_tokens=4, messages=HI)
     assert reply.usage.output_tokens >= 1
@@ -195,24 +170,24 @@ def test_cors_headers_on_answers_and_on_401s(service: Launched) -> None:
 
 
 def test_a_full_queue_is_429_with_retry_after(service: Launched) -> None:
-    wait_idle(service)
+    wait_idle(service, AUTH)
     with httpx.Client(base_url=service.url, headers=AUTH, timeout=120) as client:
-        with client.stream("POST", CHAT, json=chat_body(1000, stream=True)) as running:
+        with client.stream("POST", CHAT, json=long_story(1000, stream=True)) as running:
             assert running.status_code == 200
             next(running.iter_lines())  # the only slot is taken
-            refused = client.post(CHAT, json=chat_body(4))
+            refused = client.post(CHAT, json=long_story(4))
     assert refused.status_code == 429
     assert int(refused.headers["retry-after"]) >= 1
     error = refused.json()["error"]
     assert (error["type"], error["code"]) == ("rate_limit_error", "queue_full")
-    wait_idle(service)
+    wait_idle(service, AUTH)
 
 
 def test_sigterm_drains_then_exits_0(service: Launched) -> None:
     """Last: stops the server. A running stream completes, a new request is refused, the exit is 0."""
-    wait_idle(service)
+    wait_idle(service, AUTH)
     with httpx.Client(base_url=service.url, headers=AUTH, timeout=120) as client:
-        with client.stream("POST", CHAT, json=chat_body(48, stream=True)) as running:
+        with client.stream("POST", CHAT, json=long_story(48, stream=True)) as running:
             assert running.status_code == 200
             lines = running.iter_lines()
             events = [next(lines)]
@@ -220,7 +195,7 @@ def test_sigterm_drains_then_exits_0(service: Launched) -> None:
             service.proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             try:
-                late = httpx.post(f"{service.url}{CHAT}", json=chat_body(4), headers=AUTH, timeout=10)
+                late = httpx.post(f"{service.url}{CHAT}", json=long_story(4), headers=AUTH, timeout=10)
             except httpx.TransportError:
                 pass  # the listening socket is closed: refused
             else:

@@ -6,21 +6,9 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL, Server
+from tests.helpers import OPENAI_ERROR_FIELDS, assert_openai_error, post_malformed_json
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-def _check(r: httpx.Response, status: int, param: str | None, code: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"}
-    err = body["error"]
-    assert set(err) >= {"message", "type", "param", "code"}
-    assert isinstance(err["message"], str) and err["message"]
-    assert err["param"] == param
-    if code is not None:
-        assert err["code"] == code
-    return err
 
 
 def _post(server: Server, body: object) -> httpx.Response:
@@ -28,13 +16,7 @@ def _post(server: Server, body: object) -> httpx.Response:
 
 
 def test_malformed_json(server: Server) -> None:
-    r = httpx.post(
-        f"{server.base_url}/chat/completions",
-        content=b'{"model": "x", "messages": [',
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
-    err = _check(r, 400, None)
+    err = assert_openai_error(post_malformed_json(f"{server.base_url}/chat/completions"), 400, None)
     assert err["type"] == "invalid_request_error"
 
 
@@ -60,22 +42,24 @@ def test_malformed_json(server: Server) -> None:
     ],
 )
 def test_invalid_fields_name_the_field(server: Server, body: dict, param: str) -> None:
-    err = _check(_post(server, body), 400, param)
+    err = assert_openai_error(_post(server, body), 400, param)
     assert err["type"] == "invalid_request_error"
 
 
 def test_body_that_is_not_an_object(server: Server) -> None:
-    _check(_post(server, ["not", "an", "object"]), 400, None)
+    assert_openai_error(_post(server, ["not", "an", "object"]), 400, None)
 
 
 def test_unknown_model(server: Server) -> None:
-    _check(_post(server, {"model": "nope", "messages": HI}), 404, "model", "model_not_found")
+    assert_openai_error(_post(server, {"model": "nope", "messages": HI}), 404, "model", "model_not_found")
 
 
 def test_context_window_exceeded(server: Server) -> None:
     long = [{"role": "user", "content": "word " * 5000}]
-    _check(_post(server, {"model": MODEL, "messages": long}), 400, "messages", "context_length_exceeded")
-    _check(
+    assert_openai_error(
+        _post(server, {"model": MODEL, "messages": long}), 400, "messages", "context_length_exceeded"
+    )
+    assert_openai_error(
         _post(server, {"model": MODEL, "messages": HI, "max_tokens": 100_000}),
         400,
         "max_tokens",
@@ -85,13 +69,13 @@ def test_context_window_exceeded(server: Server) -> None:
 
 def test_unknown_route(server: Server) -> None:
     r = httpx.get(f"{server.url}/v1/nothing-here", timeout=10)
-    _check(r, 404, None)
+    assert_openai_error(r, 404, None)
 
 
 def test_wrong_method(server: Server) -> None:
     r = httpx.get(f"{server.base_url}/chat/completions", timeout=10)
     assert r.status_code == 405
-    assert set(r.json()["error"]) >= {"message", "type", "param", "code"}
+    assert set(r.json()["error"]) == OPENAI_ERROR_FIELDS
 
 
 def test_server_still_serves_after_bad_input(server: Server) -> None:

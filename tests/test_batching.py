@@ -6,7 +6,7 @@ import asyncio
 
 import openai
 
-from tests.conftest import MODEL
+from tests.conftest import MODEL, AsyncClientFactory
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -38,12 +38,13 @@ async def _stream(
     return text, finish
 
 
-def test_eight_concurrent_streams_match_their_solo_runs(aclient: openai.AsyncOpenAI) -> None:
+def test_eight_concurrent_streams_match_their_solo_runs(aclient: AsyncClientFactory) -> None:
     settings = [(q, 0.0 if i % 2 == 0 else 0.9, 24 + 8 * i) for i, q in enumerate(QUESTIONS)]
 
     async def main() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        solo = [await _stream(aclient, q, t, m) for q, t, m in settings if t == 0.0]
-        together = await asyncio.gather(*[_stream(aclient, q, t, m) for q, t, m in settings])
+        async with aclient() as client:
+            solo = [await _stream(client, q, t, m) for q, t, m in settings if t == 0.0]
+            together = await asyncio.gather(*[_stream(client, q, t, m) for q, t, m in settings])
         return solo, list(together)
 
     solo, together = asyncio.run(main())

@@ -15,10 +15,10 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from engine import ModelConfig, ModelLoadError, UnknownModelError
-from server.app import RequestIdMiddleware, create_app
+from server.app import RequestIdMiddleware
 from server.errors import APIError, error_type_for, exception_handlers, param_path
 from server.settings import Settings
-from server.state import AppState
+from tests.helpers import app_client, assert_openai_error
 
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{24}$")
 CHAT = "/v1/chat/completions"
@@ -53,23 +53,15 @@ class FakeRegistry:
 @pytest.fixture
 def api() -> TestClient:
     """The real app with a fake registry put in place of what `lifespan` would load."""
-    settings = Settings(config_path=Path("unused.yaml"), max_body_bytes=1000)
-    app = create_app(settings)
-    registry: Any = FakeRegistry()
-    app.state.hearth = AppState(settings=settings, registry=registry, default_model="tiny", started_at=0)
-    return TestClient(app)
+    return app_client(Settings(config_path=Path("unused.yaml"), max_body_bytes=1000), FakeRegistry())
 
 
 def assert_error(response: Any, status: int, param: str | None = None, code: str | None = None) -> str:
     """Checks the shape and the request id; returns the message."""
-    assert response.status_code == status
+    error = assert_openai_error(response, status, param, type=error_type_for(status))
     assert REQUEST_ID.match(response.headers["x-request-id"])
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == error_type_for(status)
-    assert (error["param"], error["code"]) == (param, code)
-    assert isinstance(error["message"], str) and error["message"]
-    return error["message"]
+    assert error["code"] == code
+    return str(error["message"])
 
 
 def test_error_type_by_status() -> None:

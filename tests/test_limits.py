@@ -11,11 +11,10 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from server.app import create_app
 from server.limits import too_deep
 from server.settings import Settings
-from server.state import AppState
 from tests.conftest import MODEL, Server
+from tests.helpers import app_client, assert_openai_error, long_story, wait_idle
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "hi"}]
@@ -28,32 +27,14 @@ def nested(depth: int) -> Any:
     return value
 
 
-def long_body(max_tokens: int = 3000, stream: bool = False) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": stream,
-    }
-
-
 def assert_400(response: httpx.Response, param: str | None = None) -> str:
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert (error["type"], error["param"]) == ("invalid_request_error", param)
-    return str(error["message"])
+    return str(assert_openai_error(response, 400, param, type="invalid_request_error")["message"])
 
 
 @pytest.fixture
 def api() -> TestClient:
     """The real app without a model: the limits are checked before a model is looked up."""
-    settings = Settings(config_path=Path("unused.yaml"), max_messages=3, max_json_depth=8)
-    app = create_app(settings)
-    registry: Any = None
-    app.state.hearth = AppState(settings=settings, registry=registry, default_model="tiny", started_at=0)
-    return TestClient(app)
+    return app_client(Settings(config_path=Path("unused.yaml"), max_messages=3, max_json_depth=8), None)
 
 
 def test_too_deep_counts_arrays_and_objects() -> None:
@@ -98,37 +79,29 @@ def test_too_many_messages_is_400(server: Server) -> None:
     assert "1025" in assert_400(httpx.post(f"{server.url}{CHAT}", json=body, timeout=60), param="messages")
 
 
-def wait_idle(server: Server) -> dict[str, float]:
-    deadline = time.monotonic() + 30
-    while True:
-        stats = server.stats()[MODEL]
-        if stats["running"] == 0 and stats["waiting"] == 0 or time.monotonic() > deadline:
-            return stats
-
-
 def test_timeout_field_ends_a_request_with_504_and_aborts_it(server: Server) -> None:
     aborted = server.stats()[MODEL]["aborted"]
     started = time.monotonic()
-    response = httpx.post(f"{server.url}{CHAT}", json={**long_body(), "timeout": 1.0}, timeout=120)
+    response = httpx.post(f"{server.url}{CHAT}", json={**long_story(), "timeout": 1.0}, timeout=120)
     assert time.monotonic() - started < 10
     assert response.status_code == 504
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "request_timeout")
-    stats = wait_idle(server)
+    stats = wait_idle(server)[MODEL]
     assert stats["running"] == 0 and stats["aborted"] == aborted + 1
 
 
 def test_timeout_header_cuts_a_stream_with_an_error_event(server: Server) -> None:
     aborted = server.stats()[MODEL]["aborted"]
     url, headers = f"{server.url}{CHAT}", {"x-request-timeout": "4"}
-    with httpx.stream("POST", url, json=long_body(stream=True), headers=headers, timeout=120) as r:
+    with httpx.stream("POST", url, json=long_story(stream=True), headers=headers, timeout=120) as r:
         assert r.status_code == 200
         events = [line.removeprefix("data: ") for line in r.iter_lines() if line]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert any(c.get("choices") and c["choices"][0]["delta"].get("content") for c in chunks)
     assert chunks[-1]["error"]["code"] == "request_timeout"
-    stats = wait_idle(server)
+    stats = wait_idle(server)[MODEL]
     assert stats["running"] == 0 and stats["aborted"] == aborted + 1
 
 

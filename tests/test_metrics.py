@@ -13,10 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from server.app import create_app
 from server.settings import Settings
-from server.state import AppState
 from tests.conftest import MODEL, Server
+from tests.helpers import app_client, assert_anthropic_error
 
 FAMILIES = {
     "hearth_http_requests": "counter",
@@ -120,11 +119,7 @@ class Registry:
 
 @pytest.fixture
 def api() -> TestClient:
-    settings = Settings(config_path=Path("unused.yaml"))
-    app = create_app(settings)
-    registry: Any = Registry()
-    app.state.hearth = AppState(settings=settings, registry=registry, default_model="tiny", started_at=0)
-    return TestClient(app)
+    return app_client(Settings(config_path=Path("unused.yaml")), Registry())
 
 
 def test_health_is_503_when_an_engine_died(api: TestClient) -> None:
@@ -141,3 +136,8 @@ def test_draining_answers_503_shutting_down(api: TestClient) -> None:
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "shutting_down"
         assert response.headers["x-request-id"].startswith("req_")
+
+
+def test_draining_answers_the_anthropic_routes_in_their_shape(api: TestClient) -> None:
+    api.app.state.drain.start()  # type: ignore[attr-defined]
+    assert_anthropic_error(api.post("/v1/messages", json={}), 503, "overloaded_error")

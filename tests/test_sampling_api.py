@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, AsyncClientFactory, Server
 
 POEM = [{"role": "user", "content": "Write a poem about the sea."}]
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -21,13 +21,12 @@ def _chat(client: openai.OpenAI, messages: list[dict[str, str]], **kw: Any) -> A
     return client.chat.completions.create(model=MODEL, messages=messages, **kw)  # type: ignore[arg-type]
 
 
-def test_same_seed_same_output_also_inside_a_batch(server: Server) -> None:
+def test_same_seed_same_output_also_inside_a_batch(aclient: AsyncClientFactory) -> None:
     async def main() -> tuple[str, list[str]]:
-        # A client of this event loop: the session's AsyncOpenAI may hold connections of a closed one.
-        async with openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0) as aclient:
+        async with aclient() as client:
 
             async def poem(seed: int | None, temperature: float = 1.0) -> str:
-                r = await aclient.chat.completions.create(
+                r = await client.chat.completions.create(
                     model=MODEL, messages=POEM, temperature=temperature, max_tokens=12, seed=seed
                 )
                 return r.choices[0].message.content or ""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import openai
 
 from tests.conftest import MODEL, Server
+from tests.helpers import drop_stream, total, wait_idle
 
 STORY = [{"role": "user", "content": "Tell me a short story about a brave mouse."}]
 
@@ -67,38 +67,18 @@ def test_streamed_stop_string_is_never_sent_even_partly(client: openai.OpenAI) -
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-def _running(server: Server) -> float:
-    return sum(s["running"] + s["waiting"] for s in server.stats().values())
-
-
 def test_client_that_drops_a_stream_frees_its_sequence(server: Server) -> None:
-    before = server.stats()
-    aborted_before = sum(s["aborted"] for s in before.values())
+    aborted_before = total(server.stats(), "aborted")
     body = {"model": MODEL, "messages": STORY, "max_tokens": 1000, "stream": True}
-    with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body, timeout=120) as r:
-        seen = 0
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                seen += 1
-            if seen >= 5:
-                break
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _running(server) > 0:
-        time.sleep(0.2)
-    after = server.stats()
-    assert _running(server) == 0
-    assert sum(s["aborted"] for s in after.values()) == aborted_before + 1
+    drop_stream(f"{server.base_url}/chat/completions", body, "data: ")
+    assert total(wait_idle(server), "aborted") == aborted_before + 1
 
 
 def test_client_that_drops_a_non_streamed_request_frees_its_sequence(server: Server) -> None:
-    aborted_before = sum(s["aborted"] for s in server.stats().values())
+    aborted_before = total(server.stats(), "aborted")
     body = {"model": MODEL, "messages": STORY, "max_tokens": 2000, "ignore_eos": True}
     try:
         httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=2)
     except httpx.TimeoutException:
         pass
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _running(server) > 0:
-        time.sleep(0.2)
-    assert _running(server) == 0
-    assert sum(s["aborted"] for s in server.stats().values()) == aborted_before + 1
+    assert total(wait_idle(server), "aborted") == aborted_before + 1

@@ -25,7 +25,7 @@ from server.anthropic_schemas import (
     message_id,
 )
 from server.anthropic_stream import StreamMeta, message_events
-from server.body import read_json
+from server.body import read_body
 from server.generation import collect, first_delta, get_engine, until_disconnected
 from server.output_parser import parse_output
 from server.sse import EventStreamResponse
@@ -37,10 +37,8 @@ FIRST_DELTA_GRACE = 0.25
 
 
 async def messages(request: Request) -> Response:
-    state = app_state(request)
-    body = MessagesRequest.model_validate(await read_json(request, state.settings.max_body_bytes))
-    state.ignored_fields.note("messages", body.model_extra or {})
-    cfg, engine = await get_engine(state, body.model)
+    body = await read_body(request, MessagesRequest, "messages")
+    cfg, engine = await get_engine(app_state(request), body.model)
     ids = await prompt_ids(engine, body)
     params = sampling(body, len(ids), engine.max_context)
     request_id: str = request.state.request_id
@@ -88,10 +86,8 @@ def message(
 
 async def count_tokens(request: Request) -> Response:
     """The templated prompt's length, as `messages` would see it (no model run)."""
-    state = app_state(request)
-    body = CountTokensRequest.model_validate(await read_json(request, state.settings.max_body_bytes))
-    state.ignored_fields.note("messages.count_tokens", body.model_extra or {})
-    _, engine = await get_engine(state, body.model)
+    body = await read_body(request, CountTokensRequest, "messages.count_tokens")
+    _, engine = await get_engine(app_state(request), body.model)
     ids = await prompt_ids(engine, body)
     return JSONResponse(TokenCount(input_tokens=len(ids)).model_dump())
 

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine import ModelConfig, UnknownModelError
-from server.errors import model_not_found
+from engine import ModelConfig
+from server.generation import resolve_model
 from server.schemas import Model, ModelList
 from server.state import AppState, app_state
 
@@ -26,11 +26,7 @@ async def list_models(request: Request) -> Response:
 
 async def get_model(request: Request) -> Response:
     state = app_state(request)
-    name = request.path_params["model_id"]
-    try:
-        cfg = state.registry.resolve(name)
-    except UnknownModelError:
-        raise model_not_found(name) from None
+    cfg = resolve_model(state, request.path_params["model_id"])
     return JSONResponse(_model(state, cfg).model_dump())
 
 

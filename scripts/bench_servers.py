@@ -1,0 +1,143 @@
+"""The servers `scripts/bench.py` measures: Hearth started on a free port, and the peer, `transformers
+serve --continuous-batching`, from `.venv-peer` (created on first use) or from `--peer-python`.
+
+Each runs in its own process group with its log in the temp folder (`hearth-bench-<name>-<port>.log`),
+is ready once /health and /v1/models answer 200, and is always stopped (TERM, then KILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+HEARTH_PY = ROOT / ".venv" / "bin" / "python"
+PEER_VENV = ROOT / ".venv-peer"
+PEER_TORCH = "torch==2.13.0"  # unpinned, pip pulls the multi-GB CUDA build
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def first_model_id(url: str) -> str:
+    """The first id the server's /v1/models lists (the peer's is its model folder)."""
+    data = httpx.get(f"{url}/v1/models", timeout=30.0).json()
+    return str(data["data"][0]["id"])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Poll /health and /v1/models until both answer 200; fail early when the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready:\n{tail(log)}")
+        try:
+            if all(httpx.get(f"{url}{p}", timeout=5.0).status_code == 200 for p in ("/health", "/v1/models")):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server not ready after {timeout:.0f} s:\n{tail(log)}")
+
+
+def tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def server(name: str, cmd: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `cmd` in its own process group; yield its base URL once ready; always stop it (TERM, then KILL)."""
+    url = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.gettempdir()) / f"hearth-bench-{name}-{port}.log"
+    print(f"[{name}] starting: {' '.join(cmd)} (log: {log})", flush=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    try:
+        wait_ready(url, proc, log, timeout=900.0)
+        yield url
+    finally:
+        stop(proc, name)
+
+
+def stop(proc: subprocess.Popen[bytes], name: str, grace: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        print(f"[{name}] did not stop in {grace:.0f} s; killing", flush=True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def ensure_peer_venv() -> Path:
+    """`.venv-peer/bin/transformers`, installing torch (CPU, pinned) and transformers[serving] if missing."""
+    exe = PEER_VENV / "bin" / "transformers"
+    if exe.exists():
+        return exe
+    print(f"[peer] installing transformers[serving] into {PEER_VENV} (one time)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    pip = [str(PEER_VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, PEER_TORCH, "transformers[serving]"], check=True)
+    return exe
+
+
+def default_model_dir() -> Path:
+    """Hearth's converted safetensors cache of the default model: the newest one with a config.json."""
+    cache = Path(os.environ.get("HEARTH_CACHE_DIR") or "~/.cache/hearth").expanduser()
+    dirs = [d for d in cache.glob(f"{DEFAULT_MODEL_ID}-*") if (d / "config.json").is_file()]
+    if not dirs:
+        raise SystemExit(
+            f"bench: no converted model in {cache}/{DEFAULT_MODEL_ID}-*: start Hearth once to create it, "
+            "or pass --model-dir"
+        )
+    return max(dirs, key=lambda d: d.stat().st_mtime)
+
+
+def hearth_cmd(port: int, args: argparse.Namespace) -> list[str]:
+    python = args.hearth_python or (HEARTH_PY if HEARTH_PY.exists() else Path(sys.executable))
+    cmd = [str(python), "-m", "server", "--port", str(port), "--log-level", "warning"]
+    if args.hearth_config:
+        cmd += ["--config", str(Path(args.hearth_config).resolve())]
+    return [*cmd, "--model", args.model] if args.model else cmd
+
+
+def peer_cmd(args: argparse.Namespace, model_dir: Path, port: int) -> list[str]:
+    """`transformers serve`: .venv-peer's (installed on first use), or `--peer-python -m transformers...`."""
+    if args.peer_python:
+        exe = [str(args.peer_python), "-m", "transformers.cli.transformers"]
+    else:
+        exe = [str(ensure_peer_venv())]
+    return [
+        *exe, "serve", str(model_dir), "--continuous-batching",
+        "--device", args.peer_device, "--dtype", args.peer_dtype,
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
