@@ -92,6 +92,17 @@ def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def thread_names(pid: int) -> Counter[str]:
+    """The process's threads by name (`comm`), to tell which kind grew."""
+    names: Counter[str] = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names[(task / "comm").read_text().strip()] += 1
+        except OSError:
+            continue
+    return names
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -237,8 +248,9 @@ class Options:
     seed: int
 
 
-async def load(opts: Options, tally: Tally, on_warm: Any) -> None:
-    """C workers in a closed loop until the deadline; `on_warm()` runs once the warm-up is over."""
+async def load(opts: Options, tally: Tally, on_tick: Any) -> None:
+    """C workers in a closed loop until the deadline; `on_tick(i)` runs at each tenth of the duration
+    (i = 1..9; the first marks the end of the warm-up)."""
     limits = httpx.Limits(
         max_connections=opts.concurrency + 8, max_keepalive_connections=opts.concurrency + 8
     )
@@ -260,21 +272,29 @@ async def load(opts: Options, tally: Tally, on_warm: Any) -> None:
             except (httpx.HTTPError, ValueError) as e:
                 tally.fail(f"{type(e).__name__}: {e}")
 
-    async def warm_watch() -> None:
-        await asyncio.sleep(opts.duration * 0.1)
-        on_warm()
+    async def ticks() -> None:
+        for i in range(1, 10):
+            await asyncio.sleep(max(0.0, start + opts.duration * i / 10 - time.monotonic()))
+            on_tick(i)
 
     async with httpx.AsyncClient(base_url=opts.url, limits=limits, timeout=timeout) as client:
-        await asyncio.gather(warm_watch(), *(worker(client, i) for i in range(opts.concurrency)))
+        await asyncio.gather(ticks(), *(worker(client, i) for i in range(opts.concurrency)))
 
 
 async def prime(opts: Options) -> None:
-    """Concurrent short requests, so that the server's worker threads exist before they are counted."""
+    """Bursts of concurrent requests, so that the server's pools of worker threads (which grow on demand
+    and then stay) are full before the threads are counted: prompt rendering, then generation."""
+    width = max(opts.concurrency, 32)
     async with httpx.AsyncClient(base_url=opts.url, timeout=300.0) as client:
-        bodies = [chat_body(opts.model, p, 2) for p in PROMPTS * (opts.concurrency // len(PROMPTS) + 1)]
-        await asyncio.gather(
-            *(client.post("/v1/chat/completions", json=b) for b in bodies[: opts.concurrency])
-        )
+        for _ in range(2):
+            await asyncio.gather(
+                *(
+                    client.post("/anthropic/v1/messages/count_tokens", json=chat_body(opts.model, p, 1))
+                    for p in PROMPTS * (width // len(PROMPTS) + 1)
+                )
+            )
+            bodies = [chat_body(opts.model, p, 2, stream=i % 2 == 1) for i, p in enumerate(PROMPTS * width)]
+            await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in bodies[:width]))
 
 
 def idle_stats(url: str, wait: float) -> dict[str, tuple[int, int]]:
@@ -307,13 +327,18 @@ def soak(opts: Options, rss_limit: float, thread_margin: int) -> bool:
     asyncio.run(prime(opts))
     pid = opts.pid
     threads_before = threads(pid) if pid else None
+    names_before = thread_names(pid) if pid else Counter()
     rss: dict[str, float] = {}
     stats_before = httpx.get(f"{opts.url}/v1/stats", timeout=10).json().get(opts.model, {})
 
-    def on_warm() -> None:
+    timeline: list[float] = []  # RSS (MiB) at each tenth of the load
+
+    def on_tick(i: int) -> None:
         if pid:
-            rss["warm"] = rss_mib(pid)
-            rss["warm_threads"] = threads(pid)
+            timeline.append(rss_mib(pid))
+            if i == 1:
+                rss["warm"] = timeline[-1]
+                rss["warm_threads"] = threads(pid)
 
     tally = Tally()
     print(
@@ -321,7 +346,7 @@ def soak(opts: Options, rss_limit: float, thread_margin: int) -> bool:
         flush=True,
     )
     start = time.monotonic()
-    asyncio.run(load(opts, tally, on_warm))
+    asyncio.run(load(opts, tally, on_tick))
     wall = time.monotonic() - start
 
     busy = idle_stats(opts.url, wait=15)
@@ -349,11 +374,16 @@ def soak(opts: Options, rss_limit: float, thread_margin: int) -> bool:
             ("threads", abs(threads_end - (threads_before or 0)) <= thread_margin),
             ("RSS growth", "warm" in rss and growth < rss_limit),
         ]
+        if abs(threads_end - (threads_before or 0)) > thread_margin:
+            grown = thread_names(pid)
+            grown.subtract(names_before)
+            print(f"  threads by name, change: {dict(+grown)} more, {dict(-grown)} fewer")
         warm_threads = int(rss["warm_threads"]) if "warm_threads" in rss else "?"
         print(f"threads: {threads_before} before, {warm_threads} after warm-up, "
               f"{threads_end} at the end (margin {thread_margin})")  # fmt: skip
         print(f"RSS: {rss.get('warm', float('nan')):.1f} MiB after warm-up, {rss_end:.1f} MiB at the end "
               f"({growth:+.2f} %, limit {rss_limit:g} %)")  # fmt: skip
+        print(f"RSS by tenths of the load (MiB): {' '.join(f'{v:.0f}' for v in timeline)}")
     else:
         print("threads, RSS: not checked (no server pid; pass --pid)")
     print(

@@ -30,6 +30,7 @@ from server.anthropic_schemas import (
 from server.errors import APIError
 from server.generation import completion_budget
 from server.output_parser import Piece
+from server.sampling import top_k
 from server.tool_parser import ParsedCall, render_call
 
 
@@ -135,7 +136,7 @@ def sampling(body: MessagesRequest, prompt_tokens: int, max_context: int) -> Sam
     return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=body.top_k or 0,
+        top_k=top_k(body.top_k),
         max_tokens=min(body.max_tokens, room),
         stop=tuple(body.stop_sequences or ()),
     )

@@ -6,6 +6,14 @@ from engine import SamplingParams
 from server.errors import APIError
 from server.schemas import GenerationRequest
 
+# A `top_k` at least this large keeps every token of any vocabulary; larger ones would overflow a tensor.
+MAX_TOP_K = 2**31 - 1
+
+
+def top_k(value: int | None) -> int:
+    """`top_k` for the engine: None, 0 and -1 are off; a value past any vocabulary keeps every token."""
+    return min(max(value or 0, 0), MAX_TOP_K)
+
 
 def choice_count(n: int | None, max_n: int) -> int:
     """The number of choices asked for; 400 `n` above the server's cap."""
@@ -32,7 +40,7 @@ def sampling_params(
     return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=max(body.top_k or 0, 0),
+        top_k=top_k(body.top_k),
         min_p=body.min_p or 0.0,
         max_tokens=max_tokens,
         stop=body.stop_strings,

@@ -87,8 +87,14 @@ CHAT_MESSAGE = st.fixed_dictionaries(
     optional={"name": st.sampled_from(["bob", "x_1"])},
 )
 SAMPLING = {
-    "temperature": Spec(_floats(0, 2), st.one_of(st.sampled_from([-0.1, 2.01, 1e9]), NOT_NUM)),
-    "top_p": Spec(_floats(0.01, 1), st.one_of(st.sampled_from([0, -1, 1.5]), NOT_NUM)),
+    "temperature": Spec(
+        _floats(0, 2) | st.sampled_from([5e-324, 1e-300, 1e-8]),
+        st.one_of(st.sampled_from([-0.1, 2.01, 1e9]), NOT_NUM),
+    ),
+    "top_p": Spec(
+        _floats(0.01, 1) | st.sampled_from([5e-324, 1e-300]),
+        st.one_of(st.sampled_from([0, -1, 1.5]), NOT_NUM),
+    ),
     "stop": Spec(
         st.text(min_size=1, max_size=8) | st.lists(st.text(min_size=1, max_size=8), max_size=4),
         st.sampled_from(["", [""], ["a", "b", "c", "d", "e"], 5, [1], {"a": "b"}]),
@@ -108,9 +114,14 @@ SAMPLING = {
         st.dictionaries(st.integers(0, VOCAB - 1).map(str), _floats(-100, 100), max_size=3),
         st.sampled_from([{"abc": 1}, {"5": 101}, {"5": "x"}, [1], {"99999999": 1}, {"-1": 1}, "x"]),
     ),
-    "top_k": Spec(st.integers(-1, 50), st.one_of(st.just(-2), NOT_INT)),
+    "top_k": Spec(
+        st.integers(-1, 50) | st.sampled_from([2**31, 2**63 - 1, 10**30]), st.one_of(st.just(-2), NOT_INT)
+    ),
     "min_p": Spec(_floats(0, 1), st.one_of(st.sampled_from([-0.1, 1.1]), NOT_NUM)),
-    "repetition_penalty": Spec(_floats(0.5, 2), st.one_of(st.sampled_from([0, -1]), NOT_NUM)),
+    "repetition_penalty": Spec(
+        _floats(0.5, 2) | st.sampled_from([5e-324, 1e-300, 1e300]),
+        st.one_of(st.sampled_from([0, -1]), NOT_NUM),
+    ),
     "ignore_eos": Spec(st.booleans(), NOT_BOOL),
     "user": Spec(TEXT, NOT_STR),
     "metadata": Spec(st.dictionaries(SHORT, SHORT, max_size=2), NOT_DICT),
@@ -195,9 +206,11 @@ MESSAGES = {
     "stop_sequences": Spec(
         st.lists(st.text(min_size=1, max_size=8), max_size=3), st.sampled_from([[""], "x", [1]])
     ),
-    "temperature": Spec(_floats(0, 1), st.one_of(st.sampled_from([1.5, -0.5]), NOT_NUM)),
+    "temperature": Spec(
+        _floats(0, 1) | st.sampled_from([5e-324, 1e-8]), st.one_of(st.sampled_from([1.5, -0.5]), NOT_NUM)
+    ),
     "top_p": Spec(_floats(0.01, 1), st.one_of(st.sampled_from([0, 2]), NOT_NUM)),
-    "top_k": Spec(st.integers(0, 50), st.one_of(st.just(-1), NOT_INT)),
+    "top_k": Spec(st.integers(0, 50) | st.sampled_from([2**31, 10**30]), st.one_of(st.just(-1), NOT_INT)),
     "stream": Spec(st.booleans(), NOT_BOOL),
     "metadata": Spec(st.just({"user_id": "u-1"}), st.sampled_from([{"user_id": 5}, "x"])),
     "timeout": SAMPLING["timeout"],
@@ -382,11 +395,11 @@ def broken(good: bytes) -> list[bytes]:
 
 @st.composite
 def raw_cases(draw: st.DrawFn, route: Route) -> Case:
-    """Bodies that are not a JSON object: malformed text, other encodings, scalars, odd content types."""
+    """Bodies that are not a JSON object (random bytes, a valid body cut short, JSON scalars and arrays),
+    with odd content types; `broken` lists the named cases, sent one by one."""
     good = encode(route.skeleton)
     content = draw(
         st.one_of(
-            st.sampled_from(broken(good)),
             st.binary(max_size=64),
             st.integers(0, len(good)).map(lambda i: good[:i]),
             JSON.map(lambda v: encode(v, ascii=False)),
@@ -412,9 +425,62 @@ def path_cases(draw: st.DrawFn) -> Case:
     extra = draw(st.lists(st.one_of(SHORT, st.sampled_from(["..", ".", "%2e%2e", "x" * 2000])), max_size=3))
     path = base
     if extra:
-        path = base.rstrip("/") + "".join("/" + (s if "%" in s else quote(s, safe="")) for s in extra)
+        path = base.rstrip("/") + "".join("/" + (s if s == "%2e%2e" else quote(s, safe="")) for s in extra)
     method = draw(st.sampled_from(METHODS))
     content = None
     if method in ("POST", "PUT", "PATCH") and draw(st.booleans()):
         content = encode({"model": MODEL, "messages": hi(), "max_tokens": 1, "prompt": "x"})
     return Case(method, path, content, headers={"content-type": "application/json"} if content else {})
+
+
+# Boundary values the schemas accept: each, alone on a route's skeleton, must be answered 200.
+OPENAI_EDGES: dict[str, list[Any]] = {
+    "temperature": [0, 5e-324, 1e-300, 2],
+    "top_p": [5e-324, 1e-300, 1],
+    "n": [1, 8],
+    "seed": [-(2**63), 0, 2**64 - 1],
+    "frequency_penalty": [-2, 2],
+    "presence_penalty": [-2, 2],
+    "logit_bias": [{}, {"0": -100, str(VOCAB - 1): 100}],
+    "top_k": [-1, 0, 1, 2**31, 2**63 - 1, 2**63, 10**30],
+    "min_p": [0, 1],
+    "repetition_penalty": [5e-324, 1e-300, 1e300],
+    "stop": [["a", "b", "c", "d"], "x" * 1000, HUGE],
+    "ignore_eos": [True],
+    "user": [HUGE],
+    "timeout": [60, 1e300, 2**63],
+}
+EDGES: dict[str, dict[str, list[Any]]] = {
+    "/v1/chat/completions": {
+        **OPENAI_EDGES,
+        "logprobs": [True],
+        "max_completion_tokens": [1],
+        "messages": [
+            [{"role": "user", "content": ""}],
+            [{"role": "user", "content": [{"type": "text", "text": ""}]}],
+        ],
+    },
+    "/v1/completions": {
+        **OPENAI_EDGES,
+        "logprobs": [0, 5],
+        "echo": [True],
+        "prompt": ["", [0], [VOCAB - 1], [[VOCAB - 1]], [""], ["x"]],
+        "best_of": [1],
+        "suffix": [""],
+    },
+    "/anthropic/v1/messages": {
+        "temperature": [0, 5e-324, 1],
+        "top_p": [5e-324, 1],
+        "top_k": [0, 2**31, 2**63, 10**30],
+        "stop_sequences": [["x" * 1000], []],
+        "system": ["", [{"type": "text", "text": ""}]],
+        "metadata": [{"user_id": None}],
+        "timeout": [1e300],
+        "messages": [[{"role": "user", "content": ""}], [{"role": "user", "content": []}]],
+    },
+    "/anthropic/v1/messages/count_tokens": {
+        "system": ["", HUGE],
+        "tools": [[TOOL] * 50],
+        "messages": [[{"role": "user", "content": []}], [{"role": "user", "content": HUGE}]],
+    },
+}

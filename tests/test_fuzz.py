@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 
 from server.anthropic_errors import is_anthropic_path
-from tests.fuzz_cases import ROUTES, Case, Route, body_cases, path_cases, raw_cases
+from tests.fuzz_cases import EDGES, ROUTES, Case, Route, body_cases, broken, encode, path_cases, raw_cases
 from tests.helpers import wait_idle
 from tests.launch import MODEL, Server
 
@@ -33,6 +33,7 @@ ANTHROPIC_TYPES = {
     "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
     "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "timeout_error",
 }  # fmt: skip
+NO_BODY = object()
 GREEDY = {"model": MODEL, "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 12}
 
 
@@ -57,7 +58,7 @@ class Fuzzer:
             return
         body = parsed(case.content)
         if r.status_code >= 400:
-            check_error(r, body, where)
+            check_error(r, body if case.content is not None else NO_BODY, where)
             if case.expect is not None:
                 check_expected(r, case.expect, is_anthropic_path(r.request.url.path), where)
         elif case.expect is not None:
@@ -91,7 +92,7 @@ def check_error(r: httpx.Response, body: Any, where: str) -> None:
     assert isinstance(err["message"], str) and err["message"], where
     assert isinstance(err["type"], str) and isinstance(err["code"], (str, type(None))), where
     param = err["param"]
-    if param is not None:
+    if param is not None and body is not NO_BODY:  # without a body it names a path parameter
         assert isinstance(body, dict) and names_field(body, param.split(".")), f"param {param!r}\n{where}"
 
 
@@ -149,7 +150,7 @@ def greedy_before(fuzz: Fuzzer) -> dict[str, Any]:
 
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.path)
 def test_fuzz_bodies(fuzz: Fuzzer, greedy_before: dict[str, Any], route: Route) -> None:
-    @settings(FUZZ, max_examples=320)
+    @settings(FUZZ, max_examples=500)
     @seed(zlib.crc32(route.path.encode()))
     @given(case=body_cases(route))
     def run(case: Case) -> None:
@@ -158,9 +159,31 @@ def test_fuzz_bodies(fuzz: Fuzzer, greedy_before: dict[str, Any], route: Route) 
     run()
 
 
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.path in EDGES], ids=lambda r: r.path)
+def test_edge_values(fuzz: Fuzzer, greedy_before: dict[str, Any], route: Route) -> None:
+    """Each boundary value a schema accepts, alone on the route's skeleton, is answered 200."""
+    failures = []
+    for name, values in EDGES[route.path].items():
+        for value in values:
+            body = {**route.skeleton, name: value}
+            r = fuzz.client.post(
+                route.path, content=encode(body), headers={"content-type": "application/json"}
+            )
+            fuzz.statuses[r.status_code] += 1
+            if r.status_code != 200:
+                failures.append(f"{name}={str(value)[:40]}: {r.status_code} {r.text[:200]}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.path)
+def test_broken_bodies(fuzz: Fuzzer, greedy_before: dict[str, Any], route: Route) -> None:
+    for content in broken(encode(route.skeleton)):
+        fuzz.check(Case("POST", route.path, content, headers={"content-type": "application/json"}))
+
+
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.path)
 def test_fuzz_raw_bodies(fuzz: Fuzzer, greedy_before: dict[str, Any], route: Route) -> None:
-    @settings(FUZZ, max_examples=60)
+    @settings(FUZZ, max_examples=80)
     @seed(zlib.crc32(route.path.encode()))
     @given(case=raw_cases(route))
     def run(case: Case) -> None:
@@ -170,7 +193,7 @@ def test_fuzz_raw_bodies(fuzz: Fuzzer, greedy_before: dict[str, Any], route: Rou
 
 
 def test_fuzz_paths_and_methods(fuzz: Fuzzer, greedy_before: dict[str, Any]) -> None:
-    @settings(FUZZ, max_examples=300)
+    @settings(FUZZ, max_examples=400)
     @seed(0)
     @given(case=path_cases())
     def run(case: Case) -> None:
