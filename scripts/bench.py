@@ -1,15 +1,18 @@
 """Closed-loop load generator for OpenAI-compatible servers: Hearth, and optionally a peer to compare with.
 
 For each concurrency level C, C workers each stream one `/v1/chat/completions` request after another
-(temperature 0, prompts that ask for long answers) until the level's request budget (or --duration)
-is spent. Per request: TTFT (first non-empty content chunk), end-to-end latency, completion tokens
-(the usage the server reports, else the number of content chunks). Per level: output tok/s (all
-completion tokens / wall time of the level), TTFT p50/p99, latency p50, requests ok/failed.
+(temperature 0, `ignore_eos`, prompts that ask for long answers) until the level's request budget (or
+--duration) is spent; `scripts/bench_client.py` measures tok/s, TTFT and latency, and the server's RSS
+(start, peak, end per level, sampled every second from /proc).
 
-Without --url the bench starts Hearth itself on a free port and stops it afterwards (with --hearth-config,
-on that catalog). --compare also benchmarks `transformers serve --continuous-batching` on the same
-weights, one server at a time: from `.venv-peer` (created on first use), or with --peer-python from an
-interpreter that already has `transformers[serving]` (a machine without internet).
+Without --url the bench starts Hearth itself on a free port and stops it afterwards: one Hearth per
+--hearth-config x --model pair, so quantized catalog entries sit in the same tables as the float32 one.
+--compare also benchmarks `transformers serve --continuous-batching` on the same weights. Servers never
+run together: with --runs N each run starts every server afresh, one after the other, in an order that
+is reversed every other run (fresh processes make the runs independent samples; alternating the order
+spreads slow drifts of a shared machine over both). The last table holds the medians over the runs with
+the ratios to the peer, then the CPU model and flags. --memory runs one long level instead (default 600 s
+at c32) and writes RSS over time as CSV, with the slope per 100 requests and whether it stayed flat.
 
 Quirks of `transformers serve` 5.24 (checked by hand on the converted SmolLM2-135M folder, offline):
 - The model folder given as FORCE_MODEL pins the server: requests must name exactly that path
@@ -25,20 +28,21 @@ Quirks of `transformers serve` 5.24 (checked by hand on the converted SmolLM2-13
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
-import json
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_client import LevelResult, Target, requests_for, run_level, warm_up
+from bench_report import PEER, ServerRun, median_table, medians, ratio_table, table, write_csv, write_json
 from bench_servers import default_model_dir, first_model_id, free_port, hearth_cmd, peer_cmd, server
+from procinfo import cpu_info, cpu_line, hwm_mib, listening_pid, local_pid, rss_trend
 
 TOPICS = [
     "the history of the Roman Empire",
@@ -61,241 +65,173 @@ TOPICS = [
 PROMPTS = [f"Write a long, detailed essay about {t}. Use many paragraphs." for t in TOPICS]
 
 
-@dataclass
-class RequestResult:
-    ok: bool
-    latency: float
-    ttft: float | None = None
-    tokens: int = 0
-    error: str | None = None
+@dataclass(frozen=True)
+class Spec:
+    """A server to benchmark: `kind` hearth or peer; for Hearth, the catalog and model it starts with."""
+
+    label: str
+    kind: str
+    config: Path | None = None
+    model: str | None = None
 
 
-@dataclass
-class LevelResult:
-    concurrency: int
-    wall: float
-    results: list[RequestResult] = field(default_factory=list)
+def specs(args: argparse.Namespace) -> list[Spec]:
+    """One Hearth per --hearth-config x --model (labels naming the model and, with several, the
+    catalog), then the peer with --compare."""
+    configs: list[Path | None] = list(args.hearth_config) or [None]
+    models: list[str | None] = list(args.model) or [None]
+    out = []
+    for config in configs:
+        for model in models:
+            parts = [model] if model else []
+            if config is not None and (len(configs) > 1 or not model):
+                parts.append(f"({config.name})")
+            out.append(Spec(" ".join(["hearth", *parts]), "hearth", config, model))
+    if len({s.label for s in out}) < len(out):
+        out = [Spec(f"{s.label} #{i + 1}", s.kind, s.config, s.model) for i, s in enumerate(out)]
+    if args.compare:
+        out.append(Spec(PEER, "peer"))
+    return out
 
-    @property
-    def good(self) -> list[RequestResult]:
-        return [r for r in self.results if r.ok]
 
-    @property
-    def failed(self) -> int:
-        return len(self.results) - len(self.good)
-
-    @property
-    def tokens(self) -> int:
-        return sum(r.tokens for r in self.good)
-
-    @property
-    def tok_s(self) -> float:
-        return self.tokens / self.wall if self.wall > 0 else 0.0
-
-    def row(self) -> dict[str, float | int]:
-        good = self.good
-        ttfts = [r.ttft for r in good if r.ttft is not None]
+def chat_fields(max_tokens: int) -> Any:
+    def fields(i: int) -> dict[str, Any]:
         return {
-            "concurrency": self.concurrency,
-            "ok": len(good),
-            "failed": self.failed,
-            "tok_s": round(self.tok_s, 2),
-            "tok_per_req": round(self.tokens / len(good), 1) if good else 0.0,
-            "ttft_p50": round(percentile(ttfts, 50), 3),
-            "ttft_p99": round(percentile(ttfts, 99), 3),
-            "latency_p50": round(percentile([r.latency for r in good], 50), 3),
-            "wall": round(self.wall, 2),
+            "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            "max_tokens": max_tokens,
         }
 
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile; NaN for no values."""
-    if not values:
-        return float("nan")
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    return fields
 
 
-# ---------------------------------------------------------------- client
+@contextmanager
+def started(spec: Spec, args: argparse.Namespace) -> Iterator[Target]:
+    """The spec's server, running (started here unless --url), as a target with its model and pid."""
+    extra = {"ignore_eos": True}
+    if spec.kind == "peer":
+        model_dir = (args.model_dir or default_model_dir()).resolve()
+        port = free_port()
+        cmd = peer_cmd(args, model_dir, port)
+        with server("peer", cmd, port, env={"HF_HUB_OFFLINE": "1"}) as url:
+            # The peer is pinned to the folder and wants exactly that string as the model name.
+            yield Target(spec.label, url, first_model_id(url), extra, pid=listening_pid(port))
+    elif args.url:
+        url = args.url.rstrip("/")
+        yield Target(spec.label, url, spec.model or first_model_id(url), extra, pid=local_pid(url, args.pid))
+    else:
+        port = free_port()
+        with server("hearth", hearth_cmd(port, args.hearth_python, spec.config, spec.model), port) as url:
+            yield Target(spec.label, url, spec.model or first_model_id(url), extra, pid=listening_pid(port))
 
 
-@dataclass(frozen=True)
-class Target:
-    """One server under test: where it is, the model name to send and the extra request fields."""
-
-    name: str
-    url: str
-    model: str
-    extra: dict[str, Any]
-
-
-def payload(target: Target, prompt: str, max_tokens: int) -> dict[str, Any]:
-    return {
-        "model": target.model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        **target.extra,
-    }
-
-
-async def one_request(
-    client: httpx.AsyncClient, target: Target, prompt: str, max_tokens: int
-) -> RequestResult:
-    """Stream one chat completion; parse the SSE `data:` lines as they arrive."""
-    start = time.perf_counter()
-    ttft: float | None = None
-    chunks = 0
-    usage_tokens: int | None = None
-    try:
-        body = payload(target, prompt, max_tokens)
-        async with client.stream("POST", f"{target.url}/v1/chat/completions", json=body) as resp:
-            if resp.status_code != 200:
-                text = (await resp.aread()).decode(errors="replace")
-                return RequestResult(
-                    False, time.perf_counter() - start, error=f"{resp.status_code}: {text[:300]}"
-                )
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                event = json.loads(data)
-                if "error" in event:
-                    return RequestResult(False, time.perf_counter() - start, error=str(event["error"])[:300])
-                if event.get("usage"):
-                    usage_tokens = int(event["usage"].get("completion_tokens", 0))
-                for choice in event.get("choices") or []:
-                    if (choice.get("delta") or {}).get("content"):
-                        chunks += 1
-                        if ttft is None:
-                            ttft = time.perf_counter() - start
-    except (httpx.HTTPError, json.JSONDecodeError) as e:
-        return RequestResult(False, time.perf_counter() - start, error=f"{type(e).__name__}: {e}")
-    tokens = usage_tokens if usage_tokens is not None else chunks
-    return RequestResult(True, time.perf_counter() - start, ttft=ttft, tokens=tokens)
-
-
-async def run_level(
-    target: Target, concurrency: int, requests: int | None, duration: float | None, max_tokens: int
-) -> LevelResult:
-    """C workers in a closed loop until `requests` have been started or `duration` seconds have passed."""
-    results: list[RequestResult] = []
-    started = 0
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    timeout = httpx.Timeout(connect=10.0, read=600.0, write=30.0, pool=600.0)
-    start = time.perf_counter()
-    deadline = start + duration if duration is not None else None
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal started
-        while (requests is None or started < requests) and (
-            deadline is None or time.perf_counter() < deadline
-        ):
-            prompt = PROMPTS[started % len(PROMPTS)]
-            started += 1
-            results.append(await one_request(client, target, prompt, max_tokens))
-
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    return LevelResult(concurrency, time.perf_counter() - start, results)
-
-
-async def warm_up(target: Target) -> Target:
-    """One short request; drops `ignore_eos` if the server refuses it. Raises when the server fails."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0)) as client:
-        result = await one_request(client, target, PROMPTS[0], 8)
-        if not result.ok and target.extra and (result.error or "")[:3] in ("400", "422"):
+def bench(spec: Spec, args: argparse.Namespace) -> tuple[ServerRun, float | None]:
+    """Every level against the spec's server; the levels and the server's VmHWM at the end (MiB)."""
+    fields = chat_fields(args.max_tokens)
+    with started(spec, args) as target:
+        target = warm_up(target, {**fields(0), "max_tokens": 8})
+        print(f"[{target.name}] model {target.model!r} at {target.url} (pid {target.pid})", flush=True)
+        levels: list[LevelResult] = []
+        for c in args.concurrency:
+            requests = requests_for(c, args.requests_per_level, args.duration)
+            level = run_level(target, c, requests, args.duration, fields, args.rss_interval)
+            row = level.row()
             print(
-                f"[{target.name}] refused {sorted(target.extra)} ({result.error}); sending without",
+                f"[{target.name}] c={c}: {row['tok_s']} tok/s, ttft p50 {row['ttft_p50']} s, "
+                f"{row['ok']} ok / {row['failed']} failed, RSS peak {row['rss_peak']} MiB",
                 flush=True,
             )
-            target = Target(target.name, target.url, target.model, {})
-            result = await one_request(client, target, PROMPTS[0], 8)
-    if not result.ok:
-        raise RuntimeError(f"[{target.name}] warm-up request failed: {result.error}")
-    return target
+            for r in level.results:
+                if not r.ok:
+                    print(f"[{target.name}]   failed: {r.error}", flush=True)
+                    break
+            levels.append(level)
+        hwm = round(hwm_mib(target.pid), 1) if target.pid else None
+    return ServerRun(spec.label, target.model, levels), hwm
 
 
-def bench(target: Target, args: argparse.Namespace) -> list[LevelResult]:
-    target = asyncio.run(warm_up(target))
-    print(f"[{target.name}] model {target.model!r} at {target.url}, extra fields {target.extra}", flush=True)
-    levels = []
-    for c in args.concurrency:
-        requests = args.requests_per_level
-        if requests is None and args.duration is None:
-            requests = max(2 * c, 4)
-        level = asyncio.run(run_level(target, c, requests, args.duration, args.max_tokens))
-        row = level.row()
-        print(
-            f"[{target.name}] c={c}: {row['tok_s']} tok/s, ttft p50 {row['ttft_p50']} s, "
-            f"{row['ok']} ok / {row['failed']} failed",
-            flush=True,
-        )
-        for r in level.results:
-            if not r.ok:
-                print(f"[{target.name}]   failed: {r.error}", flush=True)
-                break
-        levels.append(level)
-    return levels
+# ---------------------------------------------------------------- modes
 
 
-# ---------------------------------------------------------------- output
-
-COLUMNS = [
-    ("concurrency", "conc"),
-    ("ok", "ok"),
-    ("failed", "failed"),
-    ("tok_s", "output tok/s"),
-    ("tok_per_req", "tok/req"),
-    ("ttft_p50", "TTFT p50 (s)"),
-    ("ttft_p99", "TTFT p99 (s)"),
-    ("latency_p50", "latency p50 (s)"),
-    ("wall", "wall (s)"),
-]
-
-
-def table(title: str, levels: list[LevelResult]) -> str:
-    lines = [f"### {title}", "", "| " + " | ".join(h for _, h in COLUMNS) + " |"]
-    lines.append("|" + "---:|" * len(COLUMNS))
-    for level in levels:
-        row = level.row()
-        lines.append("| " + " | ".join(str(row[k]) for k, _ in COLUMNS) + " |")
-    return "\n".join(lines)
-
-
-def ratio_table(ours: list[LevelResult], peer: list[LevelResult]) -> str:
-    lines = [
-        "### Hearth / peer",
-        "",
-        "| conc | tok/s ratio (>1: Hearth faster) | TTFT p50 ratio (<1: Hearth faster) |",
-        "|---:|---:|---:|",
-    ]
-    for a, b in zip(ours, peer, strict=True):
-        ra, rb = a.row(), b.row()
-        tok = ra["tok_s"] / rb["tok_s"] if rb["tok_s"] else float("nan")
-        ttft = ra["ttft_p50"] / rb["ttft_p50"] if rb["ttft_p50"] else float("nan")
-        lines.append(f"| {a.concurrency} | {tok:.2f} | {ttft:.2f} |")
-    return "\n".join(lines)
-
-
-def write_outputs(runs: dict[str, list[LevelResult]], args: argparse.Namespace) -> None:
-    rows = [{"server": name, **level.row()} for name, levels in runs.items() for level in levels]
+def compare(args: argparse.Namespace, info: dict[str, object]) -> tuple[int, dict[str, Any]]:
+    """--runs runs of every server; per-run tables, then the medians."""
+    todo = specs(args)
+    runs: list[list[ServerRun]] = []
+    raw_runs = []
+    for i in range(args.runs):
+        order = todo if i % 2 == 0 else todo[::-1]
+        print(f"\n== run {i + 1}/{args.runs}: {', '.join(s.label for s in order)}", flush=True)
+        done = [bench(spec, args) for spec in order]
+        runs.append([run for run, _ in done])
+        raw_runs.append({"run": i + 1, "servers": [{**run.raw(), "vm_hwm_mib": hwm} for run, hwm in done]})
+    meds = medians(runs)
+    print(
+        f"\nmax_tokens={args.max_tokens}, chat completions streamed, prompts ask for long essays, "
+        "temperature 0, ignore_eos where the server accepts it"
+    )
+    for i, run in enumerate(runs):
+        print(f"\n## Run {i + 1}\n")
+        for server_run in run:
+            print(table(server_run.label, server_run.levels), end="\n\n")
+        peer = next((s for s in run if s.label == PEER), None)
+        for server_run in run:
+            if peer is not None and server_run is not peer:
+                print(ratio_table(server_run, peer), end="\n\n")
+    print(median_table(meds, args.runs))
+    print(f"\n{cpu_line(info)}")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"max_tokens": args.max_tokens, "levels": rows}, indent=2) + "\n"
+        write_csv(args.csv, runs)
+    failed = sum(level.failed for run in runs for s in run for level in s.levels)
+    return (1 if failed else 0), {"runs": raw_runs, "medians": meds}
+
+
+def memory(args: argparse.Namespace, info: dict[str, object]) -> tuple[int, dict[str, Any]]:
+    """One long level per Hearth: RSS over time, its slope per 100 requests after the warm-up (the first
+    10 % of the duration), and whether it stayed flat."""
+    out: dict[str, Any] = {}
+    csv_rows = []
+    failed = 0
+    for spec in specs(args):
+        run, hwm = bench(spec, args)
+        level = run.levels[0]
+        failed += level.failed
+        trend = rss_trend(level.rss, warm_up=args.duration * 0.1)
+        row = level.row()
+        print(f"\n{table(f'{run.label}: {args.duration:g} s at c{level.concurrency}', run.levels)}\n")
+        print(
+            f"RSS (MiB): start {row['rss_start']}, peak {row['rss_peak']}, end {row['rss_end']}, VmHWM {hwm}"
         )
+        entry: dict[str, Any] = {**run.raw(), "vm_hwm_mib": hwm, "trend": None, "flat": None}
+        if trend is None:
+            print("RSS trend: too few samples or requests to fit")
+        else:
+            flat = trend.flat(args.flat_tolerance)
+            print(
+                f"RSS trend after the warm-up: {trend.slope_per_100:+.3f} MiB per 100 requests "
+                f"({trend.requests} requests, {trend.samples} samples; fitted growth {trend.growth_mib:+.1f} "
+                f"MiB, limit {args.flat_tolerance:g} % = {trend.base_mib * args.flat_tolerance / 100:.1f} "
+                f"MiB): {'flat' if flat else 'NOT flat'}"
+            )
+            entry.update(trend=vars(trend), flat=flat)
+        out[run.label] = entry
+        csv_rows += [
+            {
+                "server": run.label,
+                "t_s": round(s.t, 2),
+                "requests_done": s.done,
+                "rss_mib": round(s.rss_mib, 1),
+            }
+            for s in level.rss
+        ]
+    print(f"\n{cpu_line(info)}")
+    if csv_rows:
+        with open(args.rss_csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
+            writer.writeheader()
+            writer.writerows(csv_rows)
+        print(f"RSS over time: {args.rss_csv}")
+    else:
+        print("RSS over time: not sampled (no server pid; pass --pid)")
+    return (1 if failed else 0), {"memory": out}
 
 
 # ---------------------------------------------------------------- main
@@ -304,86 +240,92 @@ def write_outputs(runs: dict[str, list[LevelResult]], args: argparse.Namespace) 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="server to benchmark; default: start Hearth on a free port")
-    p.add_argument("--model", help="model name to request (default: the first id /v1/models lists)")
-    p.add_argument("--concurrency", default="1,8,32", help="comma-separated levels (default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=128, help="per request (default: %(default)s)")
+    p.add_argument("--pid", type=int, help="the --url server's pid, for RSS (default: found from its port)")
+    p.add_argument(
+        "--model", "--models", action="append", default=[],
+        help="catalog id(s) to start Hearth with and request, comma-separated or repeated "
+        "(default: the catalog's default; with --url: the model the server has loaded)",
+    )  # fmt: skip
+    p.add_argument(
+        "--hearth-config", "--config", type=Path, action="append", default=[],
+        help="models.yaml for the Hearth it starts; repeat to benchmark several catalogs side by side",
+    )  # fmt: skip
+    p.add_argument("--concurrency", help="comma-separated levels (default: 1,8,32; --memory: 32)")
+    p.add_argument("--max-tokens", type=int, help="per request (default: 128)")
     p.add_argument("--requests-per-level", type=int, help="default: 2 x concurrency, at least 4")
-    p.add_argument("--duration", type=float, help="seconds per level: stop starting requests after it")
+    p.add_argument("--duration", type=float, help="seconds per level (--memory: default 600)")
+    p.add_argument("--runs", type=int, default=1, help="repeat everything, report medians (default: 1)")
     p.add_argument(
-        "--compare", action="store_true", help="also benchmark `transformers serve --continuous-batching`"
+        "--compare", action="store_true", help="also run `transformers serve --continuous-batching`"
     )
+    p.add_argument("--memory", action="store_true", help="one long level per Hearth; RSS over time as CSV")
+    p.add_argument("--rss-csv", default="bench-rss.csv", help="--memory's output (default: %(default)s)")
+    p.add_argument("--rss-interval", type=float, default=1.0, help="seconds between RSS samples")
+    p.add_argument("--flat-tolerance", type=float, default=1.0, help="--memory: most fitted growth, %%")
     p.add_argument(
-        "--model-dir", type=Path, help="weights folder for the peer (default: Hearth's converted cache)"
-    )
-    p.add_argument("--hearth-config", type=Path, help="models.yaml for the Hearth it starts (--config)")
+        "--quick", action="store_true",
+        help="smoke test: c1,c2, 8 tokens, 2 requests per level (--memory: c2 for 20 s)",
+    )  # fmt: skip
+    p.add_argument("--model-dir", type=Path, help="weights for the peer (default: Hearth's converted cache)")
     p.add_argument(
         "--hearth-python", type=Path, help="interpreter for Hearth (default: .venv's, else this one)"
     )
     p.add_argument(
-        "--peer-python",
-        type=Path,
+        "--peer-python", type=Path,
         help="run the peer with this interpreter (it must have transformers[serving]) instead of .venv-peer",
-    )
+    )  # fmt: skip
     p.add_argument(
         "--peer-device", default="cpu", help="`transformers serve --device` (default: %(default)s)"
     )
     p.add_argument(
         "--peer-dtype", default="float32", help="`transformers serve --dtype` (default: %(default)s)"
     )
-    p.add_argument("--csv", help="write the per-level rows to this CSV file")
-    p.add_argument("--json", help="write the per-level rows to this JSON file")
+    p.add_argument("--csv", help="write every run's per-level rows to this CSV file")
+    p.add_argument("--json", help="write all raw figures (runs, requests, RSS samples, medians) to this file")
     args = p.parse_args(argv)
+    args.model = [m.strip() for ms in args.model for m in ms.split(",") if m.strip()]
+    fill_defaults(args)
     try:
         args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     except ValueError:
         p.error("--concurrency takes comma-separated integers, e.g. 1,8,32")
-    if not args.concurrency or min(args.concurrency) < 1 or args.max_tokens < 1:
-        p.error("--concurrency levels and --max-tokens must be >= 1")
+    if not args.concurrency or min(args.concurrency) < 1 or args.max_tokens < 1 or args.runs < 1:
+        p.error("--concurrency levels, --max-tokens and --runs must be >= 1")
+    if args.memory and (args.compare or len(args.concurrency) != 1):
+        p.error("--memory takes one --concurrency level and no --compare")
+    if args.url and args.hearth_config:
+        p.error("--hearth-config is for the Hearth the bench starts, not with --url")
     return args
 
 
-def run_hearth(args: argparse.Namespace) -> list[LevelResult]:
-    extra = {"ignore_eos": True}
-    if args.url:
-        url = args.url.rstrip("/")
-        return bench(Target("hearth", url, args.model or first_model_id(url), extra), args)
-    port = free_port()
-    with server("hearth", hearth_cmd(port, args), port) as url:
-        return bench(Target("hearth", url, args.model or first_model_id(url), extra), args)
-
-
-def run_peer(args: argparse.Namespace) -> list[LevelResult]:
-    model_dir = (args.model_dir or default_model_dir()).resolve()
-    port = free_port()
-    with server("peer", peer_cmd(args, model_dir, port), port, env={"HF_HUB_OFFLINE": "1"}) as url:
-        # The peer is pinned to the folder and wants exactly that string as the model name.
-        return bench(Target("peer", url, first_model_id(url), {"ignore_eos": True}), args)
+def fill_defaults(args: argparse.Namespace) -> None:
+    """The defaults of the mode: full, --quick, --memory, --memory --quick."""
+    if args.memory:
+        args.concurrency = args.concurrency or ("2" if args.quick else "32")
+        args.duration = args.duration or (20.0 if args.quick else 600.0)
+    args.concurrency = args.concurrency or ("1,2" if args.quick else "1,8,32")
+    args.max_tokens = args.max_tokens or (8 if args.quick else 128)
+    if args.quick and args.requests_per_level is None and args.duration is None:
+        args.requests_per_level = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_exit)  # so `finally` stops the servers on TERM too
-    runs: dict[str, list[LevelResult]] = {}
+    info = cpu_info()
     try:
-        runs["hearth"] = run_hearth(args)
-        if args.compare:
-            runs["peer"] = run_peer(args)
+        status, results = (memory if args.memory else compare)(args, info)
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
     except (RuntimeError, httpx.HTTPError, subprocess.CalledProcessError) as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
-    print(f"\nmax_tokens={args.max_tokens}, prompts ask for long essays, temperature 0\n")
-    print(table("Hearth", runs["hearth"]))
-    if "peer" in runs:
-        print()
-        print(table("transformers serve --continuous-batching", runs["peer"]))
-        print()
-        print(ratio_table(runs["hearth"], runs["peer"]))
-    write_outputs(runs, args)
-    failed = sum(level.failed for levels in runs.values() for level in levels)
-    return 1 if failed else 0
+    if args.json:
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        settings["hearth_config"] = [str(c) for c in args.hearth_config]
+        write_json(args.json, {"cpu": info, "settings": settings, **results})
+    return status
 
 
 def _raise_exit(signum: int, frame: object) -> None:

@@ -35,9 +35,10 @@ def free_port() -> int:
 
 
 def first_model_id(url: str) -> str:
-    """The first id the server's /v1/models lists (the peer's is its model folder)."""
-    data = httpx.get(f"{url}/v1/models", timeout=30.0).json()
-    return str(data["data"][0]["id"])
+    """The model the server has loaded (Hearth: the first listed with `loaded: true`, the one it started
+    with), else the first id /v1/models lists (the peer's is its model folder)."""
+    models = httpx.get(f"{url}/v1/models", timeout=30.0).json()["data"]
+    return str(next((m for m in models if m.get("loaded")), models[0])["id"])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -122,12 +123,14 @@ def default_model_dir() -> Path:
     return max(dirs, key=lambda d: d.stat().st_mtime)
 
 
-def hearth_cmd(port: int, args: argparse.Namespace) -> list[str]:
-    python = args.hearth_python or (HEARTH_PY if HEARTH_PY.exists() else Path(sys.executable))
+def hearth_cmd(port: int, python: Path | None, config: Path | None, model: str | None) -> list[str]:
+    """`python -m server` on `port` (python: .venv's by default, else this one), with a catalog and a
+    model to load at start-up when given."""
+    python = python or (HEARTH_PY if HEARTH_PY.exists() else Path(sys.executable))
     cmd = [str(python), "-m", "server", "--port", str(port), "--log-level", "warning"]
-    if args.hearth_config:
-        cmd += ["--config", str(Path(args.hearth_config).resolve())]
-    return [*cmd, "--model", args.model] if args.model else cmd
+    if config:
+        cmd += ["--config", str(Path(config).resolve())]
+    return [*cmd, "--model", model] if model else cmd
 
 
 def peer_cmd(args: argparse.Namespace, model_dir: Path, port: int) -> list[str]:

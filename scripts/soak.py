@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import time
@@ -31,12 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_servers import first_model_id, free_port, hearth_cmd, server  # noqa: E402
+from procinfo import local_pid, rss_mib, thread_names, threads  # noqa: E402
 
 GREEDY_PROMPTS = ["What is the capital of France?", "List three fruits.", "Write a haiku about rain."]
 PROMPTS = [
@@ -60,54 +59,6 @@ class Tally:
         self.counts["failed"] += 1
         if len(self.errors) < 10:
             self.errors.append(what)
-
-
-# ---------------------------------------------------------------- the server process
-
-
-def listening_pid(port: int) -> int | None:
-    """The pid of the process (readable by this user) that listens on TCP `port`, from /proc."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(f"socket:[{cols[9]}]")
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                return int(proc.name)
-        except OSError:
-            continue
-    return None
-
-
-def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def thread_names(pid: int) -> Counter[str]:
-    """The process's threads by name (`comm`), to tell which kind grew."""
-    names: Counter[str] = Counter()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            names[(task / "comm").read_text().strip()] += 1
-        except OSError:
-            continue
-    return names
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 # ---------------------------------------------------------------- requests
@@ -418,9 +369,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, url: str) -> bool:
-    parts = urlsplit(url)
-    local = parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.port is not None
-    pid = args.pid or (listening_pid(parts.port) if local and parts.port else None)
+    pid = local_pid(url, args.pid)
     model = args.model or first_model_id(url)
     opts = Options(
         url, model, pid, args.duration, args.concurrency, args.max_tokens,
@@ -435,7 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.url:
             return 0 if run(args, args.url.rstrip("/")) else 1
         port = free_port()
-        with server("hearth", hearth_cmd(port, args), port) as url:
+        cmd = hearth_cmd(port, args.hearth_python, args.hearth_config, args.model)
+        with server("hearth", cmd, port) as url:
             return 0 if run(args, url) else 1
     except KeyboardInterrupt:
         print("soak: interrupted", file=sys.stderr)

@@ -1,0 +1,133 @@
+"""The benchmark tools in their --quick forms, against a real server: `scripts/scale.py` writes a
+well-formed CSV and a two-panel PNG, `scripts/bench.py --memory` an RSS-over-time CSV and a JSON with
+the trend, `scripts/bench.py --runs 2` raw figures and their medians, and several Hearth catalogs in
+one run sit side by side. Shapes and signs only: nothing here is timed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.launch import ROOT, Server, small_catalog
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+SCALE_COLUMNS = [
+    "sweep", "concurrency", "prompt_tokens", "max_tokens", "ok", "failed", "tok_s", "tok_per_req",
+    "ttft_p50", "ttft_p99", "latency_p50", "wall", "rss_start", "rss_peak", "rss_end",
+]  # fmt: skip
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, *args]
+    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (
+        f"{cmd} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
+    return done
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_scale_quick_writes_csv_and_png(server: Server, tmp_path: Path) -> None:
+    out_csv, out_png = tmp_path / "scaling.csv", tmp_path / "scaling.png"
+    run_script(
+        "scripts/scale.py", "--quick", "--url", server.url, "--csv", str(out_csv), "--png", str(out_png)
+    )
+
+    columns, rows = read_csv(out_csv)
+    assert columns == SCALE_COLUMNS
+    by_conc = [r for r in rows if r["sweep"] == "concurrency"]
+    by_length = [r for r in rows if r["sweep"] == "prompt"]
+    assert [(int(r["concurrency"]), int(r["prompt_tokens"])) for r in by_conc] == [(1, 64), (2, 64)]
+    assert [(int(r["concurrency"]), int(r["prompt_tokens"])) for r in by_length] == [(1, 64), (1, 256)]
+    for r in rows:
+        assert int(r["ok"]) == 2 and int(r["failed"]) == 0
+        assert float(r["tok_per_req"]) == int(r["max_tokens"]) == 8  # ignore_eos: every token generated
+        assert float(r["tok_s"]) > 0 and float(r["wall"]) > 0
+        assert 0 < float(r["ttft_p50"]) <= float(r["ttft_p99"])
+        assert float(r["ttft_p50"]) < float(r["latency_p50"])
+        assert 0 < float(r["rss_start"]) <= float(r["rss_peak"])
+
+    import matplotlib.image
+
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(out_png).shape
+    assert width > height > 200  # two panels side by side
+
+
+def test_bench_memory_quick_writes_rss_over_time(server: Server, tmp_path: Path) -> None:
+    rss_csv, out_json = tmp_path / "rss.csv", tmp_path / "memory.json"
+    done = run_script(
+        "scripts/bench.py", "--memory", "--quick", "--duration", "8", "--url", server.url,
+        "--rss-csv", str(rss_csv), "--json", str(out_json),
+    )  # fmt: skip
+    assert "RSS trend" in done.stdout
+
+    columns, rows = read_csv(rss_csv)
+    assert columns == ["server", "t_s", "requests_done", "rss_mib"]
+    assert len(rows) >= 5  # a sample a second, plus the first and the last
+    times = [float(r["t_s"]) for r in rows]
+    done_counts = [int(r["requests_done"]) for r in rows]
+    assert times == sorted(times) and done_counts == sorted(done_counts) and done_counts[-1] >= 1
+    assert all(float(r["rss_mib"]) > 0 for r in rows)
+
+    data = json.loads(out_json.read_text())
+    entry = data["memory"]["hearth"]
+    assert entry["vm_hwm_mib"] >= max(float(r["rss_mib"]) for r in rows) - 1
+    assert entry["flat"] in (True, False, None)
+    assert data["settings"]["concurrency"] == [2] and data["settings"]["duration"] == 8
+    assert data["cpu"]["model"] and set(data["cpu"]["flags"]) >= {
+        "avx2",
+        "avx512f",
+        "avx512_bf16",
+        "amx_tile",
+    }
+
+
+def test_bench_runs_report_medians_of_raw_figures(server: Server, tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    done = run_script(
+        "scripts/bench.py", "--quick", "--runs", "2", "--url", server.url, "--json", str(out_json)
+    )
+    assert "Medians of 2 run(s)" in done.stdout and "CPU: " in done.stdout
+
+    data = json.loads(out_json.read_text())
+    assert [r["run"] for r in data["runs"]] == [1, 2]
+    levels: dict[int, list[dict[str, Any]]] = {}
+    for run in data["runs"]:
+        (hearth,) = run["servers"]
+        assert hearth["label"] == "hearth"
+        for level in hearth["levels"]:
+            levels.setdefault(level["concurrency"], []).append(level)
+            assert [r["tokens"] for r in level["requests"]] == [8, 8] and level["failed"] == 0
+            assert level["rss_samples"] and level["rss_peak"] > 0
+    assert sorted(levels) == [1, 2]
+    medians = {m["concurrency"]: m for m in data["medians"]["hearth"]}
+    for conc, runs in levels.items():
+        assert medians[conc]["tok_s"] == round(statistics.median(r["tok_s"] for r in runs), 3) > 0
+        assert medians[conc]["tok_s_min"] <= medians[conc]["tok_s"] <= medians[conc]["tok_s_max"]
+
+
+def test_bench_puts_several_catalogs_in_one_table(tmp_path: Path) -> None:
+    """The bench starts one Hearth per catalog itself; each row is labelled with its catalog."""
+    small = small_catalog(tmp_path / "small.yaml", max_batch_size=2, max_waiting=4)
+    out_json = tmp_path / "bench.json"
+    done = run_script(
+        "scripts/bench.py", "--quick", "--concurrency", "1", "--hearth-python", sys.executable,
+        "--hearth-config", str(ROOT / "models.yaml"), "--config", str(small), "--json", str(out_json),
+    )  # fmt: skip
+    labels = ["hearth (models.yaml)", "hearth (small.yaml)"]
+    assert all(f"| {label} | 1 |" in done.stdout for label in labels)
+    data = json.loads(out_json.read_text())
+    assert [s["label"] for s in data["runs"][0]["servers"]] == labels
+    assert list(data["medians"]) == labels
