@@ -6,6 +6,7 @@ The server imports only what is exported here.
 from engine.catalog import Catalog, CatalogError, load_catalog
 from engine.config import ModelConfig
 from engine.engine import Engine, EngineDeadError, QueueFullError
+from engine.grammar import GrammarSpec
 from engine.prompt import ChatTemplateError, render_chat
 from engine.registry import ModelLoadError, ModelRegistry, UnknownModelError
 from engine.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
@@ -21,6 +22,7 @@ __all__ = [
     "Engine",
     "EngineStats",
     "FinishReason",
+    "GrammarSpec",
     "Logprob",
     "ModelConfig",
     "ModelLoadError",

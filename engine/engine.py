@@ -21,6 +21,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.detokenize import IncrementalDetokenizer
+from engine.grammar import GrammarCompiler, GrammarSpec
 from engine.logprobs import TokenTexts
 from engine.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 from engine.runner import ModelRunner
@@ -65,7 +66,8 @@ class Engine:
         self.eos_token_ids: frozenset[int] = frozenset(loaded.eos_token_ids)
         self.runner = ModelRunner(self.model, config.max_batch_size, config.max_context)
         self.scheduler = Scheduler(config.max_batch_size, config.max_waiting, config.prefill_chunk)
-        self.sampler = Sampler(config.max_batch_size + 1, TokenTexts(self.tokenizer))
+        self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, sorted(self.eos_token_ids))
+        self.sampler = Sampler(config.max_batch_size + 1, TokenTexts(self.tokenizer), self.grammars)
         self._inbox: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
         self._detoks: dict[str, IncrementalDetokenizer] = {}
         self._stats = EngineStats()
@@ -84,6 +86,10 @@ class Engine:
     def vocab_size(self) -> int:
         """Rows of the model's logits: valid token ids are 0..vocab_size-1."""
         return int(self.model.config.get_text_config().vocab_size)
+
+    def check_grammar(self, spec: GrammarSpec) -> str | None:
+        """None when `spec` compiles for this model's tokenizer, else why not (for a 400)."""
+        return self.grammars.check(spec)
 
     @property
     def alive(self) -> bool:
@@ -271,6 +277,9 @@ class Engine:
         else:
             text = detok.add(token)
             if detok.stop_hit is not None:
+                finish = FinishReason.STOP
+            elif seq.matcher is not None and seq.matcher.is_stopped():  # the grammar is complete
+                text += detok.finish()
                 finish = FinishReason.STOP
             elif seq.num_completion >= params.max_tokens or seq.num_tokens >= self.max_context:
                 text += detok.finish()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from engine.grammar import GrammarSpec
+
 # Temperatures below this are greedy (dividing logits by them would overflow float32).
 GREEDY_EPS = 1e-5
 
@@ -14,9 +16,9 @@ class SamplingParams:
     """Per-request sampling settings; applied per sequence even inside a shared batch.
 
     Order of application (engine.sampler): logit_bias, repetition penalty, frequency and
-    presence penalties, temperature, then top-k, min-p and top-p filtering. Greedy rows take
-    the argmax after the bias and penalties. Logprobs are read after temperature and before
-    the filters (greedy rows at temperature 1).
+    presence penalties, the grammar's mask, temperature, then top-k, min-p and top-p
+    filtering. Greedy rows take the argmax after the bias, penalties and mask. Logprobs are
+    read after temperature and before the filters (greedy rows at temperature 1).
     """
 
     temperature: float = 1.0  # below GREEDY_EPS means greedy
@@ -34,6 +36,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token, with logprobs
+    grammar: GrammarSpec | None = None  # constrained decoding: the output must match it
 
     @property
     def greedy(self) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence as Seq
 
 import torch
+from llguidance import LLMatcher
 
+from engine.grammar import GrammarCompiler, GrammarMasks
 from engine.logprobs import TokenTexts
 from engine.penalties import TokenCounts, apply_logit_bias, apply_penalties
 from engine.request import Logprob, SamplingParams
@@ -19,11 +21,14 @@ from engine.sequence import Sequence
 
 
 class Sampler:
-    """Samples for the engine; owns the per-slot token counts of the penalties (made on first use)."""
+    """Samples for the engine; owns the per-slot token counts of the penalties (made on first use)
+    and the grammar masks of constrained rows (each sequence's matcher made on its first token)."""
 
-    def __init__(self, num_slots: int, texts: TokenTexts) -> None:
+    def __init__(self, num_slots: int, texts: TokenTexts, grammars: GrammarCompiler) -> None:
         self.num_slots = num_slots
         self.texts = texts
+        self.grammars = grammars
+        self.masks = GrammarMasks(grammars.vocab_size)
         self._counts: TokenCounts | None = None
 
     def __call__(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> tuple[list[int], list[Logprob | None]]:
@@ -33,13 +38,27 @@ class Sampler:
         logits = self._bias(logits, params)
         if penalized:
             logits = self._penalize(logits, seqs, penalized)
+        constrained = [i for i, p in enumerate(params) if p.grammar is not None]
+        if constrained:
+            matchers = [self._matcher(seqs[i]) for i in constrained]
+            logits = self.masks.apply(logits, constrained, matchers)
         chosen = sample(logits, params, [s.generator for s in seqs])  # [B]
         if penalized:
             rows = torch.tensor(penalized, device=logits.device)
             counts = self._counts
             assert counts is not None
             counts.add(self._slots(seqs, penalized, logits.device), chosen[rows])
-        return chosen.tolist(), self._logprobs(logits, params, chosen)
+        tokens = chosen.tolist()
+        logprobs = self._logprobs(logits, params, chosen)
+        if constrained:  # last: nothing after this may fail, or a per-row retry would feed a token twice
+            GrammarMasks.advance(matchers, [tokens[i] for i in constrained])
+        return tokens, logprobs
+
+    def _matcher(self, seq: Sequence) -> LLMatcher:
+        if seq.matcher is None:
+            assert seq.params.grammar is not None
+            seq.matcher = self.grammars.matcher(seq.params.grammar)
+        return seq.matcher
 
     def _bias(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
         entries = [(i, tok, val) for i, p in enumerate(params) for tok, val in p.logit_bias]

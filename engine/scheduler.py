@@ -9,12 +9,14 @@ Policy, every step:
    exists) while prefill budget and slots last.
 A finished or aborted sequence leaves the batch at once and its slot is free for the next step.
 
-Siblings (the choices 1..n-1 of a request for n, see `Sequence.parent`) share the prompt's
-prefill: one waits, without holding up the requests behind it, until its parent has computed
-the prompt, then is admitted with the parent's KV for all but the last prompt token copied into
-its own slot (`copies`, which the engine applies before the step runs). It computes only that
-last token, whose logits give its own first token. A sibling whose parent already finished
-takes the parent's freed slot by the ordinary prefix reuse, when still free.
+Running sequences lend their computed prompt prefix to newcomers: a request whose prompt
+starts like a running one's (a shared system prompt, the n choices of one request) is admitted
+with that prefix's KV copied into its own slot (`copies`, which the engine applies before the
+step runs), and computes only the rest. When the shared part (at least `MIN_SHARED_PREFIX`
+tokens) is still being computed by the other sequence, the newcomer waits for it, without
+holding up the requests behind it: a burst of requests with one system prompt computes it once.
+Siblings (the choices 1..n-1 of a request for n, see `Sequence.parent`) are the extreme case:
+they share all but the last prompt token, whose logits give each its own first token.
 No torch here: plain Python over a deque and a list.
 """
 
@@ -24,9 +26,12 @@ from collections import deque
 
 from engine.request import Status
 from engine.sequence import Sequence
-from engine.slots import SlotPool
+from engine.slots import SlotPool, common_prefix
 
 IDLE_PREFILL_FACTOR = 4
+# A newcomer waits for a running sequence to compute a shared prompt prefix only when it is at
+# least this long; shorter ones cost less to compute again than a step's wait.
+MIN_SHARED_PREFIX = 16
 
 
 class Scheduler:
@@ -63,7 +68,7 @@ class Scheduler:
         held: list[Sequence] = []
         while self.waiting and budget > 0 and self.slots.free_count:
             seq = self.waiting.popleft()
-            if not _parent_ready(seq):
+            if not _parent_ready(seq) or self._worth_waiting(seq):
                 held.append(seq)
                 continue
             self._admit(seq)
@@ -80,15 +85,37 @@ class Scheduler:
 
     def _admit(self, seq: Sequence) -> None:
         slot, cached = self.slots.acquire(seq.token_ids)
-        parent = seq.parent
-        shared = seq.num_prompt - 1
-        if parent is not None and parent.status is Status.RUNNING and cached < shared:
-            assert parent.slot is not None and parent.num_computed >= shared
-            self.copies.append((parent.slot, slot, shared))
-            cached = shared
+        donor, shared = self._donor(seq)
+        ready = min(shared, donor.num_computed) if donor is not None else 0
+        if donor is not None and ready > cached:
+            assert donor.slot is not None
+            self.copies.append((donor.slot, slot, ready))
+            cached = ready
         seq.slot, seq.num_computed, seq.cached_tokens = slot, cached, cached
         seq.status = Status.RUNNING
         self.running.append(seq)
+
+    def _donor(self, seq: Sequence) -> tuple[Sequence | None, int]:
+        """The running sequence whose prompt shares the longest prefix with `seq`'s, and that length
+        (at most all but `seq`'s last prompt token)."""
+        prompt = seq.token_ids[: seq.num_prompt - 1]
+        best: Sequence | None = None
+        best_len = 0
+        for other in self.running:
+            if other is seq or not prompt or other.token_ids[0] != prompt[0]:
+                continue
+            n = common_prefix(other.token_ids[: other.num_prompt], prompt)
+            if n > best_len:
+                best, best_len = other, n
+        return best, best_len
+
+    def _worth_waiting(self, seq: Sequence) -> bool:
+        """Whether a running sequence is about to compute a long prefix of `seq`'s prompt that no
+        free slot holds: then `seq` waits a step or more and copies it instead of computing it."""
+        donor, shared = self._donor(seq)
+        if donor is None or shared < MIN_SHARED_PREFIX or donor.num_computed >= shared:
+            return False
+        return self.slots.best_cached(seq.token_ids) < shared
 
     def finish(self, seq: Sequence) -> None:
         """Remove a sequence (finished, aborted or failed) and free its slot."""

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from llguidance import LLMatcher
 
 from engine.request import Delta, SamplingParams, Status
 
@@ -53,6 +54,7 @@ class Sequence:
         self.arrival = time.monotonic()
         self.first_token_at: float | None = None
         self.generator: torch.Generator | None = None
+        self.matcher: LLMatcher | None = None  # made by the sampler when params.grammar is set
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(sibling_seed(params.seed, index))
 

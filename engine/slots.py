@@ -28,6 +28,15 @@ class SlotPool:
     def free_count(self) -> int:
         return len(self._free)
 
+    def best_cached(self, prompt: list[int]) -> int:
+        """How many of `prompt`'s tokens the best free slot holds (what `acquire` would reuse)."""
+        limit = len(prompt) - 1
+        best = 0
+        for kept in self._free.values():
+            if kept and kept[0] == prompt[0]:
+                best = max(best, min(common_prefix(kept, prompt), limit))
+        return best
+
     def acquire(self, prompt: list[int]) -> tuple[int, int]:
         """Take a free slot for `prompt`; returns (slot, number of prompt tokens already cached).
 

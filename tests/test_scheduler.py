@@ -29,7 +29,7 @@ def test_decoding_sequences_run_before_prefill_and_prefill_is_chunked() -> None:
     a.num_computed += 19
     b.num_computed += 2  # b's last prompt token computed -> b decodes; a decodes too
     a.token_ids.append(100)
-    c = _seq("c", list(range(1, 30)))
+    c = _seq("c", list(range(200, 229)))
     sched.waiting.append(c)
     plan = sched.schedule()
     assert plan == [(a, 1), (b, 1), (c, 10)]  # decodes first, then prefill within the budget
@@ -56,3 +56,40 @@ def test_slot_pool_prefers_the_longest_cached_prefix_and_keeps_one_token_to_comp
     assert slot == s1 and cached == 3
     slot, cached = pool.acquire([9, 9])
     assert slot == s2 and cached == 1  # the last prompt token is always recomputed
+
+
+def test_a_burst_sharing_a_system_prompt_computes_it_once() -> None:
+    sched = Scheduler(num_slots=4, max_waiting=8, prefill_budget=256)
+    system = list(range(1000, 1040))  # 40 tokens every request starts with
+    a, b, c = (_seq(r, system + [i, i + 1, i + 2]) for r, i in (("a", 1), ("b", 5), ("c", 9)))
+    d = _seq("d", [7, 8, 9])  # shares nothing: not held up by the others
+    sched.waiting.extend([a, b, c, d])
+    plan = sched.schedule()
+    assert plan == [(a, 43), (d, 3)]  # b and c wait for a's copy of the system prompt
+    a.num_computed += 43
+    d.num_computed += 3
+    plan = sched.schedule()
+    assert [(s.request_id, n) for s, n in plan] == [("b", 3), ("c", 3)]
+    assert sched.take_copies() == [(a.slot, b.slot, 40), (a.slot, c.slot, 40)]
+    assert b.cached_tokens == c.cached_tokens == 40
+
+
+def test_short_shared_prefixes_are_not_waited_for() -> None:
+    sched = Scheduler(num_slots=4, max_waiting=8, prefill_budget=256)
+    a, b = _seq("a", [1, 2, 3, 4, 5]), _seq("b", [1, 2, 3, 9, 9])
+    sched.waiting.extend([a, b])
+    assert sched.schedule() == [(a, 5), (b, 5)]
+    assert sched.take_copies() == []
+
+
+def test_a_newcomer_copies_what_a_running_sequence_has_computed() -> None:
+    sched = Scheduler(num_slots=4, max_waiting=8, prefill_budget=256)
+    a = _seq("a", list(range(1, 101)))
+    sched.waiting.append(a)
+    sched.schedule()
+    a.num_computed = 100
+    a.token_ids.append(7)  # decoding
+    b = _seq("b", list(range(1, 51)) + [500, 501])
+    sched.waiting.append(b)
+    assert sched.schedule() == [(a, 1), (b, 2)]
+    assert sched.take_copies() == [(a.slot, b.slot, 50)]
