@@ -3,7 +3,7 @@
 The server imports only what is exported here.
 """
 
-from engine.catalog import Catalog, CatalogError, load_catalog
+from engine.catalog import HF_PREFIX, PACKAGE_PREFIX, Catalog, CatalogError, load_catalog, resolve_source
 from engine.config import ModelConfig
 from engine.engine import Engine, EngineDeadError, QueueFullError
 from engine.grammar import GrammarSpec
@@ -12,6 +12,9 @@ from engine.registry import ModelLoadError, ModelRegistry, UnknownModelError
 from engine.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 
 __all__ = [
+    "HF_PREFIX",
+    "PACKAGE_PREFIX",
+    "resolve_source",
     "Catalog",
     "CatalogError",
     "EngineDeadError",

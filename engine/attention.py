@@ -93,6 +93,11 @@ def _additive(ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(ok, zero, torch.tensor(float("-inf"), dtype=dtype, device=ok.device))
 
 
+def _softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim, computed in float32 (as transformers does) for bf16/fp16 scores."""
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+
+
 def blocked_pv(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """probs [..., M, L] @ v [..., L, D], summed over KV_BLOCK-sized blocks in order."""
     length = probs.shape[-1]
@@ -134,7 +139,7 @@ def slot_attention(
         q4[step.decode_slots, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
         scores = torch.matmul(q4, kc[:n, :, :length].transpose(-1, -2))  # [n, Hkv, G4, L]
         scores.mul_(scale).add_(step.decode_bias(sliding_window, scores.dtype))
-        o = blocked_pv(torch.softmax(scores, dim=-1), vc[:n, :, :length])  # [n, Hkv, G4, D]
+        o = blocked_pv(_softmax(scores), vc[:n, :, :length])  # [n, Hkv, G4, D]
         out[:n_dec] = o[step.decode_slots, :, :g].reshape(n_dec, hq, d)
 
     for i, chunk in enumerate(step.prefills):
@@ -146,7 +151,7 @@ def slot_attention(
         length = chunk.kv_len
         scores = torch.matmul(qc, kc[chunk.slot, :, :length].transpose(-1, -2))  # [Hkv, rows, L]
         scores.mul_(scale).add_(step.prefill_bias(i, g, sliding_window, scores.dtype))
-        o = blocked_pv(torch.softmax(scores, dim=-1), vc[chunk.slot, :, :length])  # [Hkv, rows, D]
+        o = blocked_pv(_softmax(scores), vc[chunk.slot, :, :length])  # [Hkv, rows, D]
         out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
 
     return out.unsqueeze(0), None

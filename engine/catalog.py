@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,11 @@ import yaml
 from engine.config import ModelConfig
 
 PACKAGE_PREFIX = "package:"
-_TOP_KEYS = ("default", "cache_dir", "models")
+HF_PREFIX = "hf:"
+_log = logging.getLogger("hearth.catalog")
+_TOP_KEYS = ("default", "cache_dir", "memory_budget_gb", "idle_unload_s", "models")
+# What a hub download of a plain (not GGUF) model fetches: config, weights, tokenizer.
+_HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
 class CatalogError(ValueError):
@@ -29,6 +34,7 @@ class Catalog:
     models: tuple[ModelConfig, ...]
     default: str  # an id from `models`
     cache_dir: Path
+    memory_budget_gb: float | None = None  # loaded models beyond it are unloaded, least recent first
 
     def resolve(self, name: str) -> ModelConfig | None:
         """The model whose id or alias is `name`, or None."""
@@ -36,6 +42,14 @@ class Catalog:
             if name in cfg.names:
                 return cfg
         return None
+
+    def with_dtype(self, dtype: str) -> Catalog:
+        """The catalog with every unquantized model's `dtype` set to `dtype` (`hearth serve --dtype`)."""
+        models = tuple(
+            dataclasses.replace(cfg, dtype=dtype) if cfg.quantization == "none" else cfg
+            for cfg in self.models
+        )
+        return dataclasses.replace(self, models=models)
 
     @property
     def default_model(self) -> ModelConfig:
@@ -65,6 +79,8 @@ def load_catalog(path: str | Path) -> Catalog:
 
     Relative `source` paths and `.jinja` chat templates are made absolute against the file's
     folder, and `~` is expanded. `cache_dir: null` means `$HEARTH_CACHE_DIR`, else `~/.cache/hearth`.
+    A top-level `idle_unload_s` is the default of every model that does not set its own (a model's
+    `idle_unload_s: null` means never).
     Raises `CatalogError` (a `ValueError`) with a one-line message, or `OSError` if unreadable.
     """
     path = Path(path)
@@ -89,7 +105,8 @@ def load_catalog(path: str | Path) -> Catalog:
     models_node = top["models"][1]
     if not isinstance(models_node, yaml.SequenceNode) or not models_node.value:
         raise where.error(models_node, "'models' must be a non-empty list")
-    models = tuple(_read_model(loader, where, node, base) for node in models_node.value)
+    idle = _top_number(loader, where, top, "idle_unload_s")
+    models = tuple(_read_model(loader, where, node, base, idle) for node in models_node.value)
     _check_unique_names(where, models, models_node.value)
 
     default = models[0].id
@@ -111,17 +128,22 @@ def load_catalog(path: str | Path) -> Catalog:
             raise where.error(node, "'cache_dir' must be a path or null")
         if value is not None:
             cache_dir = base / Path(value).expanduser()
-    return Catalog(models=models, default=default, cache_dir=cache_dir)
+    budget = _top_number(loader, where, top, "memory_budget_gb")
+    return Catalog(models=models, default=default, cache_dir=cache_dir, memory_budget_gb=budget)
 
 
 def resolve_source(cfg: ModelConfig) -> Path:
     """The folder holding `cfg`'s weights and tokenizer.
 
     `package:<name>` is located with `importlib.util.find_spec`, without importing the package
-    (a dotted name imports its parents). Anything else is a path; `~` is expanded and a relative
-    path is taken from the current directory (`load_catalog` already made catalog paths absolute).
+    (a dotted name imports its parents). `hf:<repo id>` is the repo's snapshot in the local
+    Hugging Face cache, downloaded first when it is not there and the hub may be reached
+    (`HF_HUB_OFFLINE` unset). Anything else is a path; `~` is expanded and a relative path is
+    taken from the current directory (`load_catalog` already made catalog paths absolute).
     Raises `FileNotFoundError` with a message naming the model when the folder is missing.
     """
+    if cfg.source.startswith(HF_PREFIX):
+        return _hf_snapshot(cfg, cfg.source[len(HF_PREFIX) :])
     if cfg.source.startswith(PACKAGE_PREFIX):
         name = cfg.source[len(PACKAGE_PREFIX) :]
         try:
@@ -145,7 +167,45 @@ def resolve_source(cfg: ModelConfig) -> Path:
     return folder
 
 
-def _read_model(loader: yaml.SafeLoader, where: _Where, node: yaml.Node, base: Path) -> ModelConfig:
+def _hf_snapshot(cfg: ModelConfig, repo: str) -> Path:
+    """The local snapshot folder of hub repo `repo`: from the cache, else downloaded if allowed."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = [cfg.gguf_file] if cfg.gguf_file is not None else _HF_PATTERNS
+    try:
+        return Path(snapshot_download(repo, local_files_only=True, allow_patterns=patterns))
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            raise FileNotFoundError(
+                f"model {cfg.id!r}: source {cfg.source!r}: not in the local Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set"
+            ) from None
+    _log.info("downloading %s from the Hugging Face hub", repo)
+    try:
+        return Path(snapshot_download(repo, allow_patterns=patterns))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
+        raise FileNotFoundError(f"model {cfg.id!r}: source {cfg.source!r}: download failed: {e}") from None
+
+
+def _top_number(
+    loader: yaml.SafeLoader, where: _Where, top: dict[str, tuple[yaml.Node, yaml.Node]], key: str
+) -> float | None:
+    """A top-level positive number or null (absent: null)."""
+    if key not in top:
+        return None
+    node = top[key][1]
+    value = _value(loader, node)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise where.error(node, f"{key!r} must be a number > 0 or null, got {value!r}")
+    return float(value)
+
+
+def _read_model(
+    loader: yaml.SafeLoader, where: _Where, node: yaml.Node, base: Path, idle_unload_s: float | None
+) -> ModelConfig:
     entry = _mapping(where, node, "each model")
     id_node = entry["id"][1] if "id" in entry else node
     model_id = _value(loader, id_node) if "id" in entry else None
@@ -159,12 +219,15 @@ def _read_model(loader: yaml.SafeLoader, where: _Where, node: yaml.Node, base: P
             raise here.error(key_node, f"unknown field (expected one of {', '.join(types)})", field=key)
         values[key] = _convert(loader, here, key, types[key], value_node)
     if "source" not in values:
-        raise here.error(node, "missing (package:<name> or a model folder)", field="source")
-    if not values["source"].startswith(PACKAGE_PREFIX):
+        raise here.error(node, "missing (package:<name>, hf:<repo id> or a model folder)", field="source")
+    if not values["source"].startswith((PACKAGE_PREFIX, HF_PREFIX)):
         values["source"] = str(base / Path(values["source"]).expanduser())
     template = values.get("chat_template")
     if template is not None and template.endswith(".jinja"):
         values["chat_template"] = str(base / Path(template).expanduser())
+        if not Path(values["chat_template"]).is_file():
+            raise here.error(entry["chat_template"][1], "file not found", field="chat_template")
+    values.setdefault("idle_unload_s", idle_unload_s)
     try:
         return ModelConfig(**values)
     except ValueError as e:
@@ -183,6 +246,12 @@ def _convert(loader: yaml.SafeLoader, where: _Where, key: str, kind: str, node: 
         "str": (lambda v: isinstance(v, str) and v != "", "must be a non-empty string"),
         "str | None": (lambda v: v is None or isinstance(v, str), "must be a string or null"),
         "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "must be an integer"),
+        "bool": (lambda v: isinstance(v, bool), "must be true or false"),
+        "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "must be a number"),
+        "float | None": (
+            lambda v: v is None or isinstance(v, int | float) and not isinstance(v, bool),
+            "must be a number or null",
+        ),
         "tuple[str, ...]": (lambda v: _list_of(v, str), "must be a list of strings"),
         "tuple[int, ...]": (lambda v: _list_of(v, int), "must be a list of integers"),
     }
@@ -190,6 +259,8 @@ def _convert(loader: yaml.SafeLoader, where: _Where, key: str, kind: str, node: 
     ok, problem = checks[kind]
     if not ok(value):
         raise where.error(node, f"{problem}, got {value!r}", field=key)
+    if kind.startswith("float") and value is not None:
+        return float(value)
     return tuple(value) if kind.startswith("tuple") else value
 
 

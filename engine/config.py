@@ -9,10 +9,12 @@ from dataclasses import dataclass
 class ModelConfig:
     """One entry of `models.yaml`.
 
-    `source` is either `package:<python package>` (a folder shipped inside an installed
-    package, located with `importlib.util.find_spec` without importing it) or a path to a
-    local Hugging Face model directory. `gguf_file` names a GGUF file inside that folder;
-    it is dequantized once and cached as safetensors.
+    `source` is `package:<python package>` (a folder shipped inside an installed package,
+    located with `importlib.util.find_spec` without importing it), `hf:<repo id>` (the local
+    Hugging Face cache, or the hub when the network is allowed) or a path to a local Hugging
+    Face model directory. `gguf_file` names a GGUF file inside that folder; it is dequantized
+    once and cached as safetensors. With `assemble`, the package's `assemble(path)` writes the
+    GGUF file (split over several packages) into the cache first.
     """
 
     id: str
@@ -20,7 +22,8 @@ class ModelConfig:
     aliases: tuple[str, ...] = ()
     gguf_file: str | None = None
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cuda | mps | cpu
+    device_map: str | None = None  # e.g. "auto": accelerate spreads the weights over the devices
     max_context: int = 4096  # prompt + completion tokens per sequence
     max_batch_size: int = 32  # running sequences (KV slots)
     max_waiting: int = 256  # queued requests beyond the running ones
@@ -29,12 +32,27 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()  # added to the tokenizer's eos id
     threads: int = 0  # torch intra-op threads on CPU; 0 = all cores
     owned_by: str = "hearth"
+    assemble: bool = False  # gguf_file is written by the source package's assemble(path)
+    load: str = "lazy"  # lazy (on its first request) | eager (at start-up)
+    idle_unload_s: float | None = None  # unload after this long without requests; None = never
+    quantization: str = "none"  # none | int8 | int4: weight-only, through torchao (engine.quantize)
+    gpu_memory_utilization: float = 0.9  # share of free GPU memory the KV cache may take (engine.memory)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"model {self.id!r}: dtype must be auto, float32, bfloat16 or float16")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"model {self.id!r}: device must be auto, cpu or cuda")
+        if self.device not in ("auto", "cuda", "mps", "cpu"):
+            raise ValueError(f"model {self.id!r}: device must be auto, cuda, mps or cpu")
+        if self.quantization not in ("none", "int8", "int4"):
+            raise ValueError(f"model {self.id!r}: quantization must be none, int8 or int4")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"model {self.id!r}: gpu_memory_utilization must be > 0 and <= 1")
+        if self.load not in ("lazy", "eager"):
+            raise ValueError(f"model {self.id!r}: load must be lazy or eager")
+        if self.idle_unload_s is not None and not self.idle_unload_s > 0:
+            raise ValueError(f"model {self.id!r}: idle_unload_s must be > 0 seconds (or null: never)")
+        if self.assemble and (self.gguf_file is None or not self.source.startswith("package:")):
+            raise ValueError(f"model {self.id!r}: assemble needs a package: source and a gguf_file")
         for name in ("max_context", "max_batch_size", "prefill_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model {self.id!r}: {name} must be >= 1")

@@ -23,6 +23,7 @@ from engine.config import ModelConfig
 from engine.detokenize import IncrementalDetokenizer
 from engine.grammar import GrammarCompiler, GrammarSpec
 from engine.logprobs import TokenTexts
+from engine.memory import kv_shape, slots_for_device
 from engine.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 from engine.runner import ModelRunner
 from engine.sampler import Sampler
@@ -64,10 +65,15 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.config = config
         self.eos_token_ids: frozenset[int] = frozenset(loaded.eos_token_ids)
-        self.runner = ModelRunner(self.model, config.max_batch_size, config.max_context)
-        self.scheduler = Scheduler(config.max_batch_size, config.max_waiting, config.prefill_chunk)
+        device = next(self.model.parameters()).device
+        shape = kv_shape(self.model, config.max_context)
+        utilization = config.gpu_memory_utilization
+        slots = slots_for_device(shape, config.max_batch_size, device, utilization, config.id)
+        self.max_batch_size = slots  # config.max_batch_size, or fewer where the GPU has no room
+        self.runner = ModelRunner(self.model, slots, config.max_context)
+        self.scheduler = Scheduler(slots, config.max_waiting, config.prefill_chunk)
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, sorted(self.eos_token_ids))
-        self.sampler = Sampler(config.max_batch_size + 1, TokenTexts(self.tokenizer), self.grammars)
+        self.sampler = Sampler(slots + 1, TokenTexts(self.tokenizer), self.grammars)
         self._inbox: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
         self._detoks: dict[str, IncrementalDetokenizer] = {}
         self._stats = EngineStats()
@@ -131,7 +137,7 @@ class Engine:
         if not self.alive:
             raise EngineDeadError(self.dead_reason or "engine is not running")
         with self._lock:
-            if self._pending + n > self.config.max_batch_size + self.config.max_waiting:
+            if self._pending + n > self.max_batch_size + self.config.max_waiting:
                 raise QueueFullError(f"{self.config.id}: wait queue is full")
             self._pending += n
         loop = asyncio.get_running_loop()
@@ -170,7 +176,7 @@ class Engine:
             log.info(
                 "engine for %s running (%d slots, %d threads)",
                 self.config.id,
-                self.config.max_batch_size,
+                self.max_batch_size,
                 threads,
             )
             with torch.inference_mode():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.metadata
+import json
 import logging
 import os
 import shutil
@@ -15,10 +18,16 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine.catalog import resolve_source
+from engine.catalog import PACKAGE_PREFIX, resolve_source
 from engine.config import ModelConfig
+from engine.quantize import check as quantize_check
+from engine.quantize import quantize
 
 _log = logging.getLogger("hearth.loader")
+
+PROBE_FILE = "hearth-conversion.json"  # written next to a converted GGUF: the greedy check's record
+_PROBE_TEXT = "The capital of France is"
+_PROBE_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -37,24 +46,32 @@ class LoadedModel:
 def load_model(cfg: ModelConfig, cache_dir: Path, *, attn_implementation: str | None = None) -> LoadedModel:
     """Load `cfg`'s model and tokenizer, offline.
 
-    A GGUF model is dequantized on its first load and saved under
-    `cache_dir/<id>-<hash of the GGUF's name, size and mtime>`; later loads read that folder.
+    A GGUF model is dequantized on its first load and saved under `cache_dir/<file>-<key>` (see
+    `gguf_cache_dir`); later loads read that folder. With `device_map` set, accelerate places the
+    weights (e.g. over several GPUs) and `device` is where the first of them lies.
     `attn_implementation` is passed to transformers (e.g. an attention registered by the engine).
     Raises `FileNotFoundError` for a missing source or GGUF file, `ValueError` for a device that
     is not available, and whatever transformers raises for a broken model.
     """
     start = time.perf_counter()
     device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
+    dtype = pick_dtype(cfg.dtype, device, cfg.quantization)
+    quantize_check(cfg.quantization, device, dtype)  # refuse before reading any weight
     source = resolve_source(cfg)
     _log.info("loading %s from %s", cfg.id, source)
     if cfg.gguf_file is not None:
         source = _gguf_cache(cfg, source, cache_dir)
 
+    placement = {} if cfg.device_map is None else {"device_map": cfg.device_map}
     model: Any = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
+        source, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True, **placement
     )
-    model = model.to(device).eval()
+    if cfg.device_map is None:
+        model = model.to(device)
+    else:
+        device = next(model.parameters()).device
+    model = model.eval()
+    quantize(model, cfg.quantization, device)
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     if cfg.chat_template is not None:
         tokenizer.chat_template = _read_template(cfg.chat_template)
@@ -73,23 +90,41 @@ def load_model(cfg: ModelConfig, cache_dir: Path, *, attn_implementation: str | 
 
 
 def pick_device(name: str) -> torch.device:
-    """`auto` is cuda when available, else cpu; asking for cuda without one is a `ValueError`."""
+    """`auto` is cuda when available, then mps, else cpu; asking for a missing one is a `ValueError`."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA GPU")
+    if name == "mps" and not _mps_available():
+        raise ValueError("device 'mps' requested but torch sees no Apple GPU")
     return torch.device(name)
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 on cuda (float16 where bf16 is unsupported) and float32 on cpu."""
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return backend is not None and bool(backend.is_available())
+
+
+def pick_dtype(name: str, device: torch.device, quantization: str = "none") -> torch.dtype:
+    """`auto` is bfloat16 on cuda (float16 where bf16 is unsupported), bfloat16 on a CPU with
+    native bf16 instructions (AVX512-BF16 or AMX; measured faster than float32 there) and for a
+    quantized model (its kernels want bfloat16 activations), float32 on other CPUs."""
     if name == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and (quantization != "none" or cpu_has_native_bf16()):
+            return torch.bfloat16
+        return torch.float32
     dtype = getattr(torch, name)
     assert isinstance(dtype, torch.dtype), name
     return dtype
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX tiles)."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
 def eos_ids(tokenizer: Any, generation_config: Any, extra: tuple[int, ...]) -> tuple[int, ...]:
@@ -112,14 +147,57 @@ def _read_template(template: str) -> str:
 
 
 def gguf_cache_dir(cfg: ModelConfig, source: Path, cache_dir: Path) -> Path:
-    """Where `cfg`'s GGUF file is (or will be) cached as safetensors; keyed by its name, size and mtime."""
+    """Where `cfg`'s GGUF file is (or will be) cached as safetensors.
+
+    Named after the GGUF file (catalog entries sharing a file share its conversion) and keyed by
+    its size and mtime; for an assembled GGUF (`assemble`), by the version of the package that
+    ships it, so the cache is found without assembling again.
+    """
     assert cfg.gguf_file is not None
-    gguf = source / cfg.gguf_file
-    if not gguf.is_file():
-        raise FileNotFoundError(f"model {cfg.id!r}: gguf_file {gguf} does not exist")
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir / f"{cfg.id}-{key}"
+    if cfg.assemble:
+        key_text = f"{cfg.gguf_file}:{_package_version(cfg)}"
+    else:
+        gguf = source / cfg.gguf_file
+        if not gguf.is_file():
+            raise FileNotFoundError(f"model {cfg.id!r}: gguf_file {gguf} does not exist")
+        stat = gguf.stat()
+        key_text = f"{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}"
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:12]
+    return cache_dir / f"{Path(cfg.gguf_file).stem}-{key}"
+
+
+def assembled_gguf(cfg: ModelConfig, cache_dir: Path) -> Path:
+    """The GGUF file of an `assemble` model, joined into `cache_dir/gguf/` by its package once.
+
+    The package is imported (unlike a plain `package:` source) and its `assemble(path)` writes
+    the file and checks its hash; it writes to a temporary name renamed into place, so a crash
+    or a concurrent process never leaves a half-written file under the final name.
+    """
+    assert cfg.gguf_file is not None
+    package = cfg.source.removeprefix(PACKAGE_PREFIX)
+    target = cache_dir / "gguf" / f"{package}-{_package_version(cfg)}" / cfg.gguf_file
+    if target.is_file():
+        return target
+    assemble = getattr(importlib.import_module(package), "assemble", None)
+    if not callable(assemble):
+        raise FileNotFoundError(f"model {cfg.id!r}: package {package!r} has no assemble(path) function")
+    _log.info("assembling %s into %s (one time)", cfg.gguf_file, target.parent)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        written = Path(assemble(tmp))
+        os.replace(written, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _package_version(cfg: ModelConfig) -> str:
+    """The installed version of the distribution shipping `cfg`'s source package."""
+    package = cfg.source.removeprefix(PACKAGE_PREFIX).split(".")[0]
+    for dist in importlib.metadata.packages_distributions().get(package, []):
+        return importlib.metadata.version(dist)
+    raise FileNotFoundError(f"model {cfg.id!r}: source {cfg.source!r}: package {package!r} is not installed")
 
 
 def _gguf_cache(cfg: ModelConfig, source: Path, cache_dir: Path) -> Path:
@@ -129,11 +207,15 @@ def _gguf_cache(cfg: ModelConfig, source: Path, cache_dir: Path) -> Path:
     if final.is_dir():
         return final
 
+    gguf_file = cfg.gguf_file
+    if cfg.assemble:
+        gguf = assembled_gguf(cfg, cache_dir)
+        source, gguf_file = gguf.parent, gguf.name
     _log.info("converting GGUF to safetensors cache at %s (one time)", final)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        _convert_gguf(source, cfg.gguf_file, tmp)
+        _convert_gguf(source, gguf_file, tmp)
         try:
             os.rename(tmp, final)  # atomic: a crash never leaves a half-written cache folder
         except OSError:
@@ -148,7 +230,10 @@ def _convert_gguf(source: Path, gguf_file: str, out: Path) -> None:
     """Dequantize `source/gguf_file` to float32 and save model + tokenizer to `out`.
 
     `save_pretrained` refuses a GGUF-loaded model (its config carries a quantization_config),
-    so the weights are copied into a fresh model built from the config without it.
+    so the weights are copied into a fresh model built from the config without it (tied
+    embeddings stay tied: `from_config` ties them and `load_state_dict` fills the shared tensor).
+    The GGUF model's greedy continuation of a short probe is recorded in `PROBE_FILE`, so the
+    cache can be checked against the GGUF load without dequantizing it again.
     """
     gguf_model = AutoModelForCausalLM.from_pretrained(
         source, gguf_file=gguf_file, dtype=torch.float32, local_files_only=True
@@ -161,3 +246,18 @@ def _convert_gguf(source: Path, gguf_file: str, out: Path) -> None:
     model.save_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, local_files_only=True)
     tokenizer.save_pretrained(out)
+    probe = tokenizer(_PROBE_TEXT)["input_ids"]
+    continuation = greedy(gguf_model, probe, _PROBE_TOKENS)
+    record = {"gguf_file": gguf_file, "prompt_ids": probe, "greedy_ids": continuation}
+    (out / PROBE_FILE).write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+@torch.inference_mode()
+def greedy(model: Any, prompt_ids: list[int], n: int) -> list[int]:
+    """`n` greedily decoded token ids after `prompt_ids` (plain forward passes, no cache)."""
+    ids = list(prompt_ids)
+    device = next(model.parameters()).device
+    for _ in range(n):
+        logits = model(torch.tensor([ids], device=device)).logits  # [1, S, V]
+        ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt_ids) :]

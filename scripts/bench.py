@@ -41,7 +41,8 @@ from typing import Any
 import httpx
 from bench_client import LevelResult, Target, requests_for, run_level, warm_up
 from bench_report import PEER, ServerRun, median_table, medians, ratio_table, table, write_csv, write_json
-from bench_servers import default_model_dir, first_model_id, free_port, hearth_cmd, peer_cmd, server
+from bench_servers import first_model_id, free_port, hearth_cmd, peer_cmd, server
+from bench_servers import model_dir as model_dir_of
 from procinfo import cpu_info, cpu_line, hwm_mib, listening_pid, local_pid, rss_trend
 
 TOPICS = [
@@ -104,12 +105,16 @@ def chat_fields(max_tokens: int) -> Any:
     return fields
 
 
+def hearth_dtype(args: argparse.Namespace) -> str | None:
+    return None if args.hearth_dtype == "catalog" else args.hearth_dtype
+
+
 @contextmanager
 def started(spec: Spec, args: argparse.Namespace) -> Iterator[Target]:
     """The spec's server, running (started here unless --url), as a target with its model and pid."""
     extra = {"ignore_eos": True}
     if spec.kind == "peer":
-        model_dir = (args.model_dir or default_model_dir()).resolve()
+        model_dir = (args.model_dir or model_dir_of(None)).resolve()
         port = free_port()
         cmd = peer_cmd(args, model_dir, port)
         with server("peer", cmd, port, env={"HF_HUB_OFFLINE": "1"}) as url:
@@ -120,7 +125,8 @@ def started(spec: Spec, args: argparse.Namespace) -> Iterator[Target]:
         yield Target(spec.label, url, spec.model or first_model_id(url), extra, pid=local_pid(url, args.pid))
     else:
         port = free_port()
-        with server("hearth", hearth_cmd(port, args.hearth_python, spec.config, spec.model), port) as url:
+        cmd = hearth_cmd(port, args.hearth_python, spec.config, spec.model, hearth_dtype(args))
+        with server("hearth", cmd, port) as url:
             yield Target(spec.label, url, spec.model or first_model_id(url), extra, pid=listening_pid(port))
 
 
@@ -279,6 +285,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--peer-dtype", default="float32", help="`transformers serve --dtype` (default: %(default)s)"
+    )
+    p.add_argument(
+        "--hearth-dtype",
+        default="float32",
+        help="`hearth serve --dtype` for unquantized models; 'catalog' keeps models.yaml's (default: "
+        "%(default)s, the peer's precision)",
     )
     p.add_argument("--csv", help="write every run's per-level rows to this CSV file")
     p.add_argument("--json", help="write all raw figures (runs, requests, RSS samples, medians) to this file")

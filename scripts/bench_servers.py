@@ -111,25 +111,36 @@ def ensure_peer_venv() -> Path:
     return exe
 
 
-def default_model_dir() -> Path:
-    """Hearth's converted safetensors cache of the default model: the newest one with a config.json."""
-    cache = Path(os.environ.get("HEARTH_CACHE_DIR") or "~/.cache/hearth").expanduser()
-    dirs = [d for d in cache.glob(f"{DEFAULT_MODEL_ID}-*") if (d / "config.json").is_file()]
-    if not dirs:
-        raise SystemExit(
-            f"bench: no converted model in {cache}/{DEFAULT_MODEL_ID}-*: start Hearth once to create it, "
-            "or pass --model-dir"
-        )
-    return max(dirs, key=lambda d: d.stat().st_mtime)
+def model_dir(config: Path | None = None, model: str = DEFAULT_MODEL_ID) -> Path:
+    """The folder Hearth loads `model` from: its converted safetensors cache for a GGUF source (made on
+    Hearth's first start), else its source folder. The peer serves the same folder."""
+    from engine.catalog import load_catalog, resolve_source
+    from engine.loader import gguf_cache_dir
+
+    catalog = load_catalog(config or ROOT / "models.yaml")
+    cfg = catalog.resolve(model)
+    if cfg is None:
+        raise SystemExit(f"bench: model {model!r} is not in the catalog")
+    source = resolve_source(cfg)
+    if cfg.gguf_file is None:
+        return source
+    folder = gguf_cache_dir(cfg, source, catalog.cache_dir)
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"bench: no converted model in {folder}: start Hearth once, or pass --model-dir")
+    return folder
 
 
-def hearth_cmd(port: int, python: Path | None, config: Path | None, model: str | None) -> list[str]:
-    """`python -m server` on `port` (python: .venv's by default, else this one), with a catalog and a
-    model to load at start-up when given."""
+def hearth_cmd(
+    port: int, python: Path | None, config: Path | None, model: str | None, dtype: str | None = None
+) -> list[str]:
+    """`python -m server` on `port` (python: .venv's by default, else this one), with a catalog, a
+    model to load at start-up and a dtype for the unquantized models when given."""
     python = python or (HEARTH_PY if HEARTH_PY.exists() else Path(sys.executable))
     cmd = [str(python), "-m", "server", "--port", str(port), "--log-level", "warning"]
     if config:
         cmd += ["--config", str(Path(config).resolve())]
+    if dtype:
+        cmd += ["--dtype", dtype]
     return [*cmd, "--model", model] if model else cmd
 
 

@@ -3,9 +3,11 @@
 Requests: `system` and `messages` become chat-template messages (`tool_use` blocks an assistant's
 `tool_calls`, `tool_result` blocks `tool` messages; for a template that knows no tools, both are
 written as text in the `<tool_call>` / `<tool_response>` forms), `tools` go to the template as
-OpenAI function tools, and the sampling fields become `SamplingParams`. A last assistant message
-is a prefill: the answer continues it. Answers: the model's text is split by `OutputParser` into
-text, thinking and `tool_use` blocks, and the engine's finish becomes a `stop_reason`.
+OpenAI function tools (or into the system prompt, `server.tool_prompt`), and the sampling fields
+become `SamplingParams` (`tool_choice` any/tool and a thinking budget as a grammar). A last
+assistant message is a prefill: the answer continues it. Answers: the model's text is split by
+`OutputParser` into text, thinking and `tool_use` blocks, and the engine's finish becomes a
+`stop_reason`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from engine import ChatTemplateError, Delta, Engine, FinishReason, SamplingParams, render_chat
+from engine import ChatTemplateError, Delta, Engine, FinishReason, GrammarSpec, SamplingParams, render_chat
 from server.anthropic_schemas import (
     ContentOut,
     CountTokensRequest,
@@ -22,7 +24,10 @@ from server.anthropic_schemas import (
     StopReason,
     TextBlock,
     TextOut,
+    ThinkingEnabled,
     ThinkingOut,
+    ToolChoiceAny,
+    ToolChoiceTool,
     ToolResultBlock,
     ToolUseBlock,
     ToolUseOut,
@@ -30,8 +35,11 @@ from server.anthropic_schemas import (
 from server.errors import APIError
 from server.generation import completion_budget
 from server.output_parser import Piece
+from server.reasoning import thinking_plan
 from server.sampling import top_k
+from server.tool_grammar import ToolSpec, answer_grammar
 from server.tool_parser import ParsedCall, render_call
+from server.tool_prompt import template_input, template_knows_tools
 
 
 async def prompt_ids(engine: Engine, body: CountTokensRequest) -> list[int]:
@@ -51,21 +59,12 @@ def render_prompt(tokenizer: Any, body: CountTokensRequest) -> list[int]:
     if last.role == "assistant" and len(texts) == len(last.blocks):
         history, prefill = history[:-1], "\n".join(texts)
     messages = chat_messages(body.system_text, history, template_knows_tools(tokenizer))
-    kwargs: dict[str, Any] = {"enable_thinking": body.thinking_enabled}
-    if body.active_tools:
-        kwargs["tools"] = [tool.to_openai() for tool in body.active_tools]
-    ids = render_chat(tokenizer, messages, **kwargs)
+    tools = [tool.to_openai() for tool in body.active_tools]
+    messages, kwargs = template_input(tokenizer, messages, tools)
+    ids = render_chat(tokenizer, messages, enable_thinking=body.thinking_enabled, **kwargs)
     if prefill:
         ids += [int(t) for t in tokenizer.encode(prefill, add_special_tokens=False)]
     return ids
-
-
-def template_knows_tools(tokenizer: Any) -> bool:
-    """Whether the chat template renders assistant `tool_calls` (else they are written as text)."""
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if isinstance(template, dict):
-        template = " ".join(str(t) for t in template.values())
-    return "tool_calls" in str(template)
 
 
 def chat_messages(system: str | None, messages: list[Message], native_tools: bool) -> list[dict[str, Any]]:
@@ -129,17 +128,42 @@ def _misplaced(i: int, j: int, kind: str, role: str) -> APIError:
     return APIError(400, message, param=f"messages.{i}.content.{j}")
 
 
-def sampling(body: MessagesRequest, prompt_tokens: int, max_context: int) -> SamplingParams:
+def sampling(body: MessagesRequest, prompt_ids: list[int], engine: Engine) -> SamplingParams:
     """The engine's settings (Anthropic's defaults: temperature 1, no top-p or top-k). `max_tokens` is
-    cut to what is left of the context window, as Anthropic's `model_context_window_exceeded` does."""
-    room = completion_budget(prompt_tokens, None, max_context, param="messages")
+    cut to what is left of the context window, as Anthropic's `model_context_window_exceeded` does.
+    `tool_choice` any or tool, and `thinking.budget_tokens`, are enforced by a grammar."""
+    room = completion_budget(len(prompt_ids), None, engine.max_context, param="messages")
     return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=top_k(body.top_k),
         max_tokens=min(body.max_tokens, room),
         stop=tuple(body.stop_sequences or ()),
+        grammar=grammar(body, prompt_ids, engine),
     )
+
+
+def grammar(body: MessagesRequest, prompt_ids: list[int], engine: Engine) -> GrammarSpec | None:
+    """The answer's grammar: a forced call for `tool_choice` any (of the tools) or tool (that one), a
+    capped reasoning part for `thinking.budget_tokens`; 400 naming the field that cannot be enforced."""
+    choice = body.tool_choice
+    forced = []
+    if isinstance(choice, ToolChoiceAny):
+        forced = list(body.tools or ())
+    elif isinstance(choice, ToolChoiceTool):
+        forced = [tool for tool in body.tools or () if tool.name == choice.name]
+    parallel = not (isinstance(choice, ToolChoiceAny | ToolChoiceTool) and choice.disable_parallel_tool_use)
+    enabled = body.thinking_enabled
+    budget = body.thinking.budget_tokens if isinstance(body.thinking, ThinkingEnabled) else None
+    thinking = thinking_plan(engine.tokenizer, prompt_ids, enabled, budget)
+    tools = [ToolSpec(tool.name, tool.input_schema) for tool in forced]
+    spec = answer_grammar(thinking, tools, parallel)
+    if spec is not None:
+        problem = engine.check_grammar(spec)
+        if problem is not None:
+            param = "tools" if forced else "thinking"
+            raise APIError(400, f"{param} cannot be enforced: {problem.splitlines()[0]}", param=param)
+    return spec
 
 
 def stop_reason(last: Delta, asked_tokens: int, tool_used: bool) -> StopReason:

@@ -36,6 +36,7 @@ class StreamMeta:
     input_tokens: int
     max_tokens: int  # as asked (the engine's may be cut to the context window)
     tool_names: frozenset[str]
+    thinking: bool = False  # the output starts inside `<think>` (the prompt opened it)
 
 
 def event(payload: dict[str, Any]) -> bytes:
@@ -107,7 +108,7 @@ async def message_events(
             await asyncio.wait({first}, timeout=PING_INTERVAL)
             if not first.done():
                 yield PING
-        parser, blocks = OutputParser(meta.tool_names), BlockEvents()
+        parser, blocks = OutputParser(meta.tool_names, meta.thinking), BlockEvents()
         last: Delta | None = None
         try:
             stream = chain(first.result(), deltas)

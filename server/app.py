@@ -15,12 +15,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import ModelRegistry, load_catalog
-from server.auth import APIKeyMiddleware
+from server.auth import OPEN_PATHS, APIKeyMiddleware
 from server.context import RequestContext, bind, unbind
 from server.drain import Drain, DrainMiddleware
 from server.errors import REQUEST_ID_HEADER, exception_handlers
 from server.metrics import Metrics, MetricsMiddleware
-from server.routes import all_routes
+from server.routes import all_routes, ui
 from server.settings import Settings
 from server.state import AppState
 
@@ -67,6 +67,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     metrics: Metrics = app.state.metrics
     drain: Drain = app.state.drain
     catalog = load_catalog(settings.config_path)
+    if settings.dtype is not None:
+        catalog = catalog.with_dtype(settings.dtype)
     registry = ModelRegistry(catalog)
     collector = metrics.watch(registry)
     try:
@@ -77,6 +79,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         load_seconds = time.monotonic() - started
         metrics.model_load.labels(default).set(load_seconds)
         logger.info("model %r ready in %.1fs", default, load_seconds)
+        await registry.astart()  # the other `load: eager` models, and unloading idle ones
         app.state.hearth = AppState(
             settings=settings, registry=registry, default_model=default, started_at=int(time.time())
         )
@@ -93,7 +96,7 @@ def create_app(settings: Settings) -> Starlette:
     metrics = Metrics()
     drain = Drain()
     app = Starlette(
-        routes=all_routes(),
+        routes=[*all_routes(), *ui.routes],
         middleware=middleware(settings, metrics, drain),
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
@@ -120,5 +123,6 @@ def middleware(settings: Settings, metrics: Metrics, drain: Drain) -> list[Middl
         )
     stack.append(Middleware(DrainMiddleware, drain=drain))
     if settings.api_keys:
-        stack.append(Middleware(APIKeyMiddleware, keys=settings.api_keys))
+        open_paths = OPEN_PATHS | ui.OPEN_PATHS  # /health and the chat page (its API calls carry the key)
+        stack.append(Middleware(APIKeyMiddleware, keys=settings.api_keys, open_paths=open_paths))
     return stack

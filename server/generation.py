@@ -134,16 +134,19 @@ async def _next(deltas: AsyncIterator[Delta]) -> Delta | None:
 
 
 class Choices:
-    """The n choices of one request, gathered from their deltas: text, logprob entries, last delta."""
+    """The n choices of one request, gathered from their deltas: text, token ids, logprob entries, last
+    delta."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self._texts: list[list[str]] = [[] for _ in range(n)]
+        self.token_ids: list[list[int]] = [[] for _ in range(n)]
         self.logprobs: list[list[Logprob]] = [[] for _ in range(n)]
         self.last: list[Delta | None] = [None] * n
 
     def add(self, delta: Delta) -> None:
         self._texts[delta.index].append(delta.text)
+        self.token_ids[delta.index].extend(delta.token_ids)
         self.logprobs[delta.index].extend(delta.logprobs)
         self.last[delta.index] = delta
 

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import ModelLoadError, ModelRegistry
+from engine import ModelRegistry
 from server.context import RequestContext, current
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -115,9 +115,8 @@ class EngineCollector(Collector):
         )
         steps = CounterMetricFamily("hearth_engine_steps", "Engine iterations", labels=["model"])
         for model_id in self.models.loaded_ids():
-            try:
-                engine = self.models.get(model_id)
-            except ModelLoadError:  # unloaded by a shutdown meanwhile
+            engine = self.models.peek(model_id)  # never loads, and a scrape is not a use
+            if engine is None:  # unloaded meanwhile
                 continue
             stats = engine.stats
             waiting.add_metric([model_id], stats.waiting)

@@ -33,13 +33,16 @@ class Piece:
 
 
 class OutputParser:
-    def __init__(self, tool_names: Collection[str] = ()) -> None:
+    """`tool_names`: the declared tools (none: no calls are looked for). `thinking`: the output starts
+    inside a reasoning part (the prompt ended by opening `<think>`)."""
+
+    def __init__(self, tool_names: Collection[str] = (), thinking: bool = False) -> None:
         self._names = frozenset(tool_names)
         self._tags = (THINK_OPEN, TOOL_CALL_OPEN) if self._names else (THINK_OPEN,)
-        self._mode: Mode = "text"
+        self._mode: Mode = "thinking" if thinking else "text"
         self._buf = ""
         self._answer_start = True  # the next text starts an answer (where a bare JSON call may be)
-        self._skip_space = False  # drop whitespace before the next text (after a tag)
+        self._skip_space = thinking  # drop whitespace before the next text (after a tag)
         self._steps = {
             "text": self._text,
             "thinking": self._thinking,
@@ -134,9 +137,9 @@ class OutputParser:
         return False
 
 
-def parse_output(text: str, tool_names: Collection[str] = ()) -> list[Piece]:
-    """A whole output's pieces, adjacent runs of the same kind merged."""
-    parser = OutputParser(tool_names)
+def parse_output(text: str, tool_names: Collection[str] = (), thinking: bool = False) -> list[Piece]:
+    """A whole output's pieces, adjacent runs of the same kind merged (see `OutputParser`)."""
+    parser = OutputParser(tool_names, thinking)
     merged: list[Piece] = []
     for piece in [*parser.feed(text), *parser.finish()]:
         if merged and piece.kind != "tool" and merged[-1].kind == piece.kind:

@@ -7,6 +7,7 @@ a `Render`, which knows its API's shapes: the chunks a delta becomes, the usage 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -60,14 +61,27 @@ class ResponseMeta:
 
     @classmethod
     def of(cls, request: Request, make_id: Callable[[str], str], model: str) -> ResponseMeta:
-        """Created now, its id made from the request's (`req_<hex>` becomes e.g. `chatcmpl-<hex>`)."""
+        """Created now, its id made from the request's (`req_<hex>` becomes e.g. `chatcmpl-<hex>`), its
+        fingerprint the loaded model's (`system_fingerprint`)."""
         request_id: str = request.state.request_id
-        fingerprint = app_state(request).settings.system_fingerprint
+        state = app_state(request)
+        engine = state.registry.peek(model)
+        fingerprint = system_fingerprint(engine) if engine is not None else state.settings.system_fingerprint
         return cls(make_id(request_id.removeprefix("req_")), int(time.time()), model, fingerprint)
 
     def fields(self) -> dict[str, Any]:
         """As keyword arguments of a response model."""
         return dataclasses.asdict(self)
+
+
+def system_fingerprint(engine: Engine) -> str:
+    """`fp_` and a short hash of what decides a model's output: its id, its revision (the checkpoint's
+    commit hash when its config has one, else its source and GGUF file) and the dtype it runs in."""
+    cfg = engine.config
+    commit = getattr(getattr(engine.model, "config", None), "_commit_hash", None)
+    revision = commit or f"{cfg.source}:{cfg.gguf_file or ''}"
+    dtype = str(getattr(engine.model, "dtype", cfg.dtype))
+    return "fp_" + hashlib.sha256(f"{cfg.id}\n{revision}\n{dtype}".encode()).hexdigest()[:10]
 
 
 class Render(Protocol):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from engine import SamplingParams
 from server.errors import APIError
+from server.response_format import check_grammar, output_grammar
 from server.schemas import GenerationRequest
 
 # A `top_k` at least this large keeps every token of any vocabulary; larger ones would overflow a tensor.
@@ -34,9 +37,12 @@ def logit_bias(bias: dict[str, float] | None, vocab_size: int) -> tuple[tuple[in
 
 
 def sampling_params(
-    body: GenerationRequest, max_tokens: int, vocab_size: int, logprobs: bool = False, top_logprobs: int = 0
+    body: GenerationRequest, max_tokens: int, engine: Any, logprobs: bool = False, top_logprobs: int = 0
 ) -> SamplingParams:
-    """The engine's settings for a request (OpenAI defaults: temperature 1, top_p 1, no penalties)."""
+    """The engine's settings for a request (OpenAI defaults: temperature 1, top_p 1, no penalties);
+    400 `response_format` for a schema the engine cannot compile."""
+    grammar = output_grammar(body.response_format, body.json_mode)
+    check_grammar(engine, grammar, "response_format" if body.response_format is not None else "json_mode")
     return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
@@ -49,7 +55,8 @@ def sampling_params(
         frequency_penalty=body.frequency_penalty or 0.0,
         presence_penalty=body.presence_penalty or 0.0,
         repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
-        logit_bias=logit_bias(body.logit_bias, vocab_size),
+        logit_bias=logit_bias(body.logit_bias, engine.vocab_size),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        grammar=grammar,
     )

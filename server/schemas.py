@@ -6,12 +6,16 @@ so the route can log and ignore them. Responses are plain models dumped with `mo
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
+
+from server.response_format import ResponseFormat
+from server.tool_schemas import FunctionTool, NamedToolChoice, ReasoningEffort, ThinkingOption, ToolChoice
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
@@ -74,10 +78,23 @@ class ChatMessage(RequestModel):
         if self.name is not None:
             message["name"] = self.name
         if self.tool_calls:
-            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+            message["tool_calls"] = [_call_for_template(call) for call in self.tool_calls]
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
         return message
+
+
+def _call_for_template(call: ToolCall) -> dict[str, Any]:
+    """A history call for the template: `arguments` as an object when it is JSON of one (templates
+    write `arguments | tojson`), else the text as sent."""
+    out = call.model_dump()
+    try:
+        arguments = json.loads(call.function.arguments)
+    except ValueError:
+        return out
+    if isinstance(arguments, dict):
+        out["function"]["arguments"] = arguments
+    return out
 
 
 class StreamOptions(RequestModel):
@@ -115,6 +132,9 @@ class GenerationRequest(RequestModel):
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0)
     ignore_eos: bool | None = None  # keep generating past the end-of-sequence token (benchmarks)
+    # Structured output (constrained decoding, server.response_format); json_mode = json_object.
+    response_format: ResponseFormat | None = None
+    json_mode: bool | None = None
     # Accepted, no effect on the output.
     user: str | None = None
     metadata: dict[str, Any] | None = None
@@ -141,6 +161,14 @@ class ChatCompletionRequest(GenerationRequest):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Tools (server.tool_schemas); `tools` before `tool_choice`, which is checked against it.
+    tools: list[FunctionTool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # Reasoning, for templates that take it (server.reasoning); chat_template_kwargs as vLLM's.
+    thinking: ThinkingOption | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     # Accepted, no effect on the output.
     sess_id: Any = None
     retries: Any = None
@@ -153,12 +181,45 @@ class ChatCompletionRequest(GenerationRequest):
             raise PydanticCustomError("needs_logprobs", "top_logprobs requires logprobs to be true")
         return value
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _names_a_tool(cls, choice: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        if choice is None or choice in ("none", "auto") or "tools" not in info.data:
+            return choice
+        names = [tool.function.name for tool in info.data["tools"] or ()]
+        if not names:
+            raise PydanticCustomError("tool_choice", "tool_choice required or a named function needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            message = "tool_choice names the function {name}, which is not in tools"
+            raise PydanticCustomError("tool_choice", message, {"name": repr(choice.function.name)})
+        return choice
+
     @field_validator("enable_search")
     @classmethod
     def _no_search(cls, value: bool | None) -> bool | None:
         if value:
             raise PydanticCustomError("unsupported", "web search is not available on this server")
         return value
+
+    @property
+    def active_tools(self) -> list[FunctionTool]:
+        """The tools the model may call: none when `tool_choice` is `none`."""
+        return [] if self.tool_choice == "none" else list(self.tools or ())
+
+    @property
+    def forced_tools(self) -> list[FunctionTool]:
+        """The tools one of which must be called: all for `required`, the named one, else none."""
+        if self.tool_choice == "required":
+            return list(self.tools or ())
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            return [tool for tool in self.tools or () if tool.function.name == name]
+        return []
+
+    @property
+    def thinking_enabled(self) -> bool | None:
+        """True or False when `thinking` turned reasoning on or off, else None."""
+        return None if self.thinking is None else self.thinking.type == "enabled"
 
     @property
     def max_new_tokens(self) -> int | None:
@@ -193,12 +254,15 @@ class Usage(BaseModel):
     completion_tokens_details: CompletionTokensDetails = Field(default_factory=CompletionTokensDetails)
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
+    def of(
+        cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, reasoning_tokens: int = 0
+    ) -> Usage:
         return cls(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+            completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens),
         )
 
 
@@ -216,6 +280,7 @@ class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     reasoning_content: str | None = Field(default=None, exclude_if=omit_none)
+    reasoning: str | None = Field(default=None, exclude_if=omit_none)  # the same text, vLLM's newer name
     tool_calls: list[dict[str, Any]] | None = Field(default=None, exclude_if=omit_none)
 
 
@@ -238,6 +303,8 @@ class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = Field(default=None, exclude_if=omit_none)
     content: str | None = Field(default=None, exclude_if=omit_none)
     reasoning_content: str | None = Field(default=None, exclude_if=omit_none)
+    reasoning: str | None = Field(default=None, exclude_if=omit_none)  # the same text, vLLM's newer name
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, exclude_if=omit_none)
 
 
 class ChunkChoice(BaseModel):

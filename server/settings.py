@@ -32,6 +32,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     request_timeout: float | None = None
     shutdown_grace: float = 15.0  # seconds running requests may take to finish after SIGTERM
+    dtype: str | None = None  # overrides every unquantized catalog model's dtype (--dtype)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

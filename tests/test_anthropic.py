@@ -8,6 +8,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -234,3 +235,37 @@ def test_v1_messages_alias(server: Server) -> None:
     assert data["type"] == "message" and data["model"] == MODEL
     assert "Paris" in data["content"][0]["text"]
     assert set(data["usage"]) == {"input_tokens", "output_tokens"}
+
+
+@pytest.mark.parametrize(
+    "choice", [{"type": "any", "disable_parallel_tool_use": True}, {"type": "tool", "name": "get_time"}]
+)
+def test_forced_tool_use_matches_its_schema(claude: anthropic.Anthropic, choice: dict[str, Any]) -> None:
+    time_tool = {
+        "name": "get_time",
+        "description": "The time in a timezone.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"timezone": {"type": "string", "enum": ["UTC", "CET"]}},
+            "required": ["timezone"],
+        },
+    }
+    kwargs: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 60,
+        **GREEDY,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [WEATHER_TOOL, time_tool],
+        "tool_choice": choice,
+    }
+    r = claude.messages.create(**kwargs)
+    assert r.stop_reason == "tool_use"
+    [use] = [block for block in r.content if block.type == "tool_use"]
+    if choice["type"] == "tool":
+        assert use.name == "get_time" and use.input["timezone"] in {"UTC", "CET"}
+    else:
+        schema = {"get_weather": WEATHER_TOOL, "get_time": time_tool}[use.name]["input_schema"]
+        jsonschema.validate(use.input, schema)
+    with claude.messages.stream(**kwargs) as stream:
+        streamed = stream.get_final_message()
+    assert [(b.name, b.input) for b in streamed.content if b.type == "tool_use"] == [(use.name, use.input)]

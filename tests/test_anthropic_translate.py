@@ -10,6 +10,7 @@ import pytest
 from server.anthropic import chat_messages, render_prompt, template_knows_tools
 from server.anthropic_schemas import CountTokensRequest, Message
 from server.errors import APIError
+from server.tool_prompt import with_tools_prompt
 
 HISTORY: list[dict[str, Any]] = [
     {"role": "user", "content": "Weather in Paris?"},
@@ -97,10 +98,15 @@ def test_tool_use_in_a_user_message_is_refused() -> None:
 def test_rendered_with_the_models_template(tokenizer) -> None:  # type: ignore[no-untyped-def]
     assert not template_knows_tools(tokenizer)
     body = CountTokensRequest.model_validate({"model": "m", "messages": HISTORY, "tools": TOOLS})
-    expected = tokenizer.apply_chat_template(
-        chat_messages(None, body.messages, native_tools=False), add_generation_prompt=True, tokenize=False
+    # A template without tools support gets them described in a system prompt.
+    messages = with_tools_prompt(
+        chat_messages(None, body.messages, native_tools=False),
+        [tool.to_openai() for tool in body.tools or ()],
     )
-    assert tokenizer.decode(render_prompt(tokenizer, body)) == expected
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = tokenizer.decode(render_prompt(tokenizer, body))
+    assert text == expected
+    assert text.startswith("<|im_start|>system\n# Tools") and '"name": "get_weather"' in text
 
 
 def test_rendered_with_a_tool_template(tokenizer) -> None:  # type: ignore[no-untyped-def]

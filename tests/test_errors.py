@@ -46,6 +46,9 @@ class FakeRegistry:
     def is_loaded(self, model_id: str) -> bool:
         return False
 
+    def peek(self, model_id: str) -> Any:
+        return None
+
     async def aget(self, name: str) -> Any:
         raise ModelLoadError(self.resolve(name).id, "no weights in this test")
 
@@ -170,6 +173,10 @@ def test_models_list_and_alias(api: TestClient) -> None:
         "created": 0,
         "owned_by": "hearth",
         "loaded": False,
+        "source": "x",
+        "dtype": "auto",
+        "device": "auto",
+        "quantization": "none",
     }
     assert api.get("/v1/models/t").json()["id"] == "tiny"
 

@@ -113,6 +113,9 @@ class Registry:
     def is_loaded(self, model_id: str) -> bool:
         return True
 
+    def peek(self, model_id: str) -> DeadEngine:
+        return DeadEngine()
+
     async def aget(self, name: str) -> DeadEngine:
         return DeadEngine()
 

