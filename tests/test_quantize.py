@@ -24,7 +24,7 @@ from engine.loader import LoadedModel, cpu_has_native_bf16, load_model, pick_dty
 from engine.packed_linear import Int8Linear, PackedLinear, is_plain_linear
 from engine.quantize import QuantizationError, check
 from engine.runner import ModelRunner
-from tests.launch import MODEL, ROOT, Server, launch
+from tests.launch import MODEL, ROOT, Server, launch_catalog
 
 TEXT = (Path(__file__).parent / "data" / "perplexity.txt").read_text(encoding="utf-8")
 CPU = torch.device("cpu")
@@ -193,9 +193,7 @@ models:
 
 @pytest.fixture(scope="module")
 def quant_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("quant")
-    (folder / "models.yaml").write_text(CATALOG)
-    with launch(["--config", str(folder / "models.yaml")], folder / "server.log", timeout=300) as server:
+    with launch_catalog(tmp_path_factory, "quant", CATALOG) as server:
         yield server
 
 

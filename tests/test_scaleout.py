@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.helpers import total, wait_idle
-from tests.launch import MODEL, ROOT, Launched, free_port, launch, small_catalog
+from tests.launch import MODEL, ROOT, Launched, free_port, launch, small_catalog, stop
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 DOC = ROOT / "docs" / "scale-out.md"
@@ -79,19 +79,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         proc = subprocess.Popen(
             [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")], stdout=log, stderr=log
         )
-        stack.callback(_stop, proc)
+        stack.callback(stop, proc, 10)
         url = f"http://127.0.0.1:{port}"
         _wait_up(proc, url, tmp)
         yield Cluster(url=url, replicas=replicas)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _wait_up(proc: subprocess.Popen[bytes], url: str, tmp: Path) -> None:
