@@ -22,9 +22,13 @@ sys.path.insert(0, str(ROOT))
 from engine import Engine, GrammarSpec, SamplingParams, load_catalog  # noqa: E402
 from engine.loader import load_model  # noqa: E402
 
+# JSON that cannot be complete within 128 tokens, so the constrained rows stay in the batch to the end.
 SCHEMA = {
     "type": "object",
-    "properties": {"name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 500},
+    },
     "required": ["name", "tags"],
 }
 
