@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 from bench_client import LevelResult, Target, requests_for, run_level, warm_up
-from bench_servers import ROOT, first_model_id, free_port, hearth_cmd, server
+from bench_servers import ROOT, first_model_id, free_port, hearth_cmd, model_dir, server
 from procinfo import cpu_info, cpu_line, listening_pid, local_pid
 
 WORDS = (
@@ -60,20 +60,16 @@ class Prompts:
 
 
 def load_tokenizer(config: Path, model: str) -> tuple[Any, int]:
-    """The model's tokenizer (from its folder, or the converted GGUF cache) and its max_context."""
+    """The model's tokenizer (from the folder Hearth loads it from) and its max_context."""
     from transformers import AutoTokenizer
 
-    from engine.catalog import load_catalog, resolve_source
-    from engine.loader import gguf_cache_dir
+    from engine.catalog import load_catalog
 
-    catalog = load_catalog(config)
-    cfg = catalog.resolve(model)
+    cfg = load_catalog(config).resolve(model)
     if cfg is None:
         raise RuntimeError(f"model {model!r} is not in {config}")
-    source = resolve_source(cfg)
-    if cfg.gguf_file is not None:
-        source = gguf_cache_dir(cfg, source, catalog.cache_dir)
-    return AutoTokenizer.from_pretrained(str(source), local_files_only=True), cfg.max_context
+    folder = model_dir(config, model)
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True), cfg.max_context
 
 
 def check(level: LevelResult, length: int, max_tokens: int) -> list[str]:

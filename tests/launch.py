@@ -83,7 +83,7 @@ def launch(
             env=full_env,
         )
     try:
-        _wait_healthy(proc, url, log, timeout)
+        wait_healthy(proc, url, log, timeout)
         yield Launched(url=url, log=log, proc=proc)
     finally:
         stop(proc)
@@ -111,15 +111,23 @@ def launch_catalog(
         yield server
 
 
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
+def wait_healthy(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    log: Path,
+    timeout: float,
+    name: str = "server",
+    poll: float = 0.3,
+) -> None:
+    """Until `url`/health answers 200; RuntimeError with the tail of `log` when `proc` exits or time is up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
-    raise RuntimeError(f"server not ready after {timeout:.0f}s:\n{log.read_text()[-4000:]}")
+        time.sleep(poll)
+    raise RuntimeError(f"{name} not ready after {timeout:.0f}s:\n{log.read_text()[-4000:]}")

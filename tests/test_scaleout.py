@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests.helpers import total, wait_idle
-from tests.launch import MODEL, ROOT, Launched, free_port, launch, small_catalog, stop
+from tests.launch import MODEL, ROOT, Launched, free_port, launch, small_catalog, stop, wait_healthy
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 DOC = ROOT / "docs" / "scale-out.md"
@@ -81,24 +80,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         )
         stack.callback(stop, proc, 10)
         url = f"http://127.0.0.1:{port}"
-        _wait_up(proc, url, tmp)
+        wait_healthy(proc, url, tmp / "error.log", 30, name="nginx", poll=0.1)
         yield Cluster(url=url, replicas=replicas)
-
-
-def _wait_up(proc: subprocess.Popen[bytes], url: str, tmp: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"nginx exited with {proc.returncode}: {(tmp / 'error.log').read_text()[-2000:]}"
-            )
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("nginx did not answer /health")
 
 
 def chat(url: str, **extra: Any) -> dict[str, Any]:
