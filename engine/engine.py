@@ -134,12 +134,6 @@ class Engine:
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds "
                 f"the context window of {self.max_context} tokens"
             )
-        if not self.alive:
-            raise EngineDeadError(self.dead_reason or "engine is not running")
-        with self._lock:
-            if self._pending + n > self.max_batch_size + self.config.max_waiting:
-                raise QueueFullError(f"{self.config.id}: wait queue is full")
-            self._pending += n
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[Delta] = asyncio.Queue()
 
@@ -151,8 +145,15 @@ class Engine:
             rid = request_id if i == 0 else f"{request_id}/{i}"
             parent = seqs[0] if seqs else None
             seqs.append(Sequence(rid, prompt_ids, params, emit, index=i, parent=parent))
-        for seq in seqs:
-            self._inbox.put(_Add(seq, IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)))
+        adds = [_Add(seq, IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)) for seq in seqs]
+        with self._lock:  # the thread sets dead_reason under this lock, then fails what is in the inbox
+            if not self.alive or self.dead_reason is not None:
+                raise EngineDeadError(self.dead_reason or "engine is not running")
+            if self._pending + n > self.max_batch_size + self.config.max_waiting:
+                raise QueueFullError(f"{self.config.id}: wait queue is full")
+            self._pending += n
+            for add in adds:
+                self._inbox.put(add)
         running = set(range(n))
         try:
             while running:
@@ -185,9 +186,11 @@ class Engine:
                     if not self._stopping:
                         self.step()
         except BaseException as exc:  # the thread must never die silently
-            self.dead_reason = f"engine thread died: {exc!r}"
+            reason = f"engine thread died: {exc!r}"
+            with self._lock:
+                self.dead_reason = reason  # from here on, generate() refuses new requests
             log.exception("engine for %s died", self.config.id)
-            self._fail_all(self.dead_reason)
+            self._fail_all(reason)
             raise
 
     def _drain_inbox(self, block: bool) -> None:
@@ -337,6 +340,14 @@ class Engine:
         self._release(seq, failed=True)
 
     def _fail_all(self, message: str) -> None:
+        """Fail every request the thread holds or has not read yet (the thread is dying)."""
+        while True:
+            try:
+                cmd = self._inbox.get(block=False)
+            except queue.Empty:
+                break
+            if isinstance(cmd, _Add):
+                self._add(cmd)
         for seq in [*self.scheduler.running, *self.scheduler.waiting]:
             self._fail(seq, message)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, SamplingParams, load_catalog
+from engine.engine import EngineDeadError
 from engine.loader import load_model
 from engine.slots import common_prefix
 
@@ -148,3 +150,37 @@ def test_a_failing_request_leaves_the_rest_of_the_batch_running(engine: Engine) 
     while engine.stats.running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.alive and engine.stats.running == 0
+
+
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnhandledThreadExceptionWarning"
+)  # the thread dies on purpose
+def test_requests_waiting_for_a_dying_engine_get_an_error_not_a_hang() -> None:
+    catalog = load_catalog(ROOT / "models.yaml")
+    cfg = catalog.default_model
+    eng = Engine(load_model(cfg, catalog.cache_dir), cfg)
+    submitted = threading.Event()
+
+    def broken_prepare(threads: int) -> None:
+        submitted.wait(10)
+        raise RuntimeError("boom")
+
+    eng.runner.prepare = broken_prepare  # type: ignore[method-assign]
+    starter = threading.Thread(target=eng.start)
+    starter.start()
+    while not eng.alive:
+        time.sleep(0.01)
+
+    async def main() -> str | None:
+        params = SamplingParams(temperature=0.0, max_tokens=4)
+        stream = eng.generate(_prompt(eng, "Hi"), params, "doomed")
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.2)  # the request is in the engine's inbox
+        submitted.set()
+        delta = await asyncio.wait_for(first, timeout=20)
+        return delta.error
+
+    assert asyncio.run(main()) == "engine thread died: RuntimeError('boom')"
+    starter.join(timeout=10)
+    with pytest.raises(EngineDeadError):
+        asyncio.run(_run(eng, _prompt(eng, "Hi"), 4, "late"))

@@ -104,9 +104,13 @@ def test_quantized_engine_skips_packing_and_keeps_greedy_output_batch_invariant(
     engine = Engine(loaded, replace(base, quantization="int8"))
     engine.start()
     try:
-        modules = list(engine.model.modules())
-        assert not any(isinstance(m, PackedLinear) for m in modules)
-        assert sum(isinstance(m, Int8Linear) for m in modules) == 30 * 7 + 1  # 7 per layer + lm_head
+        lean = engine.runner.lean
+        assert lean is not None  # the lean Llama forward, over int8 products
+        projections = [
+            p for layer in lean.layers for p in (layer.qkv, layer.o, layer.gate, layer.up, layer.down)
+        ]
+        assert all(isinstance(p.module, Int8Linear) for p in [*projections, lean.lm_head])
+        assert not any(isinstance(m, PackedLinear) for m in engine.model.modules())
         assert engine.runner.cache.k.dtype == torch.bfloat16
         prompts = [_chat_ids(engine, q) for q, _ in QUESTIONS]
 
@@ -125,9 +129,9 @@ def test_quantized_engine_skips_packing_and_keeps_greedy_output_batch_invariant(
         assert together.startswith(alone)
 
 
-def test_plain_linears_are_still_packed(base: ModelConfig, cache_dir: Path) -> None:
+def test_plain_linears_are_packed_for_transformers_forward(base: ModelConfig, cache_dir: Path) -> None:
     loaded = _load(base, cache_dir, "float32", "none")
-    runner = ModelRunner(loaded.model, max_batch=4, max_context=256)
+    runner = ModelRunner(loaded.model, max_batch=4, max_context=256, lean=False)
     runner.prepare(threads=1)
     assert sum(isinstance(m, PackedLinear) for m in loaded.model.modules()) == 30 * 7 + 1
 

@@ -1,0 +1,88 @@
+"""engine.llama: the lean Llama forward gives transformers' greedy output, used only where it applies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+from engine import load_catalog
+from engine.llama import LeanLlama, supported
+from engine.loader import load_model
+from engine.runner import ModelRunner
+from tests.greedy import describe_divergence, engine_generate, hf_greedy, prompts, running_engine
+from tests.random_llama import TINY, build_random_llama, find_tokenizer_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+N_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir() -> Path:
+    catalog = load_catalog(ROOT / "models.yaml")
+    return load_model(catalog.default_model, catalog.cache_dir).source_dir
+
+
+def test_lean_forward_matches_transformers_greedy_on_the_embedded_model(smollm2_dir: Path) -> None:
+    ids = prompts(smollm2_dir, 4)
+    want = hf_greedy(smollm2_dir, ids, N_TOKENS)
+    with running_engine(smollm2_dir, "cpu", "float32") as engine:
+        assert isinstance(engine.runner.lean, LeanLlama)
+        together = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4)]
+        alone = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4, together=False)]
+    assert together == want, describe_divergence("lean engine vs transformers", together, want)
+    assert alone == together
+
+
+def test_lean_forward_drops_the_models_own_projections(smollm2_dir: Path) -> None:
+    with running_engine(smollm2_dir, "cpu", "float32") as engine:
+        layer = engine.model.model.layers[0]
+        assert layer.self_attn.q_proj is None and layer.mlp.gate_proj is None
+        assert engine.model.lm_head is None
+        assert not any(isinstance(m, torch.nn.Linear) for m in engine.model.modules())
+
+
+def test_biases_are_kept(tmp_path: Path) -> None:
+    """Llama configs may carry q/k/v/o and MLP biases; the fused products must add them."""
+    tokenizer = find_tokenizer_dir()
+    if tokenizer is None:
+        pytest.skip("no SmolLM2 tokenizer files")
+    model_dir = build_random_llama(tmp_path, tokenizer, TINY)
+    from transformers import LlamaForCausalLM
+
+    model: Any = LlamaForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    model.config.attention_bias = model.config.mlp_bias = True
+    biased: Any = LlamaForCausalLM(model.config)
+    biased.load_state_dict(model.state_dict(), strict=False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in biased.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.5)
+    biased.save_pretrained(model_dir)
+    ids = prompts(model_dir, 2)
+    want = hf_greedy(model_dir, ids, N_TOKENS)
+    with running_engine(model_dir, "cpu", "float32") as engine:
+        assert engine.runner.lean is not None
+        got = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 2)]
+    assert got == want, describe_divergence("lean engine with biases vs transformers", got, want)
+
+
+def test_other_architectures_keep_transformers_forward() -> None:
+    config = Gemma3TextConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
+    model = Gemma3ForCausalLM(config).eval()
+    assert not supported(model)
+    runner = ModelRunner(model, max_batch=4, max_context=128)
+    runner.prepare(threads=1)
+    assert runner.lean is None
