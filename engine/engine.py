@@ -341,13 +341,7 @@ class Engine:
 
     def _fail_all(self, message: str) -> None:
         """Fail every request the thread holds or has not read yet (the thread is dying)."""
-        while True:
-            try:
-                cmd = self._inbox.get(block=False)
-            except queue.Empty:
-                break
-            if isinstance(cmd, _Add):
-                self._add(cmd)
+        self._drain_inbox(block=False)
         for seq in [*self.scheduler.running, *self.scheduler.waiting]:
             self._fail(seq, message)
 
