@@ -55,7 +55,8 @@ def find_tokenizer_dir() -> Path | None:
         candidates.append(Path(os.environ["HEARTH_TOKENIZER_DIR"]).expanduser())
     candidates.append(ROOT / ".gpu-assets" / "tokenizer")
     cache = Path(os.environ.get("HEARTH_CACHE_DIR") or "~/.cache/hearth").expanduser()
-    candidates += sorted(cache.glob("smollm2-135m-instruct-*"), key=lambda d: -d.stat().st_mtime)
+    converted = [d for d in cache.glob("*") if d.name.lower().startswith("smollm2-135m-instruct")]
+    candidates += sorted(converted, key=lambda d: -d.stat().st_mtime)
     return next((d for d in candidates if (d / "tokenizer.json").is_file()), None)
 
 

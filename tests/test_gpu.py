@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from engine.engine import Engine
-from engine.loader import pick_dtype
+from engine.loader import cpu_has_native_bf16, pick_dtype
 from engine.request import EngineStats
 from tests.greedy import (
     describe_divergence,
@@ -69,7 +69,8 @@ def test_engine_float32_on_device_matches_cpu_reference(model_dir: Path, referen
 
 def test_auto_dtype_and_kv_cache_live_on_the_device(model_dir: Path) -> None:
     want = pick_dtype("auto", torch.device(DEVICE))
-    assert want == (torch.float32 if DEVICE == "cpu" else torch.bfloat16)
+    cpu_auto = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert want == (cpu_auto if DEVICE == "cpu" else torch.bfloat16)
     with running_engine(model_dir, DEVICE, "auto") as engine:
         param = next(engine.model.parameters())
         assert (param.device.type, param.dtype) == (DEVICE, want)

@@ -14,7 +14,7 @@ from engine.llama import LeanLlama, supported
 from engine.loader import load_model
 from engine.runner import ModelRunner
 from tests.greedy import describe_divergence, engine_generate, hf_greedy, prompts, running_engine
-from tests.random_llama import TINY, build_random_llama, find_tokenizer_dir
+from tests.random_llama import TINY, build_random_llama
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TOKENS = 24
@@ -45,12 +45,9 @@ def test_lean_forward_drops_the_models_own_projections(smollm2_dir: Path) -> Non
         assert not any(isinstance(m, torch.nn.Linear) for m in engine.model.modules())
 
 
-def test_biases_are_kept(tmp_path: Path) -> None:
+def test_biases_are_kept(tmp_path: Path, smollm2_dir: Path) -> None:
     """Llama configs may carry q/k/v/o and MLP biases; the fused products must add them."""
-    tokenizer = find_tokenizer_dir()
-    if tokenizer is None:
-        pytest.skip("no SmolLM2 tokenizer files")
-    model_dir = build_random_llama(tmp_path, tokenizer, TINY)
+    model_dir = build_random_llama(tmp_path, smollm2_dir, TINY)
     from transformers import LlamaForCausalLM
 
     model: Any = LlamaForCausalLM.from_pretrained(model_dir, local_files_only=True)
