@@ -6,6 +6,15 @@ rounds T up to a multiple of 4), then prefill chunks. The model's own layers do 
 projections, norms and rotary embeddings; this function writes the new keys and values
 into their slots and attends over each sequence's cached prefix.
 
+Decode tokens have two layouts. The eager one (`StepMeta.gather` off) scatters each query into
+its slot's row and attends over slots [0, view_slots); its shapes follow the step. The gathered
+one (`gather` on, used by CUDA graphs, engine.cuda_graphs) copies each decoding row's slot out of
+the cache, so its shapes depend only on the number of rows and `decode_kv_len`: a captured
+graph replays for any choice of slots.
+
+On CPU, products are written out (scores, float32 softmax, blocked `probs @ V`). Elsewhere,
+`torch.nn.functional.scaled_dot_product_attention` runs them (flash or memory-efficient kernels).
+
 Batch invariance: greedy output must not depend on which other requests share the batch.
 CPU BLAS kernels give a row different bits depending on where it sits in a matrix, so every
 product here keeps the same shape class for a given row: query rows are padded to a
@@ -19,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from engine.kv_cache import SlotKVCache
 
@@ -53,14 +63,20 @@ class StepMeta:
     write_pos: torch.Tensor  # [T] position of each token
     decode_tokens: int  # the first `decode_tokens` tokens are decode tokens (incl. padding)
     decode_slots: torch.Tensor  # [decode_tokens]
-    decode_lens: torch.Tensor  # [view_slots] kv length per slot row (0 for rows not decoding)
-    view_slots: int  # decode attention reads slots [0, view_slots)
+    decode_lens: (
+        torch.Tensor
+    )  # [view_slots] kv length per slot row (0 for rows not decoding); gathered: per token
+    view_slots: int  # decode attention reads slots [0, view_slots) (not used when gathered)
     decode_kv_len: int  # multiple of KV_BLOCK
     prefills: list[PrefillChunk]
+    gather: bool = False  # decode attention copies each token's slot out of the cache (see module doc)
     _bias: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
 
     def decode_bias(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
-        """Additive mask [view_slots, 1, 1, decode_kv_len]: 0 where a slot row may look, -inf elsewhere."""
+        """Additive mask [rows, 1, 1, decode_kv_len]: 0 where a row may look, -inf elsewhere.
+
+        Rows are slots [0, view_slots), or the decode tokens when gathered.
+        """
         key = ("decode", window, dtype)
         if key not in self._bias:
             j = torch.arange(self.decode_kv_len, device=self.decode_lens.device)[None, :]
@@ -89,13 +105,27 @@ class StepMeta:
 
 
 def _additive(ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    zero = torch.zeros((), dtype=dtype, device=ok.device)
-    return torch.where(ok, zero, torch.tensor(float("-inf"), dtype=dtype, device=ok.device))
+    """0 where `ok`, -inf elsewhere; no host-to-device copy (a CUDA graph may be capturing)."""
+    return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, float("-inf"))
 
 
 def _softmax(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim, computed in float32 (as transformers does) for bf16/fp16 scores."""
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v for q [..., M, D], k/v [..., L, D], bias broadcastable to [..., M, L].
+
+    Written out on CPU (batch invariant: see the module doc); SDPA's fused kernels elsewhere.
+    """
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    scores.mul_(scale).add_(bias)
+    return blocked_pv(_softmax(scores), v)
 
 
 def blocked_pv(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -133,13 +163,19 @@ def slot_attention(
     out = query.new_empty(t, hq, d)
 
     n_dec = step.decode_tokens
-    if n_dec:
+    if n_dec and step.gather:
+        length = step.decode_kv_len
+        k = kc[:, :, :length].index_select(0, step.decode_slots)  # [n_dec, Hkv, L, D]
+        v = vc[:, :, :length].index_select(0, step.decode_slots)
+        qd = q[:n_dec].reshape(n_dec, hkv, g, d)
+        o = attend(qd, k, v, step.decode_bias(sliding_window, q.dtype), scale)  # [n_dec, Hkv, G, D]
+        out[:n_dec] = o.reshape(n_dec, hq, d)
+    elif n_dec:
         n, length = step.view_slots, step.decode_kv_len
         q4 = query.new_zeros(n, hkv, round_up(g, ROW_MULTIPLE), d)
         q4[step.decode_slots, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
-        scores = torch.matmul(q4, kc[:n, :, :length].transpose(-1, -2))  # [n, Hkv, G4, L]
-        scores.mul_(scale).add_(step.decode_bias(sliding_window, scores.dtype))
-        o = blocked_pv(_softmax(scores), vc[:n, :, :length])  # [n, Hkv, G4, D]
+        bias = step.decode_bias(sliding_window, q.dtype)
+        o = attend(q4, kc[:n, :, :length], vc[:n, :, :length], bias, scale)  # [n, Hkv, G4, D]
         out[:n_dec] = o[step.decode_slots, :, :g].reshape(n_dec, hq, d)
 
     for i, chunk in enumerate(step.prefills):
@@ -149,9 +185,8 @@ def slot_attention(
         if rows != c * g:
             qc = torch.cat([qc, qc.new_zeros(hkv, rows - c * g, d)], dim=1)
         length = chunk.kv_len
-        scores = torch.matmul(qc, kc[chunk.slot, :, :length].transpose(-1, -2))  # [Hkv, rows, L]
-        scores.mul_(scale).add_(step.prefill_bias(i, g, sliding_window, scores.dtype))
-        o = blocked_pv(_softmax(scores), vc[chunk.slot, :, :length])  # [Hkv, rows, D]
+        bias = step.prefill_bias(i, g, sliding_window, q.dtype)  # [rows, L]
+        o = attend(qc, kc[chunk.slot, :, :length], vc[chunk.slot, :, :length], bias, scale)  # [Hkv, rows, D]
         out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
 
     return out.unsqueeze(0), None

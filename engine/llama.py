@@ -1,12 +1,15 @@
-"""A lean forward for Llama models on CPU: transformers' maths in a fraction of the calls.
+"""A lean forward for Llama models: transformers' maths in a fraction of the calls.
 
 At one stream on 2 cores, SmolLM2 spent ~12 of its ~40 ms per token outside the matrix
 products, in transformers' module plumbing and ~1,500 small tensor ops. This forward runs the
 same model with the same weights, rotary embedding (rope scaling included) and slot attention
 (engine.attention), but:
-- q/k/v and gate/up are one oneDNN product each (weights concatenated and packed once),
-- the residual adds and the SiLU ride on the products as oneDNN post-ops,
+- q/k/v and gate/up are one product each (weights concatenated once),
+- on CPU the weights are packed for oneDNN, and the residual adds and the SiLU ride on the
+  products as oneDNN post-ops,
 - RMSNorm is one fused op, and rotary embedding is applied to q and k in one pass.
+On CUDA the same forward, with plain `F.linear` products, is what engine.cuda_graphs captures:
+every op in it is known to be capturable (no host sync, no data-dependent shape).
 
 Every product keeps the property batch invariance rests on (a row's bits do not depend on
 how many rows share the call, for 2 or more rows; the runner always passes a multiple of 4).
@@ -30,11 +33,13 @@ ARCHITECTURES = frozenset({"LlamaForCausalLM"})
 
 
 def supported(model: Any) -> bool:
-    """True where this forward reproduces `model`: a Llama (plain, int8 or int4 weights) on CPU."""
+    """True where this forward reproduces `model`: a Llama (plain, int8 or int4 weights) on the CPU
+    or on one CUDA GPU (a model that accelerate spreads over several devices keeps transformers')."""
     cfg = model.config
     if type(model).__name__ not in ARCHITECTURES or getattr(cfg, "sliding_window", None):
         return False
-    return next(model.parameters()).device.type == "cpu"
+    devices = {p.device for p in model.parameters()}
+    return len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda")
 
 
 class _Proj:
@@ -74,6 +79,19 @@ class _Concat(_Proj):
         return torch.cat([p(x) for p in self.parts], dim=-1)
 
 
+class _Linear(_Proj):
+    """Plain linears of the same input as one `F.linear` (weights concatenated when several)."""
+
+    def __init__(self, linears: list[nn.Linear]) -> None:
+        super().__init__(None)
+        weights = [m.weight.detach() for m in linears]
+        self.weight = weights[0] if len(weights) == 1 else torch.cat(weights)  # one: no copy (tied lm_head)
+        self.bias = _cat_bias(linears, self.weight)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
 class _Packed(_Proj):
     """A oneDNN-packed weight [N, K] (and bias), its follow-up ops fused as post-ops."""
 
@@ -106,8 +124,8 @@ def _cat_bias(linears: list[Any], like: torch.Tensor) -> torch.Tensor | None:
 
 def _projection(linears: list[Any], batch_hint: int, packing: bool) -> _Proj:
     """One projection computing the concatenated outputs of `linears` (same input) as cheaply as we can."""
-    if packing and all(is_plain_linear(m) for m in linears):
-        return _Packed(linears, batch_hint)
+    if all(is_plain_linear(m) for m in linears):
+        return _Packed(linears, batch_hint) if packing else _Linear(linears)
     if all(isinstance(m, Int8Linear) for m in linears):
         if len(linears) == 1:
             return _Proj(linears[0])
@@ -128,12 +146,16 @@ class _Layer:
     up: _Proj
     down: _Proj
 
+    @property
+    def projections(self) -> tuple[_Proj, ...]:
+        return (self.qkv, self.o, self.gate, self.up, self.down)
+
 
 class LeanLlama:
     """`forward(ids, pos, step, keep)`: logits [K, V] for the kept rows of one packed step.
 
-    Built on the engine thread (oneDNN packing is faster when done on the thread that runs the
-    products). Takes the model's linear weights over: the model's own attention and MLP
+    Built on the engine thread (on CPU, oneDNN packing is faster when done on the thread that runs
+    the products). Takes the model's linear weights over: the model's own attention and MLP
     projections are dropped, so only this forward can run the model afterwards.
     """
 
@@ -177,6 +199,21 @@ class LeanLlama:
         self.lm_head = proj(model.lm_head)
         model.lm_head = None
         self._attn_module = _LayerIndex()
+
+    @property
+    def plain(self) -> bool:
+        """Every projection is a plain `F.linear` (no oneDNN packing, no quantized weights)."""
+        return all(isinstance(p, _Linear) for layer in self.layers for p in layer.projections) and isinstance(
+            self.lm_head, _Linear
+        )
+
+    @property
+    def capturable(self) -> bool:
+        """No op depends on data on the host: false for rotary embeddings that rescale with the
+        longest position (transformers' "dynamic" and "longrope" read it back every call)."""
+        rope = getattr(self.rotary, "rope_type", "default")
+        kinds = rope.values() if isinstance(rope, dict) else [rope]
+        return not any("dynamic" in kind or kind == "longrope" for kind in kinds)
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return torch.rms_norm(x, (self.hidden,), weight, self.eps)

@@ -1,8 +1,10 @@
 """The only place that touches the model, the device and the KV cache.
 
-`ModelRunner.run(plan)` packs one step's tokens into a single row, runs the transformers
-model with the slot attention (engine.attention), and returns the logits of the last token
-of every sequence that is due a new token.
+`ModelRunner.run(plan)` packs one step's tokens into a single row, runs the model with the
+slot attention (engine.attention), and returns the logits of the last token of every sequence
+that is due a new token. The model runs through the lean forward (engine.llama) where it
+supports the model, else through transformers' own; on CUDA, decode-only steps replay CUDA
+graphs of the lean forward (engine.cuda_graphs).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from transformers import AttentionInterface
 
 from engine.attention import KV_BLOCK, ROW_MULTIPLE, PrefillChunk, StepMeta, round_up, slot_attention
+from engine.cuda_graphs import DecodeGraphs
 from engine.kv_cache import SlotKVCache
 from engine.llama import LeanLlama
 from engine.llama import supported as lean_supported
@@ -29,11 +32,17 @@ def use_slot_attention(model: Any) -> None:
 
 
 class ModelRunner:
-    def __init__(self, model: Any, max_batch: int, max_context: int, lean: bool = True) -> None:
+    def __init__(
+        self, model: Any, max_batch: int, max_context: int, lean: bool = True, graphs: bool | None = None
+    ) -> None:
+        """`graphs`: replay decode steps from CUDA graphs (None: on CUDA, where the lean forward
+        runs plain weights). True on a CPU runs the same bucketed path eagerly (a test hook)."""
         use_slot_attention(model)
         self.model = model
         self.lean_wanted = lean and lean_supported(model)
         self.lean: LeanLlama | None = None
+        self.graphs_wanted = graphs
+        self.graphs: DecodeGraphs | None = None
         cfg = model.config.get_text_config()
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         param = next(model.parameters())
@@ -56,21 +65,32 @@ class ModelRunner:
         On CPU: torch's thread count, and oneDNN weight packing, which must happen on the
         thread that runs the model (packed from another thread, the same products measured
         ~35% slower here). A Llama model gets the lean forward (engine.llama), which packs
-        its own fused weights.
+        its own fused weights; on CUDA, its decode graphs (captured lazily, on this thread).
         """
-        if self.device.type != "cpu":
-            return
-        torch.set_num_threads(threads)
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)
         if self.lean_wanted:
             self.lean = LeanLlama(self.model, batch_hint=self.max_batch)
         elif packing_available(self.device, self.dtype):
             pack_linears(self.model, batch_hint=self.max_batch)
+        cuda = self.device.type == "cuda"
+        wanted = cuda if self.graphs_wanted is None else self.graphs_wanted
+        if wanted and self.lean is not None and (self.lean.plain or not cuda) and self.lean.capturable:
+            self.graphs = DecodeGraphs(self.lean.forward, self.cache, self.max_batch, cuda=cuda)
 
     @torch.inference_mode()
     def run(self, plan: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
         """Run one step. Returns (logits [K, V] as float32, the K sequences they belong to)."""
         decode = [s for s, n in plan if n == 1 and s.remaining == 1]
         prefill = [(s, n) for s, n in plan if not (n == 1 and s.remaining == 1)]
+        if self.graphs is not None and not prefill:
+            logits = self.graphs.run(
+                [s.token_ids[-1] for s in decode],
+                [s.num_computed for s in decode],
+                [s.slot or 0 for s in decode],
+            )
+            if logits is not None:
+                return logits, decode
         ids: list[int] = []
         slots: list[int] = []
         pos: list[int] = []
@@ -116,7 +136,10 @@ class ModelRunner:
         keep = keep + [keep[-1]] * (round_up(len(keep), ROW_MULTIPLE) - len(keep))
         # One host-to-device copy for every index the step needs; the pieces are views.
         t, n_lens = len(ids), len(lens)
-        packed = torch.tensor([*ids, *slots, *pos, *lens, *keep]).to(self.device, non_blocking=True)
+        packed = torch.tensor([*ids, *slots, *pos, *lens, *keep])
+        if self.device.type == "cuda":
+            packed = packed.pin_memory()
+        packed = packed.to(self.device, non_blocking=True)
         ids_t, slots_t, pos_t = packed[:t], packed[t : 2 * t], packed[2 * t : 3 * t]
         step = StepMeta(
             cache=self.cache,

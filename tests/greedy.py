@@ -71,9 +71,14 @@ def hf_greedy(
 
 @contextlib.contextmanager
 def running_engine(
-    model_dir: Path, device: str, dtype: str = "float32", max_batch: int = 8, max_context: int = 1024
+    model_dir: Path,
+    device: str,
+    dtype: str = "float32",
+    max_batch: int = 8,
+    max_context: int = 1024,
+    graphs: bool | None = None,
 ) -> Iterator[Engine]:
-    """A started `Engine` over `model_dir`; shut down on exit."""
+    """A started `Engine` over `model_dir`; shut down on exit. `graphs`: see `ModelRunner` (None: default)."""
     cfg = ModelConfig(
         id="random-llama",
         source=str(model_dir),
@@ -83,6 +88,8 @@ def running_engine(
         max_batch_size=max_batch,
     )
     engine = Engine(load_model(cfg, model_dir), cfg)
+    if graphs is not None:
+        engine.runner.graphs_wanted = graphs
     engine.start()
     try:
         yield engine
@@ -115,10 +122,16 @@ def engine_generate(
 
 
 def engine_greedy(
-    model_dir: Path, prompt_ids: list[list[int]], n: int, device: str, dtype: str = "float32"
+    model_dir: Path,
+    prompt_ids: list[list[int]],
+    n: int,
+    device: str,
+    dtype: str = "float32",
+    graphs: bool | None = None,
 ) -> list[list[int]]:
     """`n` greedy tokens per prompt from a fresh `Engine`, all prompts in one batch."""
-    with running_engine(model_dir, device, dtype, max_batch=max(len(prompt_ids), 1)) as engine:
+    batch = max(len(prompt_ids), 1)
+    with running_engine(model_dir, device, dtype, max_batch=batch, graphs=graphs) as engine:
         return [tokens for tokens, _ in engine_generate(engine, prompt_ids, [n] * len(prompt_ids))]
 
 

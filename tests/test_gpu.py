@@ -102,3 +102,36 @@ def test_batched_greedy_equals_solo_in_float32(model_dir: Path) -> None:
         together = [tokens for tokens, _ in engine_generate(engine, ids, lengths, together=True)]
     diverged = [p for p in range(8) if first_divergence(together[p], solo[p]) is not None]
     assert not diverged, describe_divergence("batched vs solo", together, solo)
+
+
+def test_decode_steps_replay_cuda_graphs_with_the_reference_output(
+    model_dir: Path, reference: list[list[int]]
+) -> None:
+    """Decode steps go through captured graphs (bucketed and run eagerly on a CPU) and give the
+    float32 reference, batched and alone; a bigger batch takes a bigger bucket."""
+    ids = prompts(model_dir, 4)
+    with running_engine(model_dir, DEVICE, "float32", max_batch=8, graphs=True) as engine:
+        graphs = engine.runner.graphs
+        assert graphs is not None and graphs.cuda == (DEVICE == "cuda")
+        together = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4)]
+        alone = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4, together=False)]
+        eight = engine_generate(engine, prompts(model_dir, 8), [N_TOKENS] * 8)
+        assert graphs.failed is None
+        assert graphs.replays >= 6 * (N_TOKENS - 1)  # decode steps: 1 + 4 + 1 batches
+        assert {(4, 256), (1, 256), (8, 256)} <= graphs.captured
+    assert together == reference, describe_divergence(
+        "graphs together vs transformers cpu", together, reference
+    )
+    assert alone == reference, describe_divergence("graphs alone vs transformers cpu", alone, reference)
+    assert [tokens for tokens, _ in eight][:4] == reference
+
+
+def test_graphs_are_on_by_default_on_cuda(model_dir: Path) -> None:
+    with running_engine(model_dir, DEVICE, "auto") as engine:
+        [(tokens, _)] = engine_generate(engine, prompts(model_dir, 1), [N_TOKENS])
+        graphs = engine.runner.graphs
+        if DEVICE == "cuda":
+            assert graphs is not None and graphs.replays >= N_TOKENS - 1 and graphs.failed is None
+        else:
+            assert graphs is None
+    assert len(tokens) == N_TOKENS
