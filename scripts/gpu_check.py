@@ -17,7 +17,8 @@ as it arrives, so a killed run still leaves what it got:
   build     a random-weight ~1.07B Llama (hidden 2048, 16 layers, 32/8 heads, intermediate 8192,
             vocab 49152, bf16) saved with the SmolLM2 tokenizer
   bench     `scripts/bench.py --compare --concurrency 1,8,32,64 --max-tokens 128` on that model:
-            Hearth (a temporary models.yaml, cuda, bfloat16, 64 slots) against
+            Hearth (a temporary models.yaml, cuda, bfloat16, 64 slots; with CUDA graphs, and
+            once more without them) against
             `transformers serve --continuous-batching --device cuda --dtype bfloat16`
 
 Why random weights: a device call carries at most 64 MiB, and the embedded SmolLM2 model is
@@ -88,8 +89,11 @@ WHEEL_PINS = (
     "opentelemetry-api==1.45.2",
     "openai==3.57.0",  # transformers serve, tests/conftest.py
     "jiter==0.19.0",
+    "llguidance==1.9.1",  # engine/grammar.py
+    "torchao==0.18.0",  # engine/quantize.py
 )
 PLATFORMS = (
+    "manylinux_2_31_x86_64",  # llguidance
     "manylinux_2_28_x86_64",
     "manylinux_2_27_x86_64",
     "manylinux_2_17_x86_64",
@@ -234,6 +238,13 @@ def write_catalog(work: Path, model_dir: Path, args: argparse.Namespace) -> Path
         f"    device: {args.device}\n"
         "    max_context: 2048\n"
         "    max_batch_size: 64\n"
+        f"  - id: {MODEL_ID}-eager\n"  # the same without CUDA graphs, for the comparison
+        f"    source: {model_dir}\n"
+        f"    dtype: {dtype}\n"
+        f"    device: {args.device}\n"
+        "    max_context: 2048\n"
+        "    max_batch_size: 64\n"
+        "    cuda_graphs: false\n"
     )
     return path
 
@@ -292,7 +303,8 @@ def check(args: argparse.Namespace) -> int:
         peer_py = venv_peer if site is None and venv_peer.exists() else Path(py)
         bench = [
             py, "scripts/bench.py", "--compare", "--concurrency", args.concurrency,
-            "--max-tokens", str(args.max_tokens), "--hearth-config", str(catalog), "--model", MODEL_ID,
+            "--max-tokens", str(args.max_tokens), "--hearth-config", str(catalog),
+            "--model", f"{MODEL_ID},{MODEL_ID}-eager", "--hearth-dtype", "catalog",
             "--hearth-python", py, "--model-dir", str(model_dir),
             "--peer-python", str(peer_py),
             "--peer-device", args.device, "--peer-dtype", "float32" if args.device == "cpu" else "bfloat16",
