@@ -84,7 +84,6 @@ class DecodeGraphs:
         self._pool: Any = None  # the memory pool every graph shares
         self.replays = 0
         self.failed: str | None = None  # why capturing failed: every step runs eagerly
-        self.capture_seconds = 0.0
 
     @property
     def captured(self) -> set[tuple[int, int]]:
@@ -160,7 +159,6 @@ class DecodeGraphs:
         captured = _Graph(graph, logits)
         self._graphs[rows, kv] = captured
         seconds = time.perf_counter() - start
-        self.capture_seconds += seconds
         log.info(
             "captured a CUDA graph for %d decode rows, kv length %d, in %.0f ms", rows, kv, seconds * 1e3
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -50,3 +51,13 @@ def tokenizer(server: Server):  # type: ignore[no-untyped-def]
     cfg = catalog.resolve(MODEL)
     assert cfg is not None
     return AutoTokenizer.from_pretrained(str(gguf_cache_dir(cfg, resolve_source(cfg), catalog.cache_dir)))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The embedded model's converted folder (safetensors, tokenizer), for in-process engines."""
+    from engine import load_catalog
+    from engine.loader import load_model
+
+    catalog = load_catalog(ROOT / "models.yaml")
+    return load_model(catalog.default_model, catalog.cache_dir).source_dir

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
-from engine import load_catalog
 from engine.attention import StepMeta, slot_attention
 from engine.cuda_graphs import batch_buckets, kv_buckets
 from engine.kv_cache import SlotKVCache
-from engine.loader import load_model
 from tests.greedy import describe_divergence, engine_generate, hf_greedy, prompts, running_engine
 
-ROOT = Path(__file__).resolve().parent.parent
 N_TOKENS = 24
 
 
@@ -62,12 +58,6 @@ def test_gathered_decode_attention_equals_the_eager_layout() -> None:
     eager = StepMeta(cache, slots_t, pos_t, 3, slots_t, lens, view_slots=6, decode_kv_len=length, prefills=[])
     gathered = StepMeta(cache, slots_t, pos_t, 3, slots_t, pos_t + 1, 0, length, [], gather=True)
     torch.testing.assert_close(run(gathered), run(eager), rtol=1e-5, atol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir() -> Path:
-    catalog = load_catalog(ROOT / "models.yaml")
-    return load_model(catalog.default_model, catalog.cache_dir).source_dir
 
 
 def test_bucketed_decode_gives_transformers_greedy_output(smollm2_dir: Path) -> None:

@@ -5,25 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-from engine import load_catalog
 from engine.llama import LeanLlama, supported
-from engine.loader import load_model
 from engine.runner import ModelRunner
 from tests.greedy import describe_divergence, engine_generate, hf_greedy, prompts, running_engine
 from tests.random_llama import TINY, build_random_llama
 
-ROOT = Path(__file__).resolve().parent.parent
 N_TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir() -> Path:
-    catalog = load_catalog(ROOT / "models.yaml")
-    return load_model(catalog.default_model, catalog.cache_dir).source_dir
 
 
 def test_lean_forward_matches_transformers_greedy_on_the_embedded_model(smollm2_dir: Path) -> None:
