@@ -3,6 +3,14 @@
 The server imports only what is exported here.
 """
 
+# ruff: noqa: E402  (torchao is imported quietly first: importing transformers' models imports it)
+from contextlib import suppress
+
+from engine.quantize import quiet_torchao_import
+
+with suppress(ImportError):  # no torchao: only quantized models need it (engine.quantize.check)
+    quiet_torchao_import()
+
 from engine.catalog import HF_PREFIX, PACKAGE_PREFIX, Catalog, CatalogError, load_catalog, resolve_source
 from engine.config import ModelConfig
 from engine.engine import Engine, EngineDeadError, QueueFullError

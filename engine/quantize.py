@@ -24,7 +24,7 @@ import gc
 import logging
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -150,9 +150,13 @@ def _linears(model: nn.Module, plain_only: bool = False) -> int:
 
 
 def quiet_torchao_import() -> None:
-    """Import torchao with its warnings about CUDA-only extensions (absent on a CPU build) hidden."""
+    """Import torchao, and transformers' torchao quantizer that imports more of it, with their
+    warnings about CUDA-only extensions (absent on a CPU build) and pytree enums hidden."""
     with _quiet_import():
         import torchao  # noqa: F401
+
+        with suppress(ImportError):
+            import transformers.quantizers.quantizer_torchao  # noqa: F401
 
 
 def _release_freed_memory() -> None:
