@@ -61,3 +61,12 @@ def smollm2_dir() -> Path:
 
     catalog = load_catalog(ROOT / "models.yaml")
     return load_model(catalog.default_model, catalog.cache_dir).source_dir
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(smollm2_dir: Path) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, transformers' greedy tokens) for 4 chat prompts, 24 tokens each, in float32."""
+    from tests.greedy import hf_greedy, prompts
+
+    ids = prompts(smollm2_dir, 4)
+    return ids, hf_greedy(smollm2_dir, ids, 24)

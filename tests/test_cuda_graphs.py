@@ -14,7 +14,7 @@ import torch
 from engine.attention import StepMeta, slot_attention
 from engine.cuda_graphs import batch_buckets, kv_buckets
 from engine.kv_cache import SlotKVCache
-from tests.greedy import describe_divergence, engine_generate, hf_greedy, prompts, running_engine
+from tests.greedy import describe_divergence, engine_generate, prompts, running_engine
 
 N_TOKENS = 24
 
@@ -60,9 +60,10 @@ def test_gathered_decode_attention_equals_the_eager_layout() -> None:
     torch.testing.assert_close(run(gathered), run(eager), rtol=1e-5, atol=1e-5)
 
 
-def test_bucketed_decode_gives_transformers_greedy_output(smollm2_dir: Path) -> None:
-    ids = prompts(smollm2_dir, 4)
-    want = hf_greedy(smollm2_dir, ids, N_TOKENS)
+def test_bucketed_decode_gives_transformers_greedy_output(
+    smollm2_dir: Path, smollm2_reference: tuple[list[list[int]], list[list[int]]]
+) -> None:
+    ids, want = smollm2_reference
     with running_engine(smollm2_dir, "cpu", "float32", max_batch=6, graphs=True) as engine:
         graphs = engine.runner.graphs
         assert graphs is not None and not graphs.cuda

@@ -16,9 +16,10 @@ from tests.random_llama import TINY, build_random_llama
 N_TOKENS = 24
 
 
-def test_lean_forward_matches_transformers_greedy_on_the_embedded_model(smollm2_dir: Path) -> None:
-    ids = prompts(smollm2_dir, 4)
-    want = hf_greedy(smollm2_dir, ids, N_TOKENS)
+def test_lean_forward_matches_transformers_greedy_on_the_embedded_model(
+    smollm2_dir: Path, smollm2_reference: tuple[list[list[int]], list[list[int]]]
+) -> None:
+    ids, want = smollm2_reference
     with running_engine(smollm2_dir, "cpu", "float32") as engine:
         assert isinstance(engine.runner.lean, LeanLlama)
         together = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4)]
