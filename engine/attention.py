@@ -63,9 +63,8 @@ class StepMeta:
     write_pos: torch.Tensor  # [T] position of each token
     decode_tokens: int  # the first `decode_tokens` tokens are decode tokens (incl. padding)
     decode_slots: torch.Tensor  # [decode_tokens]
-    decode_lens: (
-        torch.Tensor
-    )  # [view_slots] kv length per slot row (0 for rows not decoding); gathered: per token
+    # kv length per slot row [view_slots] (0 for rows not decoding); gathered: per decode token
+    decode_lens: torch.Tensor
     view_slots: int  # decode attention reads slots [0, view_slots) (not used when gathered)
     decode_kv_len: int  # multiple of KV_BLOCK
     prefills: list[PrefillChunk]
