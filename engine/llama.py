@@ -12,9 +12,11 @@ On CUDA the same forward, with plain `F.linear` products, is what engine.cuda_gr
 every op in it is known to be capturable (no host sync, no data-dependent shape).
 
 Every product keeps the property batch invariance rests on (a row's bits do not depend on
-how many rows share the call, for 2 or more rows; the runner always passes a multiple of 4).
-int8 weights (engine.quantize's `Int8Linear`) are concatenated the same way; other linears
-(torchao int4) run as they are. Other architectures keep transformers' forward (`supported`).
+how many rows share the call, for 2 or more rows; the runner passes a multiple of 4, or any
+count where all products are quantized kernels: see `row_multiple`).
+Quantized weights on CPU (engine.packed_linear's `Int8Linear`, `Int4Linear`) are concatenated
+the same way; other linears (torchao's, on CUDA) run as they are. Other architectures keep
+transformers' forward (`supported`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.attention import StepMeta, slot_attention
-from engine.packed_linear import Int8Linear, is_plain_linear, packing_available
+from engine.attention import ROW_MULTIPLE, StepMeta, slot_attention
+from engine.packed_linear import QUANTIZED_LINEARS, concat_bias, is_plain_linear, packing_available
 
 ARCHITECTURES = frozenset({"LlamaForCausalLM"})
 
@@ -86,7 +88,7 @@ class _Linear(_Proj):
         super().__init__(None)
         weights = [m.weight.detach() for m in linears]
         self.weight = weights[0] if len(weights) == 1 else torch.cat(weights)  # one: no copy (tied lm_head)
-        self.bias = _cat_bias(linears, self.weight)
+        self.bias = concat_bias(linears, self.weight)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -98,7 +100,7 @@ class _Packed(_Proj):
     def __init__(self, linears: list[nn.Linear], batch_hint: int) -> None:
         super().__init__(None)
         weight = torch.cat([m.weight.detach() for m in linears])
-        self.bias = _cat_bias(linears, weight)
+        self.bias = concat_bias(linears, weight)
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,24 +116,13 @@ class _Packed(_Proj):
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "swish", [], "")
 
 
-def _cat_bias(linears: list[Any], like: torch.Tensor) -> torch.Tensor | None:
-    """The concatenated biases of `linears` (zeros for those without), or None when none has one."""
-    if all(m.bias is None for m in linears):
-        return None
-    zeros = [like.new_zeros(m.out_features) for m in linears]
-    return torch.cat([z if m.bias is None else m.bias.detach() for m, z in zip(linears, zeros, strict=True)])
-
-
 def _projection(linears: list[Any], batch_hint: int, packing: bool) -> _Proj:
     """One projection computing the concatenated outputs of `linears` (same input) as cheaply as we can."""
     if all(is_plain_linear(m) for m in linears):
         return _Packed(linears, batch_hint) if packing else _Linear(linears)
-    if all(isinstance(m, Int8Linear) for m in linears):
-        if len(linears) == 1:
-            return _Proj(linears[0])
-        scale = torch.cat([m.scale for m in linears])
-        fused = Int8Linear(torch.cat([m.qdata for m in linears]), scale, _cat_bias(linears, scale))
-        return _Proj(fused)
+    for kind in QUANTIZED_LINEARS:
+        if all(type(m) is kind for m in linears):
+            return _Proj(linears[0] if len(linears) == 1 else kind.concat(linears))
     return _Proj(linears[0]) if len(linears) == 1 else _Concat(linears)
 
 
@@ -206,6 +197,13 @@ class LeanLlama:
         return all(isinstance(p, _Linear) for layer in self.layers for p in layer.projections) and isinstance(
             self.lm_head, _Linear
         )
+
+    @property
+    def row_multiple(self) -> int:
+        """Rows a step must be padded to a multiple of for batch invariance: 1 where every product
+        is a quantized kernel (rows independent from one row up), else `ROW_MULTIPLE`."""
+        modules = [p.module for layer in self.layers for p in layer.projections] + [self.lm_head.module]
+        return 1 if all(isinstance(m, QUANTIZED_LINEARS) for m in modules) else ROW_MULTIPLE
 
     @property
     def capturable(self) -> bool:

@@ -7,14 +7,16 @@ at load time; measured on this project's CPUs (AVX2 and AVX-512), the products a
 faster at 4-32 rows and a row's result is the same for every row count >= 2 (the engine
 always runs a multiple of 4 rows), which keeps greedy output independent of the batch.
 
-Only plain linears are packed; quantized ones (see `engine.quantize`) keep their own kernels.
-`Int8Linear` is the int8 weight-only product on CPU (`aten._weight_int8pack_mm`), whose rows
-are likewise independent of the row count.
+Only plain linears are packed; quantized ones (see `engine.quantize`) keep their own kernels:
+`Int8Linear` and `Int4Linear` are the weight-only products on CPU (`aten._weight_int8pack_mm`,
+`aten._weight_int4pack_mm_for_cpu`), called directly. Their rows are independent of the row
+count from one row up (measured), so quantized models decode without padding rows.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,12 +68,67 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.detach().reshape(-1).contiguous())  # [N]
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
+    @classmethod
+    def concat(cls, linears: list[Int8Linear]) -> Int8Linear:
+        """One layer computing the outputs of `linears` (same input), concatenated."""
+        scale = torch.cat([m.scale for m in linears])
+        return cls(torch.cat([m.qdata for m in linears]), scale, concat_bias(linears, scale))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # [M, K]
         out = torch._weight_int8pack_mm(rows, self.qdata, self.scale.to(x.dtype))  # [M, N]
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int4Linear(nn.Module):
+    """y = x @ W.T + bias, W [N, K] stored as int4 in groups of `group` weights along K, each group
+    with a scale and a zero point, in the layout of torch's CPU int4 kernel
+    (`aten._weight_int4pack_mm_for_cpu`): qdata [N, K / 2] uint8, scale_and_zero [K / group, N, 2].
+
+    The layout keeps output rows apart, so layers of the same input concatenate along N.
+    """
+
+    def __init__(
+        self, qdata: torch.Tensor, scale_and_zero: torch.Tensor, group: int, bias: torch.Tensor | None
+    ) -> None:
+        super().__init__()
+        self.out_features = qdata.shape[0]
+        self.in_features = qdata.shape[1] * 2
+        self.group = group
+        self.qdata: torch.Tensor
+        self.scale_and_zero: torch.Tensor
+        self.bias: torch.Tensor | None
+        self.register_buffer("qdata", qdata.detach().contiguous())
+        self.register_buffer("scale_and_zero", scale_and_zero.detach().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    @classmethod
+    def concat(cls, linears: list[Int4Linear]) -> Int4Linear:
+        """One layer computing the outputs of `linears` (same input and group size), concatenated."""
+        assert len({m.group for m in linears}) == 1
+        scales = torch.cat([m.scale_and_zero for m in linears], dim=1)
+        qdata = torch.cat([m.qdata for m in linears])
+        return cls(qdata, scales, linears[0].group, concat_bias(linears, scales))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).contiguous()  # [M, K]
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.qdata, self.group, self.scale_and_zero)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+QUANTIZED_LINEARS = (Int8Linear, Int4Linear)
+
+
+def concat_bias(linears: list[Any], like: torch.Tensor) -> torch.Tensor | None:
+    """The concatenated biases of `linears` (zeros for those without), or None when none has one."""
+    if all(m.bias is None for m in linears):
+        return None
+    zeros = [like.new_zeros(m.out_features) for m in linears]
+    return torch.cat([z if m.bias is None else m.bias.detach() for m, z in zip(linears, zeros, strict=True)])
 
 
 def pack_linears(model: nn.Module, batch_hint: int = 32) -> int:

@@ -4,7 +4,8 @@
 (groups of `INT4_GROUP` weights sharing a scale and zero point, fitted by HQQ). torchao does the quantizing
 and owns the tensor types; the products run on kernels that ship inside torch itself:
 
-- CPU int4: torchao's `Int4OpaqueTensor`, multiplied by `aten._weight_int4pack_mm_for_cpu`.
+- CPU int4: torchao's `Int4OpaqueTensor`, turned into an `Int4Linear` that calls
+  `aten._weight_int4pack_mm_for_cpu` (no tensor-subclass dispatch in Python on every call).
 - CPU int8: torchao's per-row `Int8Tensor`, turned into an `Int8Linear` that calls
   `aten._weight_int8pack_mm` (torchao's own eager path casts the weight back on every call).
 - CUDA int4: torchao's tinygemm layout (`aten._weight_int4pack_mm`, compute capability >= 8.0);
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.packed_linear import Int8Linear, is_plain_linear
+from engine.packed_linear import QUANTIZED_LINEARS, Int4Linear, Int8Linear, is_plain_linear
 
 SETTINGS = ("none", "int8", "int4")
 # int4: weights per scale (must divide in_features: 576 and 1536 for SmolLM2) and how scales are
@@ -99,8 +100,8 @@ def quantize(model: nn.Module, setting: str, device: torch.device) -> int:
     config = _config(setting, device)
     before = _linears(model)
     quantize_(model, config, filter_fn=lambda mod, fqn: type(mod) is nn.Linear)
-    if setting == "int8" and device.type == "cpu":
-        _to_int8_linears(model)
+    if device.type == "cpu":
+        _to_kernel_linears(model)
     done = before - _linears(model, plain_only=True)
     _release_freed_memory()
     _log.info("quantized %d of %d linear layers to %s (%s)", done, before, setting, device.type)
@@ -128,24 +129,34 @@ def _config(setting: str, device: torch.device) -> Any:
         )
 
 
-def _to_int8_linears(model: nn.Module) -> None:
-    """Replace every linear with a torchao per-row `Int8Tensor` weight by an `Int8Linear`."""
+def _to_kernel_linears(model: nn.Module) -> None:
+    """Replace every linear whose weight is a torchao CPU tensor (per-row `Int8Tensor`, or
+    `Int4OpaqueTensor` in plain weight-only form) by an `Int8Linear` or `Int4Linear` over the same
+    data, which calls torch's kernel directly and concatenates with its neighbours (engine.llama)."""
     for name, mod in list(model.named_modules()):
         weight = getattr(mod, "weight", None)
         if type(mod) is not nn.Linear or not hasattr(weight, "qdata"):
             continue
         assert weight is not None
+        if hasattr(weight, "scale_and_zero"):
+            weight_only = getattr(weight, "act_pre_scale", None) is None
+            weight_only &= getattr(weight, "act_mapping_type", None) is None
+            if not weight_only or weight.qdata.shape[0] != mod.out_features:
+                continue  # padded or activation-scaled: torchao's own linear handles it
+            group = weight.block_size[1]
+            linear: nn.Module = Int4Linear(weight.qdata, weight.scale_and_zero, group, mod.bias)
+        else:
+            linear = Int8Linear(weight.qdata, weight.scale.reshape(-1), mod.bias)  # one scale per row
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        scale = weight.scale.reshape(-1)  # [N] one scale per output row
-        setattr(parent, attr, Int8Linear(weight.qdata, scale, mod.bias))
+        setattr(parent, attr, linear)
 
 
 def _linears(model: nn.Module, plain_only: bool = False) -> int:
     return sum(
         1
         for mod in model.modules()
-        if (is_plain_linear(mod) if plain_only else type(mod) is nn.Linear or isinstance(mod, Int8Linear))
+        if (is_plain_linear(mod) if plain_only else isinstance(mod, (nn.Linear, *QUANTIZED_LINEARS)))
     )
 
 

@@ -49,6 +49,7 @@ class ModelRunner:
         self.device, self.dtype = param.device, param.dtype
         self.max_context = max_context
         self.max_batch = max_batch
+        self.row_multiple = ROW_MULTIPLE  # see LeanLlama.row_multiple
         self.cache = SlotKVCache(
             num_layers=cfg.num_hidden_layers,
             num_slots=max_batch + 1,
@@ -71,6 +72,7 @@ class ModelRunner:
             torch.set_num_threads(threads)
         if self.lean_wanted:
             self.lean = LeanLlama(self.model, batch_hint=self.max_batch)
+            self.row_multiple = self.lean.row_multiple
         elif packing_available(self.device, self.dtype):
             pack_linears(self.model, batch_hint=self.max_batch)
         cuda = self.device.type == "cuda"
@@ -100,7 +102,7 @@ class ModelRunner:
             slots.append(s.slot)
             pos.append(s.num_computed)
         total = len(decode) + sum(n for _, n in prefill)
-        pad = round_up(total, ROW_MULTIPLE) - total
+        pad = round_up(total, self.row_multiple) - total
         ids += [0] * pad
         slots += [0] * pad
         pos += [0] * pad
@@ -130,10 +132,10 @@ class ModelRunner:
         for c in chunks:
             self.cache.ensure_clean([c.slot], c.kv_len)
 
-        # Logits only for rows that sample, padded to a multiple of 4 rows (a step that only
+        # Logits only for rows that sample, padded to a multiple of `row_multiple` rows (a step that only
         # prefills the middle of a prompt still computes 4 throwaway rows).
         keep = logit_rows or [0]
-        keep = keep + [keep[-1]] * (round_up(len(keep), ROW_MULTIPLE) - len(keep))
+        keep = keep + [keep[-1]] * (round_up(len(keep), self.row_multiple) - len(keep))
         # One host-to-device copy for every index the step needs; the pieces are views.
         t, n_lens = len(ids), len(lens)
         packed = torch.tensor([*ids, *slots, *pos, *lens, *keep])

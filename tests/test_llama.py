@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
+from engine.attention import ROW_MULTIPLE
 from engine.llama import LeanLlama, supported
 from engine.runner import ModelRunner
 from tests.greedy import describe_divergence, engine_generate, hf_greedy, prompts, running_engine
@@ -34,6 +35,7 @@ def test_lean_forward_drops_the_models_own_projections(smollm2_dir: Path) -> Non
         assert layer.self_attn.q_proj is None and layer.mlp.gate_proj is None
         assert engine.model.lm_head is None
         assert not any(isinstance(m, torch.nn.Linear) for m in engine.model.modules())
+        assert engine.runner.row_multiple == ROW_MULTIPLE  # oneDNN products: rows padded to 4
 
 
 def test_biases_are_kept(tmp_path: Path, smollm2_dir: Path) -> None:
