@@ -8,9 +8,9 @@ into their slots and attends over each sequence's cached prefix.
 
 Decode tokens have two layouts. The eager one (`StepMeta.gather` off) scatters each query into
 its slot's row and attends over slots [0, view_slots); its shapes follow the step. The gathered
-one (`gather` on, used by CUDA graphs, engine.cuda_graphs) copies each decoding row's slot out of
-the cache, so its shapes depend only on the number of rows and `decode_kv_len`: a captured
-graph replays for any choice of slots.
+one (`gather` on, used by the recorded decode graphs, engine.cuda_graphs) copies each decoding
+row's slot out of the cache, so its shapes depend only on the number of rows and
+`decode_kv_len`: a recorded graph replays for any choice of slots.
 
 `torch.nn.functional.scaled_dot_product_attention` runs the products (flash or memory-efficient
 kernels), except on CPU in float32: written out there (scores, float32 softmax, blocked `probs @ V`).
@@ -177,10 +177,12 @@ def slot_attention(
         length = step.decode_kv_len
         k = kc[:, :, :length].index_select(0, step.decode_slots)  # [n_dec, Hkv, L, D]
         v = vc[:, :, :length].index_select(0, step.decode_slots)
-        qd = q[:n_dec].reshape(n_dec, hkv, g, d)
+        rows = round_up(g, ROW_MULTIPLE) if q.device.type == "cpu" else g  # as the eager layout, on CPU
+        qd = query.new_zeros(n_dec, hkv, rows, d)
+        qd[:, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
         bias = step.decode_bias(sliding_window, q.dtype)
-        o = attend(qd, k, v, bias, scale)  # [n_dec, Hkv, G, D]
-        out[:n_dec] = o.reshape(n_dec, hq, d)
+        o = attend(qd, k, v, bias, scale)  # [n_dec, Hkv, rows, D]
+        out[:n_dec] = o[:, :, :g].reshape(n_dec, hq, d)
     elif n_dec:
         n, length = step.view_slots, step.decode_kv_len
         q4 = query.new_zeros(n, hkv, round_up(g, ROW_MULTIPLE), d)

@@ -38,6 +38,7 @@ class ModelConfig:
     quantization: str = "none"  # none | int8 | int4: weight-only, through torchao (engine.quantize)
     gpu_memory_utilization: float = 0.9  # share of free GPU memory the KV cache may take (engine.memory)
     cuda_graphs: bool = True  # on CUDA, replay decode steps from captured graphs (engine.cuda_graphs)
+    cpu_graphs: bool = True  # on CPU, quantized models replay small decode steps from traces (same)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

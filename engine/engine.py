@@ -70,7 +70,7 @@ class Engine:
         utilization = config.gpu_memory_utilization
         slots = slots_for_device(shape, config.max_batch_size, device, utilization, config.id)
         self.max_batch_size = slots  # config.max_batch_size, or fewer where the GPU has no room
-        graphs = None if config.cuda_graphs else False  # None: wherever they apply
+        graphs = config.cuda_graphs if device.type == "cuda" else config.cpu_graphs
         self.runner = ModelRunner(self.model, slots, config.max_context, graphs=graphs)
         self.scheduler = Scheduler(slots, config.max_waiting, config.prefill_chunk)
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, sorted(self.eos_token_ids))

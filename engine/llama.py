@@ -199,6 +199,13 @@ class LeanLlama:
         )
 
     @property
+    def traceable(self) -> bool:
+        """No oneDNN-packed product: TorchScript cannot record those ops (engine.cuda_graphs traces
+        this forward on a CPU for quantized models, whose kernels are plain aten ops)."""
+        projections = [p for layer in self.layers for p in layer.projections] + [self.lm_head]
+        return not any(isinstance(p, _Packed) for p in projections)
+
+    @property
     def row_multiple(self) -> int:
         """Rows a step must be padded to a multiple of for batch invariance: 1 where every product
         is a quantized kernel (rows independent from one row up), else `ROW_MULTIPLE`."""

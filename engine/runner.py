@@ -3,8 +3,8 @@
 `ModelRunner.run(plan)` packs one step's tokens into a single row, runs the model with the
 slot attention (engine.attention), and returns the logits of the last token of every sequence
 that is due a new token. The model runs through the lean forward (engine.llama) where it
-supports the model, else through transformers' own; on CUDA, decode-only steps replay CUDA
-graphs of the lean forward (engine.cuda_graphs).
+supports the model, else through transformers' own; decode-only steps replay recorded graphs
+of the lean forward (engine.cuda_graphs): CUDA graphs on a GPU, TorchScript traces on a CPU.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ def use_slot_attention(model: Any) -> None:
 
 class ModelRunner:
     def __init__(
-        self, model: Any, max_batch: int, max_context: int, lean: bool = True, graphs: bool | None = None
+        self, model: Any, max_batch: int, max_context: int, lean: bool = True, graphs: bool = True
     ) -> None:
-        """`graphs`: replay decode steps from CUDA graphs (None: on CUDA, where the lean forward
-        runs plain weights). True on a CPU runs the same bucketed path eagerly (a test hook)."""
+        """`graphs`: replay decode steps from recorded graphs where they apply (engine.cuda_graphs)."""
         use_slot_attention(model)
+        model.requires_grad_(False)  # inference only; a traced graph takes weights as constants
         self.model = model
         self.lean_wanted = lean and lean_supported(model)
         self.lean: LeanLlama | None = None
@@ -66,7 +66,7 @@ class ModelRunner:
         On CPU: torch's thread count, and oneDNN weight packing, which must happen on the
         thread that runs the model (packed from another thread, the same products measured
         ~35% slower here). A Llama model gets the lean forward (engine.llama), which packs
-        its own fused weights; on CUDA, its decode graphs (captured lazily, on this thread).
+        its own fused weights, and its decode graphs (recorded lazily, on this thread).
         """
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
@@ -75,10 +75,11 @@ class ModelRunner:
             self.row_multiple = self.lean.row_multiple
         elif packing_available(self.device, self.dtype):
             pack_linears(self.model, batch_hint=self.max_batch)
-        cuda = self.device.type == "cuda"
-        wanted = cuda if self.graphs_wanted is None else self.graphs_wanted
-        if wanted and self.lean is not None and (self.lean.plain or not cuda) and self.lean.capturable:
-            self.graphs = DecodeGraphs(self.lean.forward, self.cache, self.max_batch, cuda=cuda)
+        lean = self.lean
+        if self.graphs_wanted and lean is not None and lean.capturable:
+            # CUDA graphs take plain weights only; CPU traces no oneDNN-packed ones (quantized only)
+            if lean.plain if self.device.type == "cuda" else lean.traceable:
+                self.graphs = DecodeGraphs(lean.forward, self.cache, self.max_batch)
 
     @torch.inference_mode()
     def run(self, plan: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:

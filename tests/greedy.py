@@ -77,6 +77,7 @@ def running_engine(
     max_batch: int = 8,
     max_context: int = 1024,
     graphs: bool | None = None,
+    quantization: str = "none",
 ) -> Iterator[Engine]:
     """A started `Engine` over `model_dir`; shut down on exit. `graphs`: see `ModelRunner` (None: default)."""
     cfg = ModelConfig(
@@ -86,6 +87,7 @@ def running_engine(
         device=device,
         max_context=max_context,
         max_batch_size=max_batch,
+        quantization=quantization,
     )
     engine = Engine(load_model(cfg, model_dir), cfg)
     if graphs is not None:

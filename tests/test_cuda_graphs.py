@@ -1,19 +1,23 @@
 """engine.cuda_graphs and the gathered decode attention it relies on, checked on the CPU.
 
-On a CPU the bucketed decode path runs eagerly (`ModelRunner(graphs=True)`): same static
-buffers, buckets, padding rows and gathered attention as the captured graphs, without the
-capture. tests/test_gpu.py runs the real capture on a GPU.
+On a CPU, quantized models' decode steps of up to 4 rows replay TorchScript traces: the same
+static buffers, buckets, padding rows and gathered attention as the CUDA graphs
+tests/test_gpu.py captures.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
+from engine import Engine
 from engine.attention import StepMeta, slot_attention
+from engine.config import ModelConfig
 from engine.cuda_graphs import batch_buckets, kv_buckets
 from engine.kv_cache import SlotKVCache
+from engine.loader import load_model
 from tests.greedy import describe_divergence, engine_generate, prompts, running_engine
 
 N_TOKENS = 24
@@ -60,25 +64,53 @@ def test_gathered_decode_attention_equals_the_eager_layout() -> None:
     torch.testing.assert_close(run(gathered), run(eager), rtol=1e-5, atol=1e-5)
 
 
-def test_bucketed_decode_gives_transformers_greedy_output(
-    smollm2_dir: Path, smollm2_reference: tuple[list[list[int]], list[list[int]]]
+@pytest.fixture(scope="module")
+def int8_eager(smollm2_dir: Path) -> tuple[list[list[int]], list[list[int]]]:
+    """Greedy tokens of the int8 model with `cpu_graphs: false`: (6 prompts together, 4 alone)."""
+    cfg = ModelConfig(
+        id="smollm2", source=str(smollm2_dir), quantization="int8", max_batch_size=6, cpu_graphs=False
+    )
+    engine = Engine(load_model(cfg, smollm2_dir), cfg)
+    engine.start()
+    try:
+        assert engine.runner.graphs is None  # the setting turns them off
+        return _shrinking_batch(engine, smollm2_dir), _alone(engine, smollm2_dir)
+    finally:
+        engine.shutdown()
+
+
+def _shrinking_batch(engine: Engine, model_dir: Path) -> list[list[int]]:
+    lengths = [N_TOKENS + 4 * i for i in range(6)]  # the batch shrinks from 6 rows to 1
+    return [tokens for tokens, _ in engine_generate(engine, prompts(model_dir, 6), lengths)]
+
+
+def _alone(engine: Engine, model_dir: Path) -> list[list[int]]:
+    ids = prompts(model_dir, 4)
+    return [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4, together=False)]
+
+
+def test_traced_decode_steps_give_the_eager_tokens(
+    smollm2_dir: Path, int8_eager: tuple[list[list[int]], list[list[int]]]
 ) -> None:
-    ids, want = smollm2_reference
-    with running_engine(smollm2_dir, "cpu", "float32", max_batch=6, graphs=True) as engine:
+    """A quantized model (int8 here; int4 runs the same kind of kernel) traces decode steps of up
+    to 4 rows and runs bigger ones eagerly: tokens are those of the eager engine, alone and in a
+    batch that crosses the switch."""
+    with running_engine(smollm2_dir, "cpu", "auto", max_batch=6, quantization="int8") as engine:
         graphs = engine.runner.graphs
-        assert graphs is not None and not graphs.cuda
-        together = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4)]
-        alone = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4, together=False)]
-        assert graphs.replays >= 5 * (
-            N_TOKENS - 1
-        )  # every decode step of 1 + 4 batches went through a bucket
-        assert {(4, 256), (1, 256)} <= graphs.captured  # 4 rows together, 1 alone
-    assert together == want, describe_divergence("bucketed decode vs transformers", together, want)
-    assert alone == want, describe_divergence("bucketed decode alone vs transformers", alone, want)
+        assert graphs is not None and not graphs.cuda  # on by default
+        assert graphs.rows == [1, 2, 4]  # up to CPU_MAX_ROWS
+        mixed = _shrinking_batch(engine, smollm2_dir)
+        alone = _alone(engine, smollm2_dir)
+        assert graphs.failed is None
+        assert graphs.replays >= 4 * (N_TOKENS - 1) + 4 * 3  # every step alone, the batch's last ones
+        assert {(1, 256), (2, 256), (4, 256)} <= graphs.captured
+    want_mixed, want_alone = int8_eager
+    assert mixed == want_mixed, describe_divergence("traced vs eager, shrinking batch", mixed, want_mixed)
+    assert alone == want_alone, describe_divergence("traced vs eager, alone", alone, want_alone)
 
 
-def test_graphs_stay_off_on_the_cpu_by_default(smollm2_dir: Path) -> None:
-    with running_engine(smollm2_dir, "cpu", "float32") as engine:
+def test_plain_weights_on_a_cpu_stay_eager(smollm2_dir: Path) -> None:
+    with running_engine(smollm2_dir, "cpu", "bfloat16") as engine:
+        assert engine.runner.graphs is None  # oneDNN's packed products cannot be traced
         [(tokens, _)] = engine_generate(engine, prompts(smollm2_dir, 1), [4])
-        assert engine.runner.graphs is None
     assert len(tokens) == 4
