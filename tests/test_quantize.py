@@ -53,6 +53,13 @@ def _load(base: ModelConfig, cache_dir: Path, dtype: str, quantization: str) -> 
     return load_model(replace(base, dtype=dtype, quantization=quantization), cache_dir)
 
 
+@pytest.fixture(scope="module")
+def quantized(base: ModelConfig, cache_dir: Path) -> dict[str, LoadedModel]:
+    """Quantized models (dtype auto) loaded once for the module: fitting int4 takes ~20 s. The
+    perplexity test reads them; the engine test takes them over (`pop`: an engine changes its model)."""
+    return {s: _load(base, cache_dir, "auto", s) for s in ("int8", "int4")}
+
+
 def _perplexity(loaded: LoadedModel) -> float:
     ids = loaded.tokenizer(TEXT, return_tensors="pt")["input_ids"]  # [1, S]
     with torch.inference_mode():
@@ -86,12 +93,13 @@ def test_quantized_perplexity_and_memory_stay_within_bounds(
     base: ModelConfig,
     cache_dir: Path,
     fp32: tuple[float, int],
+    quantized: dict[str, LoadedModel],
     setting: str,
     max_ppl: float,
     max_memory: float,
 ) -> None:
     ppl_fp32, bytes_fp32 = fp32
-    loaded = _load(base, cache_dir, "auto", setting)
+    loaded = quantized.get(setting) or _load(base, cache_dir, "auto", setting)
     assert loaded.dtype == torch.bfloat16
     assert not any(is_plain_linear(m) for m in loaded.model.modules()), "every linear is quantized"
     ppl = _perplexity(loaded)
@@ -102,9 +110,9 @@ def test_quantized_perplexity_and_memory_stay_within_bounds(
 
 @pytest.mark.parametrize(("setting", "kind"), [("int8", Int8Linear), ("int4", Int4Linear)])
 def test_quantized_engine_skips_packing_and_keeps_greedy_output_batch_invariant(
-    base: ModelConfig, cache_dir: Path, setting: str, kind: type
+    base: ModelConfig, cache_dir: Path, quantized: dict[str, LoadedModel], setting: str, kind: type
 ) -> None:
-    loaded = _load(base, cache_dir, "auto", setting)
+    loaded = quantized.pop(setting, None) or _load(base, cache_dir, "auto", setting)
     engine = Engine(loaded, replace(base, quantization=setting))
     engine.start()
     try:
