@@ -104,10 +104,13 @@ def test_batched_greedy_equals_solo_in_float32(model_dir: Path) -> None:
     assert not diverged, describe_divergence("batched vs solo", together, solo)
 
 
+@pytest.mark.skipif(
+    DEVICE == "cpu", reason="a CPU records decode steps for quantized models only (test_cuda_graphs)"
+)
 def test_decode_steps_replay_cuda_graphs_with_the_reference_output(
     model_dir: Path, reference: list[list[int]]
 ) -> None:
-    """Decode steps go through captured graphs (traced on a CPU) and give the
+    """Decode steps go through captured graphs and give the
     float32 reference, batched and alone; a bigger batch takes a bigger bucket."""
     ids = prompts(model_dir, 4)
     with running_engine(model_dir, DEVICE, "float32", max_batch=8, graphs=True) as engine:
@@ -117,9 +120,8 @@ def test_decode_steps_replay_cuda_graphs_with_the_reference_output(
         alone = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4, together=False)]
         eight = engine_generate(engine, prompts(model_dir, 8), [N_TOKENS] * 8)
         assert graphs.failed is None
-        cuda = DEVICE == "cuda"  # a CPU traces up to 4 rows: the batch of 8 runs eagerly there
-        assert graphs.replays >= (6 if cuda else 5) * (N_TOKENS - 1)  # decode steps: 1 + 4 + 1 batches
-        assert {(4, 256), (1, 256), *([(8, 256)] if cuda else [])} <= graphs.captured
+        assert graphs.replays >= 6 * (N_TOKENS - 1)  # decode steps: 1 + 4 + 1 batches
+        assert {(4, 256), (1, 256), (8, 256)} <= graphs.captured
     assert together == reference, describe_divergence(
         "graphs together vs transformers cpu", together, reference
     )
