@@ -192,25 +192,26 @@ class LeanLlama:
         self._attn_module = _LayerIndex()
 
     @property
+    def _projections(self) -> list[_Proj]:
+        return [p for layer in self.layers for p in layer.projections] + [self.lm_head]
+
+    @property
     def plain(self) -> bool:
         """Every projection is a plain `F.linear` (no oneDNN packing, no quantized weights)."""
-        return all(isinstance(p, _Linear) for layer in self.layers for p in layer.projections) and isinstance(
-            self.lm_head, _Linear
-        )
+        return all(isinstance(p, _Linear) for p in self._projections)
 
     @property
     def traceable(self) -> bool:
         """No oneDNN-packed product: TorchScript cannot record those ops (engine.cuda_graphs traces
         this forward on a CPU for quantized models, whose kernels are plain aten ops)."""
-        projections = [p for layer in self.layers for p in layer.projections] + [self.lm_head]
-        return not any(isinstance(p, _Packed) for p in projections)
+        return not any(isinstance(p, _Packed) for p in self._projections)
 
     @property
     def row_multiple(self) -> int:
         """Rows a step must be padded to a multiple of for batch invariance: 1 where every product
         is a quantized kernel (rows independent from one row up), else `ROW_MULTIPLE`."""
-        modules = [p.module for layer in self.layers for p in layer.projections] + [self.lm_head.module]
-        return 1 if all(isinstance(m, QUANTIZED_LINEARS) for m in modules) else ROW_MULTIPLE
+        quantized = all(isinstance(p.module, QUANTIZED_LINEARS) for p in self._projections)
+        return 1 if quantized else ROW_MULTIPLE
 
     @property
     def capturable(self) -> bool:

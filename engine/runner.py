@@ -133,8 +133,8 @@ class ModelRunner:
         for c in chunks:
             self.cache.ensure_clean([c.slot], c.kv_len)
 
-        # Logits only for rows that sample, padded to a multiple of `row_multiple` rows (a step that only
-        # prefills the middle of a prompt still computes 4 throwaway rows).
+        # Logits only for rows that sample, padded to a multiple of `row_multiple` rows (a step
+        # that only prefills the middle of a prompt still computes throwaway rows).
         keep = logit_rows or [0]
         keep = keep + [keep[-1]] * (round_up(len(keep), self.row_multiple) - len(keep))
         # One host-to-device copy for every index the step needs; the pieces are views.
