@@ -6,18 +6,25 @@ The server imports only what is exported here.
 # ruff: noqa: E402  (torchao is imported quietly first: importing transformers' models imports it)
 from contextlib import suppress
 
-from engine.quantize import quiet_torchao_import
+from engine.model.quantize import quiet_torchao_import
 
 with suppress(ImportError):  # no torchao: only quantized models need it (engine.quantize.check)
     quiet_torchao_import()
 
-from engine.catalog import HF_PREFIX, PACKAGE_PREFIX, Catalog, CatalogError, load_catalog, resolve_source
-from engine.config import ModelConfig
-from engine.engine import Engine, EngineDeadError, QueueFullError
-from engine.grammar import GrammarSpec
-from engine.prompt import ChatTemplateError, render_chat
-from engine.registry import ModelLoadError, ModelRegistry, UnknownModelError
-from engine.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
+from engine.catalog.config import ModelConfig
+from engine.catalog.models_file import (
+    HF_PREFIX,
+    PACKAGE_PREFIX,
+    Catalog,
+    CatalogError,
+    load_catalog,
+    resolve_source,
+)
+from engine.catalog.registry import ModelLoadError, ModelRegistry, UnknownModelError
+from engine.core.engine import Engine, EngineDeadError, QueueFullError
+from engine.core.prompt import ChatTemplateError, render_chat
+from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
+from engine.sampling.grammar import GrammarSpec
 
 __all__ = [
     "HF_PREFIX",

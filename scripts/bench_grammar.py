@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import Engine, GrammarSpec, SamplingParams, load_catalog  # noqa: E402
-from engine.loader import load_model  # noqa: E402
+from engine.model.loader import load_model  # noqa: E402
 
 # JSON that cannot be complete within 128 tokens, so the constrained rows stay in the batch to the end.
 SCHEMA = {

@@ -114,8 +114,8 @@ def ensure_peer_venv() -> Path:
 def model_dir(config: Path | None = None, model: str = DEFAULT_MODEL_ID) -> Path:
     """The folder Hearth loads `model` from: its converted safetensors cache for a GGUF source (made on
     Hearth's first start), else its source folder. The peer serves the same folder."""
-    from engine.catalog import load_catalog, resolve_source
-    from engine.loader import gguf_cache_dir
+    from engine.catalog.models_file import load_catalog, resolve_source
+    from engine.model.loader import gguf_cache_dir
 
     catalog = load_catalog(config or ROOT / "models.yaml")
     cfg = catalog.resolve(model)

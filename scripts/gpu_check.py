@@ -89,8 +89,8 @@ WHEEL_PINS = (
     "opentelemetry-api==1.45.2",
     "openai==3.57.0",  # transformers serve, tests/conftest.py
     "jiter==0.19.0",
-    "llguidance==1.9.1",  # engine/grammar.py
-    "torchao==0.18.0",  # engine/quantize.py
+    "llguidance==1.9.1",  # engine/sampling/grammar.py
+    "torchao==0.18.0",  # engine/model/quantize.py
 )
 PLATFORMS = (
     "manylinux_2_31_x86_64",  # llguidance

@@ -63,7 +63,7 @@ def load_tokenizer(config: Path, model: str) -> tuple[Any, int]:
     """The model's tokenizer (from the folder Hearth loads it from) and its max_context."""
     from transformers import AutoTokenizer
 
-    from engine.catalog import load_catalog
+    from engine.catalog.models_file import load_catalog
 
     cfg = load_catalog(config).resolve(model)
     if cfg is None:

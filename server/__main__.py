@@ -1,8 +1,8 @@
-"""`python -m server`: the `hearth` command line (see `server/cli.py`); no command means `serve`."""
+"""`python -m server`: the `hearth` command line (see `server/cli/main.py`); no command means `serve`."""
 
 from __future__ import annotations
 
-from server.cli import main, parse_args
+from server.cli.main import main, parse_args
 
 __all__ = ["main", "parse_args"]
 

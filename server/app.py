@@ -15,12 +15,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import ModelRegistry, load_catalog
-from server.auth import OPEN_PATHS, APIKeyMiddleware
-from server.context import RequestContext, bind, unbind
-from server.drain import Drain, DrainMiddleware
-from server.errors import REQUEST_ID_HEADER, exception_handlers
-from server.metrics import Metrics, MetricsMiddleware
-from server.routes import all_routes, ui
+from server import ui
+from server.http.auth import OPEN_PATHS, APIKeyMiddleware
+from server.http.context import RequestContext, bind, unbind
+from server.http.drain import Drain, DrainMiddleware
+from server.http.errors import REQUEST_ID_HEADER, exception_handlers
+from server.http.metrics import Metrics, MetricsMiddleware
+from server.routes import all_routes
 from server.settings import Settings
 from server.state import AppState
 

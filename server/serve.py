@@ -15,9 +15,9 @@ from starlette.applications import Starlette
 
 from engine import CatalogError, load_catalog
 from server.app import create_app
-from server.auth import KEYS_ENV
-from server.context import RequestIdFilter
-from server.drain import Drain
+from server.http.auth import KEYS_ENV
+from server.http.context import RequestIdFilter
+from server.http.drain import Drain
 from server.settings import Settings
 
 logger = logging.getLogger("server")

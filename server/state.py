@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from engine import ModelRegistry
-from server.errors import APIError
+from server.http.errors import APIError
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -44,8 +44,8 @@ def tokenizer(server: Server):  # type: ignore[no-untyped-def]
     """The served model's tokenizer, read from the converted cache the server wrote."""
     from transformers import AutoTokenizer
 
-    from engine.catalog import load_catalog, resolve_source
-    from engine.loader import gguf_cache_dir
+    from engine.catalog.models_file import load_catalog, resolve_source
+    from engine.model.loader import gguf_cache_dir
 
     catalog = load_catalog(ROOT / "models.yaml")
     cfg = catalog.resolve(MODEL)
@@ -57,7 +57,7 @@ def tokenizer(server: Server):  # type: ignore[no-untyped-def]
 def smollm2_dir() -> Path:
     """The embedded model's converted folder (safetensors, tokenizer), for in-process engines."""
     from engine import load_catalog
-    from engine.loader import load_model
+    from engine.model.loader import load_model
 
     catalog = load_catalog(ROOT / "models.yaml")
     return load_model(catalog.default_model, catalog.cache_dir).source_dir

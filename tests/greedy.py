@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from engine.config import ModelConfig
-from engine.engine import Engine
-from engine.loader import load_model
-from engine.request import SamplingParams
+from engine.catalog.config import ModelConfig
+from engine.core.engine import Engine
+from engine.core.request import SamplingParams
+from engine.model.loader import load_model
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from engine import Delta, FinishReason
-from server import anthropic_stream
-from server.anthropic_stream import StreamMeta, message_events
+from server.anthropic import stream as anthropic_stream
+from server.anthropic.stream import StreamMeta, message_events
 
 META = StreamMeta("msg_1", "m", 7, 50, frozenset({"get_weather"}))
 

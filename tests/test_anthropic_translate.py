@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from server.anthropic import chat_messages, render_prompt, template_knows_tools
-from server.anthropic_schemas import CountTokensRequest, Message
-from server.errors import APIError
-from server.tool_prompt import with_tools_prompt
+from server.anthropic.schemas import CountTokensRequest, Message
+from server.anthropic.translate import chat_messages, render_prompt, template_knows_tools
+from server.http.errors import APIError
+from server.output.tool_prompt import with_tools_prompt
 
 HISTORY: list[dict[str, Any]] = [
     {"role": "user", "content": "Weather in Paris?"},

@@ -1,4 +1,4 @@
-"""engine.attention: a query row keeps its bits whatever shares the step.
+"""engine.model.attention: a query row keeps its bits whatever shares the step.
 
 Greedy output must not depend on the batch (tests/test_batching.py checks it end to end). Here
 the attention alone, in float32 (written-out products) and in bfloat16 (SDPA's flash kernel):
@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.attention import KV_BLOCK, PrefillChunk, StepMeta, round_up, slot_attention
-from engine.kv_cache import SlotKVCache
+from engine.core.kv_cache import SlotKVCache
+from engine.model.attention import KV_BLOCK, PrefillChunk, StepMeta, round_up, slot_attention
 
 HQ, HKV, D, MAX_LEN, SLOTS = 9, 3, 64, 1024, 6
 

@@ -20,7 +20,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from server.__main__ import parse_args
-from server.auth import APIKeyMiddleware, presented_key
+from server.http.auth import APIKeyMiddleware, presented_key
 from tests.helpers import assert_anthropic_error, long_story, wait_idle
 from tests.launch import MODEL, Launched, launch, small_catalog
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.catalog import Catalog, CatalogError, load_catalog, resolve_source
-from engine.config import ModelConfig
+from engine.catalog.config import ModelConfig
+from engine.catalog.models_file import Catalog, CatalogError, load_catalog, resolve_source
 
 REPO = Path(__file__).resolve().parent.parent
 A = "models:\n  - id: a\n    source: x\n"  # one valid model, four lines to extend

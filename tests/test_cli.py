@@ -11,9 +11,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from engine.catalog import load_catalog, resolve_source
-from server.cli import main, parse_args, with_command
-from server.cli_chat import Conversation, repl
+from engine.catalog.models_file import load_catalog, resolve_source
+from server.cli.chat import Conversation, repl
+from server.cli.main import main, parse_args, with_command
 from tests.launch import MODEL, ROOT, Server, free_port, small_catalog
 
 COMMANDS = ("serve", "models", "add", "chat", "bench")

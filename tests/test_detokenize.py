@@ -11,7 +11,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from engine.detokenize import IncrementalDetokenizer
+from engine.core.detokenize import IncrementalDetokenizer
 
 SMOL_DIR = Path("/tmp/smol")
 

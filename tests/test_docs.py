@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.catalog import _TOP_KEYS, load_catalog
-from engine.config import ModelConfig
+from engine.catalog.config import ModelConfig
+from engine.catalog.models_file import _TOP_KEYS, load_catalog
 from tests.launch import ROOT, Server
 
 DOCS = ROOT / "docs"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, SamplingParams, load_catalog
-from engine.engine import EngineDeadError
-from engine.loader import load_model
-from engine.slots import common_prefix
+from engine.core.engine import EngineDeadError
+from engine.core.slots import common_prefix
+from engine.model.loader import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG_SYSTEM = " ".join(f"Rule {i}: be kind, be brief and be accurate." for i in range(60))

@@ -1,4 +1,4 @@
-"""Errors in the OpenAI shape: `server.errors` units, and the HTTP edge of the app without a model."""
+"""Errors in the OpenAI shape: `server.http.errors` units, and the HTTP edge of the app without a model."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from engine import ModelConfig, ModelLoadError, UnknownModelError
 from server.app import RequestIdMiddleware
-from server.errors import APIError, error_type_for, exception_handlers, param_path
+from server.http.errors import APIError, error_type_for, exception_handlers, param_path
 from server.settings import Settings
 from tests.helpers import app_client, assert_openai_error
 

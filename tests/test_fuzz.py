@@ -18,7 +18,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 
-from server.anthropic_errors import is_anthropic_path
+from server.anthropic.errors import is_anthropic_path
 from tests.fuzz_cases import EDGES, ROUTES, Case, Route, body_cases, broken, encode, path_cases, raw_cases
 from tests.helpers import wait_idle
 from tests.launch import MODEL, Server

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.engine import Engine
-from engine.loader import cpu_has_native_bf16, pick_dtype
-from engine.request import EngineStats
+from engine.core.engine import Engine
+from engine.core.request import EngineStats
+from engine.model.cuda_graphs import CudaGraphs
+from engine.model.loader import cpu_has_native_bf16, pick_dtype
 from tests.greedy import (
     describe_divergence,
     engine_generate,
@@ -105,7 +106,7 @@ def test_batched_greedy_equals_solo_in_float32(model_dir: Path) -> None:
 
 
 @pytest.mark.skipif(
-    DEVICE == "cpu", reason="a CPU records decode steps for quantized models only (test_cuda_graphs)"
+    DEVICE == "cpu", reason="a CPU records decode steps for quantized models only (test_decode_graphs)"
 )
 def test_decode_steps_replay_cuda_graphs_with_the_reference_output(
     model_dir: Path, reference: list[list[int]]
@@ -115,7 +116,7 @@ def test_decode_steps_replay_cuda_graphs_with_the_reference_output(
     ids = prompts(model_dir, 4)
     with running_engine(model_dir, DEVICE, "float32", max_batch=8, graphs=True) as engine:
         graphs = engine.runner.graphs
-        assert graphs is not None and graphs.cuda == (DEVICE == "cuda")
+        assert graphs is not None and isinstance(graphs, CudaGraphs) == (DEVICE == "cuda")
         together = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4)]
         alone = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4, together=False)]
         eight = engine_generate(engine, prompts(model_dir, 8), [N_TOKENS] * 8)

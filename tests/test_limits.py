@@ -1,4 +1,4 @@
-"""Limits at the HTTP edge: body size, JSON depth, message count, request deadlines (`server.limits`)."""
+"""Limits at the HTTP edge: body size, JSON depth, message count, request deadlines (`server.http.limits`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from server.limits import too_deep
+from server.http.limits import too_deep
 from server.settings import Settings
 from tests.conftest import MODEL, Server
 from tests.helpers import app_client, assert_openai_error, long_story, wait_idle

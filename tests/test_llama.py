@@ -1,4 +1,4 @@
-"""engine.llama: the lean Llama forward gives transformers' greedy output, used only where it applies."""
+"""engine.model.llama: the lean Llama forward gives transformers' greedy output where it applies."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-from engine.attention import ROW_MULTIPLE
-from engine.llama import LeanLlama, supported
-from engine.runner import ModelRunner
+from engine.model.attention import ROW_MULTIPLE
+from engine.model.llama import LeanLlama, supported
+from engine.model.runner import ModelRunner
 from tests.greedy import describe_divergence, engine_generate, hf_greedy, prompts, running_engine
 from tests.random_llama import TINY, build_random_llama
 

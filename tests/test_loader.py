@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.catalog import load_catalog
-from engine.config import ModelConfig
-from engine.loader import (
+from engine.catalog.config import ModelConfig
+from engine.catalog.models_file import load_catalog
+from engine.core.prompt import ChatTemplateError, render_chat
+from engine.model.loader import (
     PROBE_FILE,
     LoadedModel,
     assembled_gguf,
@@ -25,7 +26,6 @@ from engine.loader import (
     pick_device,
     pick_dtype,
 )
-from engine.prompt import ChatTemplateError, render_chat
 
 REPO = Path(__file__).resolve().parent.parent
 

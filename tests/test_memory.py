@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from engine.memory import GIB, KVBudgetError, KVShape, fit_slots, slots_for_device
+from engine.catalog.memory import GIB, KVBudgetError, KVShape, fit_slots, slots_for_device
 
 # A 1B Llama-style model: 16 layers, 8 KV heads of 64, 4096 positions, bf16: 128 MiB a slot.
 SHAPE = KVShape(num_layers=16, kv_heads=8, max_len=4096, head_dim=64, dtype=torch.bfloat16)
@@ -43,8 +43,8 @@ def test_the_cpu_has_no_budget() -> None:
 def test_kv_shape_is_what_the_runner_allocates() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.memory import kv_shape
-    from engine.runner import ModelRunner
+    from engine.catalog.memory import kv_shape
+    from engine.model.runner import ModelRunner
 
     cfg = LlamaConfig(
         vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -1,4 +1,4 @@
-"""GET /metrics (Prometheus text), request ids in log lines, and /health turning 503 (`server.metrics`)."""
+"""GET /metrics (Prometheus text), request ids in log lines, /health turning 503 (`server.http.metrics`)."""
 
 from __future__ import annotations
 

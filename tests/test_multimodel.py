@@ -17,10 +17,10 @@ import openai
 import pytest
 import torch
 
-from engine.catalog import Catalog, load_catalog
-from engine.loader import pick_dtype
-from engine.registry import ModelRegistry
-from engine.request import SamplingParams
+from engine.catalog.models_file import Catalog, load_catalog
+from engine.catalog.registry import ModelRegistry
+from engine.core.request import SamplingParams
+from engine.model.loader import pick_dtype
 from tests.launch import ROOT, Launched, launch_catalog
 
 SMOL, GEMMA, RAW, BROKEN = "smollm2-135m-instruct", "gemma3-270m", "gemma3-raw", "broken"
@@ -122,8 +122,8 @@ def test_both_models_chat_side_by_side(oai: openai.OpenAI) -> None:
     # The prompt went through templates/gemma3.jinja: <bos>, then the turn markers and the question.
     from transformers import AutoTokenizer
 
-    from engine.catalog import resolve_source
-    from engine.loader import gguf_cache_dir
+    from engine.catalog.models_file import resolve_source
+    from engine.model.loader import gguf_cache_dir
 
     catalog = load_catalog(ROOT / "models.yaml")
     cfg = catalog.resolve(GEMMA)

@@ -1,4 +1,4 @@
-"""engine.packed_linear's quantized linears: torchao's numbers through torch's kernels, one row
+"""engine.model.packed_linear's quantized linears: torchao's numbers through torch's kernels, one row
 independent of the others (quantized models decode without padding rows), and concatenation."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.packed_linear import QUANTIZED_LINEARS, Int4Linear, Int8Linear
-from engine.quantize import quantize
+from engine.model.packed_linear import QUANTIZED_LINEARS, Int4Linear, Int8Linear
+from engine.model.quantize import quantize
 
 CPU = torch.device("cpu")
 
@@ -22,7 +22,7 @@ def _quantized(setting: str, *shapes: tuple[int, int], bias: bool = False) -> tu
     quantize(plain, setting, CPU)
     from torchao.quantization import quantize_
 
-    from engine.quantize import _config
+    from engine.model.quantize import _config
 
     quantize_(reference, _config(setting, CPU))
     return reference, plain

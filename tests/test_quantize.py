@@ -1,4 +1,4 @@
-"""Weight-only int8/int4 quantization (engine/quantize.py): quality, memory, packing, serving, refusals.
+"""Weight-only int8/int4 quantization (engine/model/quantize.py): quality, memory, packing, serving, refusals.
 
 The perplexity text is the first chapter of Jane Austen's *Pride and Prejudice* (1813, public
 domain), ~1,100 tokens. Models load in-process from the converted safetensors cache.
@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from engine import Engine, SamplingParams, load_catalog
-from engine.config import ModelConfig
-from engine.loader import LoadedModel, cpu_has_native_bf16, load_model, pick_dtype
-from engine.packed_linear import Int4Linear, Int8Linear, PackedLinear, is_plain_linear
-from engine.quantize import QuantizationError, check
-from engine.runner import ModelRunner
+from engine.catalog.config import ModelConfig
+from engine.model.loader import LoadedModel, cpu_has_native_bf16, load_model, pick_dtype
+from engine.model.packed_linear import Int4Linear, Int8Linear, PackedLinear, is_plain_linear
+from engine.model.quantize import QuantizationError, check
+from engine.model.runner import ModelRunner
 from tests.launch import MODEL, ROOT, Server, launch_catalog
 
 TEXT = (Path(__file__).parent / "data" / "perplexity.txt").read_text(encoding="utf-8")

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from server.output_parser import THINK_CLOSE
+from server.output.parser import THINK_CLOSE
 from tests.launch import MODEL, Launched, launch
 
 TEMPLATE = (
@@ -173,7 +173,7 @@ def test_template_opens_thinking() -> None:
 
 
 def test_split_holds_a_partial_close_across_deltas() -> None:
-    from server.output_parser import OutputParser
+    from server.output.parser import OutputParser
 
     text = "\nSeven twelves.\n</think>\n\n84."
     parser = OutputParser(thinking=True)
@@ -191,7 +191,7 @@ class _CharTokenizer:
 
 
 def test_reasoning_tokens_are_those_before_the_close() -> None:
-    from server.reasoning import reasoning_tokens
+    from server.output.reasoning import reasoning_tokens
 
     def count(text: str, opened: bool) -> int:
         return reasoning_tokens(_CharTokenizer(), [ord(c) for c in text], text, opened)

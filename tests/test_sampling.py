@@ -6,11 +6,11 @@ import math
 
 import torch
 
-from engine.logprobs import TokenTexts, unicode_to_bytes
-from engine.penalties import TokenCounts, apply_logit_bias, apply_penalties
-from engine.request import SamplingParams
-from engine.sampling import apply_min_p, apply_top_k, apply_top_p, race, sample, token_logprobs
-from engine.sequence import sibling_seed
+from engine.core.request import SamplingParams
+from engine.core.sequence import sibling_seed
+from engine.sampling.filters import apply_min_p, apply_top_k, apply_top_p, race, sample, token_logprobs
+from engine.sampling.logprobs import TokenTexts, unicode_to_bytes
+from engine.sampling.penalties import TokenCounts, apply_logit_bias, apply_penalties
 
 
 def test_top_k_keeps_each_rows_k_best_and_zero_or_minus_one_is_off() -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from engine.request import Delta, SamplingParams, Status
-from engine.scheduler import Scheduler
-from engine.sequence import Sequence
-from engine.slots import SlotPool
+from engine.core.request import Delta, SamplingParams, Status
+from engine.core.scheduler import Scheduler
+from engine.core.sequence import Sequence
+from engine.core.slots import SlotPool
 
 
 def _seq(rid: str, prompt: list[int]) -> Sequence:

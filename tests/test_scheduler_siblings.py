@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine.request import Delta, SamplingParams, Status
-from engine.scheduler import Scheduler
-from engine.sequence import Sequence
+from engine.core.request import Delta, SamplingParams, Status
+from engine.core.scheduler import Scheduler
+from engine.core.sequence import Sequence
 
 
 def _emit(d: Delta) -> None:

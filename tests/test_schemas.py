@@ -1,4 +1,4 @@
-"""Request validation in `server.schemas`: ranges, unions, defaults, and the response shapes."""
+"""Request validation in `server.openai.schemas`: ranges, unions, defaults, and the response shapes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from server.errors import validation_error_to_api
-from server.schemas import (
+from server.http.errors import validation_error_to_api
+from server.openai.schemas import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,

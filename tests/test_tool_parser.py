@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.output_parser import OutputParser, Piece, parse_output
-from server.tool_parser import ParsedCall, parse_call, render_call
+from server.output.parser import OutputParser, Piece, parse_output
+from server.output.tool_parser import ParsedCall, parse_call, render_call
 
 NAMES = {"get_weather"}
 CALL = ParsedCall("get_weather", {"city": "Paris"})

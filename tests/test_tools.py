@@ -16,10 +16,10 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
 from engine import Delta, FinishReason
-from server.chat_render import ChatRender, OutputShape
-from server.respond import ResponseMeta
-from server.tool_grammar import Thinking, ToolSpec, answer_grammar
-from server.tool_prompt import template_input
+from server.generation.respond import ResponseMeta
+from server.openai.chat_render import ChatRender, OutputShape
+from server.output.tool_grammar import Thinking, ToolSpec, answer_grammar
+from server.output.tool_prompt import template_input
 from tests.helpers import assert_openai_error
 from tests.launch import MODEL, Server
 

@@ -1,0 +1,97 @@
+"""The KV cache's share of GPU memory: how many slots fit, or why none does.
+
+On CUDA the slot cache is allocated up front ([layers, slots, kv heads, max_len, head dim] for
+keys and for values), so it must fit beside the weights. `gpu_memory_utilization` (vLLM's
+name) is the fraction of the GPU's *free* memory, measured after the weights are loaded, that
+the cache may take. When fewer slots than `max_batch_size` fit, the engine runs with fewer
+(and says so); when not even one sequence of `max_context` tokens fits, loading fails with a
+message that says what to change. On the CPU the cache's pages are only touched as they fill,
+so no budget is applied there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.model.attention import KV_BLOCK, round_up
+
+log = logging.getLogger("hearth.engine")
+
+GIB = 1024**3
+
+
+class KVBudgetError(RuntimeError):
+    """Not even one sequence's KV cache fits in the allowed share of GPU memory."""
+
+
+@dataclass(frozen=True)
+class KVShape:
+    """What one slot of the cache holds: keys and values of `max_len` positions in every layer."""
+
+    num_layers: int
+    kv_heads: int
+    max_len: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def slot_bytes(self) -> int:
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.kv_heads * self.max_len * self.head_dim * itemsize
+
+
+def kv_shape(model: Any, max_context: int) -> KVShape:
+    """The slot shape of `model`'s cache (as `engine.model.runner.ModelRunner` allocates it)."""
+    cfg = model.config.get_text_config()
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return KVShape(
+        num_layers=cfg.num_hidden_layers,
+        kv_heads=cfg.num_key_value_heads,
+        max_len=round_up(max_context, KV_BLOCK),
+        head_dim=head_dim,
+        dtype=next(model.parameters()).dtype,
+    )
+
+
+def fit_slots(shape: KVShape, wanted: int, free_bytes: int, utilization: float, model_id: str) -> int:
+    """How many sequence slots (at most `wanted`) fit in `utilization` of `free_bytes`.
+
+    One more slot than that is allocated: the scratch slot that padding tokens write to.
+    """
+    budget = int(free_bytes * utilization)
+    fitting = budget // shape.slot_bytes - 1  # minus the scratch slot
+    if fitting < 1:
+        need = 2 * shape.slot_bytes / GIB
+        raise KVBudgetError(
+            f"model {model_id!r}: the KV cache for one sequence of {shape.max_len} tokens (plus the "
+            f"scratch slot) needs {need:.2f} GiB, but gpu_memory_utilization {utilization:g} of the "
+            f"{free_bytes / GIB:.2f} GiB free after loading the weights allows {budget / GIB:.2f} GiB. "
+            "Lower max_context, raise gpu_memory_utilization (at most 1.0), pick a smaller dtype, "
+            "or free the GPU of other processes."
+        )
+    if fitting < wanted:
+        log.warning(
+            "model %s: the KV cache fits %d of the %d sequence slots asked for (max_batch_size) in "
+            "%.2f GiB (gpu_memory_utilization %g); running with %d",
+            model_id,
+            fitting,
+            wanted,
+            budget / GIB,
+            utilization,
+            fitting,
+        )
+    return min(fitting, wanted)
+
+
+def slots_for_device(
+    shape: KVShape, wanted: int, device: torch.device, utilization: float, model_id: str
+) -> int:
+    """`fit_slots` against the device's free memory on CUDA; `wanted` elsewhere."""
+    if device.type != "cuda":
+        return wanted
+    free, _total = torch.cuda.mem_get_info(device)
+    return fit_slots(shape, wanted, free, utilization, model_id)

@@ -1,0 +1,351 @@
+"""The engine loop: one thread per loaded model, stepping schedule -> run -> sample -> detokenize -> publish.
+
+The asyncio side talks to the thread through typed commands on a thread-safe inbox
+(`_Add`, `_Abort`); the thread hands each request's `Delta`s back to its asyncio queue with
+`loop.call_soon_threadsafe`. A request whose consumer goes away (client disconnect, task
+cancelled) sends `_Abort`, and its slot is freed before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from engine.catalog.config import ModelConfig
+from engine.catalog.memory import kv_shape, slots_for_device
+from engine.core.detokenize import IncrementalDetokenizer
+from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
+from engine.core.scheduler import Scheduler
+from engine.core.sequence import Sequence
+from engine.model.runner import ModelRunner
+from engine.sampling.grammar import GrammarCompiler, GrammarSpec
+from engine.sampling.logprobs import TokenTexts
+from engine.sampling.sampler import Sampler
+
+log = logging.getLogger("hearth.engine")
+
+
+class QueueFullError(RuntimeError):
+    """The model's wait queue is full; the caller should retry later."""
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread has stopped; no request can be served."""
+
+
+@dataclass(frozen=True)
+class _Add:
+    seq: Sequence
+    detok: IncrementalDetokenizer
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_id: str
+
+
+class Engine:
+    """One loaded model served by a continuous-batching loop on its own thread.
+
+    `async for delta in engine.generate(prompt_ids, params, request_id, n)` yields the `Delta`s of
+    n choices (`Delta.index`), each choice's last with `finish_reason`. Leaving the loop early
+    (or cancelling) aborts the request.
+    """
+
+    def __init__(self, loaded: Any, config: ModelConfig) -> None:
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.config = config
+        self.eos_token_ids: frozenset[int] = frozenset(loaded.eos_token_ids)
+        device = next(self.model.parameters()).device
+        shape = kv_shape(self.model, config.max_context)
+        utilization = config.gpu_memory_utilization
+        slots = slots_for_device(shape, config.max_batch_size, device, utilization, config.id)
+        self.max_batch_size = slots  # config.max_batch_size, or fewer where the GPU has no room
+        graphs = config.cuda_graphs if device.type == "cuda" else config.cpu_graphs
+        self.runner = ModelRunner(self.model, slots, config.max_context, graphs=graphs)
+        self.scheduler = Scheduler(slots, config.max_waiting, config.prefill_chunk)
+        self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, sorted(self.eos_token_ids))
+        self.sampler = Sampler(slots + 1, TokenTexts(self.tokenizer), self.grammars)
+        self._inbox: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
+        self._detoks: dict[str, IncrementalDetokenizer] = {}
+        self._stats = EngineStats()
+        self._pending = 0  # requests sent to the thread, not yet admitted or finished
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopping = False
+        self.dead_reason: str | None = None
+
+    @property
+    def max_context(self) -> int:
+        return self.config.max_context
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the model's logits: valid token ids are 0..vocab_size-1."""
+        return int(self.model.config.get_text_config().vocab_size)
+
+    def check_grammar(self, spec: GrammarSpec) -> str | None:
+        """None when `spec` compiles for this model's tokenizer, else why not (for a 400)."""
+        return self.grammars.check(spec)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return replace(self._stats, extra=dict(self._stats.extra))
+
+    def start(self) -> None:
+        """Start the engine thread and wait until it is ready to take requests."""
+        self._thread = threading.Thread(target=self._main, name=f"engine-{self.config.id}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str, n: int = 1
+    ) -> AsyncIterator[Delta]:
+        """Submit a request for n choices and yield their deltas as the engine produces them.
+
+        The choices are n sequences; choice 0 has `request_id`, choice i `request_id/i`.
+        """
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) + params.max_tokens > self.max_context:
+            raise ValueError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds "
+                f"the context window of {self.max_context} tokens"
+            )
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[Delta] = asyncio.Queue()
+
+        def emit(delta: Delta) -> None:
+            loop.call_soon_threadsafe(out.put_nowait, delta)
+
+        seqs: list[Sequence] = []
+        for i in range(n):
+            rid = request_id if i == 0 else f"{request_id}/{i}"
+            parent = seqs[0] if seqs else None
+            seqs.append(Sequence(rid, prompt_ids, params, emit, index=i, parent=parent))
+        adds = [_Add(seq, IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)) for seq in seqs]
+        with self._lock:  # the thread sets dead_reason under this lock, then fails what is in the inbox
+            if not self.alive or self.dead_reason is not None:
+                raise EngineDeadError(self.dead_reason or "engine is not running")
+            if self._pending + n > self.max_batch_size + self.config.max_waiting:
+                raise QueueFullError(f"{self.config.id}: wait queue is full")
+            self._pending += n
+            for add in adds:
+                self._inbox.put(add)
+        running = set(range(n))
+        try:
+            while running:
+                delta = await out.get()
+                if delta.finish_reason is not None:
+                    running.discard(delta.index)
+                yield delta
+        finally:
+            for i in sorted(running):
+                self._inbox.put(_Abort(seqs[i].request_id))
+
+    # ---- engine thread ----
+
+    def _main(self) -> None:
+        threads = self.config.threads or os.cpu_count() or 1
+        try:
+            try:
+                self.runner.prepare(threads)
+            finally:
+                self._ready.set()
+            log.info(
+                "engine for %s running (%d slots, %d threads)",
+                self.config.id,
+                self.max_batch_size,
+                threads,
+            )
+            with torch.inference_mode():
+                while not self._stopping:
+                    self._drain_inbox(block=not self.scheduler.has_work())
+                    if not self._stopping:
+                        self.step()
+        except BaseException as exc:  # the thread must never die silently
+            reason = f"engine thread died: {exc!r}"
+            with self._lock:
+                self.dead_reason = reason  # from here on, generate() refuses new requests
+            log.exception("engine for %s died", self.config.id)
+            self._fail_all(reason)
+            raise
+
+    def _drain_inbox(self, block: bool) -> None:
+        while True:
+            try:
+                cmd = self._inbox.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if cmd is None:
+                self._stopping = True
+                return
+            if isinstance(cmd, _Add):
+                self._add(cmd)
+            else:
+                self._abort(cmd.request_id)
+
+    def _add(self, cmd: _Add) -> None:
+        seq = cmd.seq
+        self._detoks[seq.request_id] = cmd.detok
+        self.scheduler.waiting.append(seq)
+        with self._lock:
+            self._stats.submitted += 1
+            self._update_gauges()
+
+    def _abort(self, request_id: str) -> None:
+        seq = self.scheduler.find(request_id)
+        if seq is not None:
+            self._release(seq, aborted=True)
+
+    def step(self) -> None:
+        """One iteration: schedule -> run -> sample -> detokenize -> publish."""
+        plan = self.scheduler.schedule()
+        if not plan:
+            return
+        with self._lock:  # admitted sequences count as running before their first delta is out
+            self._update_gauges()
+        try:
+            for src, dst, n_tokens in self.scheduler.take_copies():
+                self.runner.cache.copy_prefix(src, dst, n_tokens)
+            logits, due = self.runner.run(plan)
+        except Exception as exc:
+            log.exception("step failed for %d sequences", len(plan))
+            for seq, _ in plan:
+                self._fail(seq, f"generation failed: {exc}")
+            return
+        prompt_tokens = sum(n for seq, n in plan if seq.remaining > 1)
+        for seq, n in plan:
+            seq.num_computed += n
+        sampled = self._sample(logits, due)
+        for seq, token, logprob in sampled:
+            self._publish(seq, token, logprob)
+        with self._lock:
+            self._stats.steps += 1
+            self._stats.prompt_tokens += prompt_tokens
+            self._stats.generated_tokens += len(sampled)
+            self._update_gauges()
+
+    def _sample(
+        self, logits: torch.Tensor, due: list[Sequence]
+    ) -> list[tuple[Sequence, int, Logprob | None]]:
+        """Sample every due row; a row that cannot be sampled fails its own request, not the batch."""
+        finite = torch.isfinite(logits).all(dim=-1).tolist()  # [K]
+        if not all(finite):
+            for seq, ok in zip(due, finite, strict=True):
+                if not ok:
+                    self._fail(seq, "the model produced non-finite logits for this request")
+            keep = [i for i, ok in enumerate(finite) if ok]
+            logits, due = logits[keep], [due[i] for i in keep]
+        if not due:
+            return []
+        try:
+            tokens, logprobs = self.sampler(logits, due)
+            return list(zip(due, tokens, logprobs, strict=True))
+        except Exception:
+            log.exception("batched sampling failed; sampling %d rows one by one", len(due))
+        out: list[tuple[Sequence, int, Logprob | None]] = []
+        for i, seq in enumerate(due):
+            try:
+                tokens, logprobs = self.sampler(logits[i : i + 1], [seq])
+                out.append((seq, tokens[0], logprobs[0]))
+            except Exception as exc:
+                self._fail(seq, f"sampling failed: {exc}")
+        return out
+
+    def _publish(self, seq: Sequence, token: int, logprob: Logprob | None) -> None:
+        detok = self._detoks[seq.request_id]
+        seq.token_ids.append(token)
+        params = seq.params
+        finish: FinishReason | None = None
+        if not params.ignore_eos and token in self.eos_token_ids or token in params.stop_token_ids:
+            text, finish = detok.finish(), FinishReason.STOP
+        else:
+            text = detok.add(token)
+            if detok.stop_hit is not None:
+                finish = FinishReason.STOP
+            elif seq.matcher is not None and seq.matcher.is_stopped():  # the grammar is complete
+                text += detok.finish()
+                finish = FinishReason.STOP
+            elif seq.num_completion >= params.max_tokens or seq.num_tokens >= self.max_context:
+                text += detok.finish()
+                finish = FinishReason.LENGTH
+        seq.emit(
+            Delta(
+                text=text,
+                token_ids=(token,),
+                prompt_tokens=seq.num_prompt,
+                completion_tokens=seq.num_completion,
+                cached_tokens=seq.cached_tokens,
+                finish_reason=finish,
+                stop_text=detok.stop_hit,
+                index=seq.index,
+                logprobs=() if logprob is None else (logprob,),
+            )
+        )
+        if finish is not None:
+            self._release(seq)
+
+    def _release(self, seq: Sequence, aborted: bool = False, failed: bool = False) -> None:
+        was_running = seq.slot is not None
+        self.scheduler.finish(seq)
+        self._detoks.pop(seq.request_id, None)
+        with self._lock:
+            self._pending -= 1
+            self._stats.freed_slots += int(was_running)
+            self._stats.cached_tokens += seq.cached_tokens
+            if aborted:
+                self._stats.aborted += 1
+            elif failed:
+                self._stats.failed += 1
+            else:
+                self._stats.finished += 1
+            self._update_gauges()
+
+    def _fail(self, seq: Sequence, message: str) -> None:
+        seq.emit(
+            Delta(
+                text="",
+                token_ids=(),
+                prompt_tokens=seq.num_prompt,
+                completion_tokens=seq.num_completion,
+                finish_reason=FinishReason.ERROR,
+                error=message,
+                index=seq.index,
+            )
+        )
+        self._release(seq, failed=True)
+
+    def _fail_all(self, message: str) -> None:
+        """Fail every request the thread holds or has not read yet (the thread is dying)."""
+        self._drain_inbox(block=False)
+        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            self._fail(seq, message)
+
+    def _update_gauges(self) -> None:
+        self._stats.running = len(self.scheduler.running)
+        self._stats.waiting = len(self.scheduler.waiting)

@@ -1,0 +1,205 @@
+"""Attention over the slot KV cache, plugged into transformers' attention interface.
+
+One engine step runs every scheduled token of every sequence as one packed row
+(`input_ids: [1, T]`): decode tokens first (one per decoding sequence, plus padding that
+rounds T up to a multiple of 4), then prefill chunks. The model's own layers do the
+projections, norms and rotary embeddings; this function writes the new keys and values
+into their slots and attends over each sequence's cached prefix.
+
+Decode tokens have two layouts. The eager one (`StepMeta.gather` off) scatters each query into
+its slot's row and attends over slots [0, view_slots); its shapes follow the step. The gathered
+one (`gather` on, used by the recorded decode graphs, engine.cuda_graphs) copies each decoding
+row's slot out of the cache, so its shapes depend only on the number of rows and
+`decode_kv_len`: a recorded graph replays for any choice of slots.
+
+`torch.nn.functional.scaled_dot_product_attention` runs the products (flash or memory-efficient
+kernels), except on CPU in float32: written out there (scores, float32 softmax, blocked `probs @ V`).
+
+Batch invariance: greedy output must not depend on which other requests share the batch.
+CPU BLAS kernels give a row different bits depending on where it sits in a matrix, so every
+product here keeps the same shape class for a given row: query rows are padded to a
+multiple of 4 per (slot, kv head), key lengths are rounded up to whole `KV_BLOCK`s, and
+`probs @ V` is summed block by block in a fixed order, so padding only ever adds exact zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from engine.core.kv_cache import SlotKVCache
+
+KV_BLOCK = 64
+ROW_MULTIPLE = 4
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+@dataclass
+class PrefillChunk:
+    """`count` prompt tokens at positions [start_pos, start_pos + count) of one slot."""
+
+    token_start: int  # index of the chunk's first token in the packed row
+    count: int
+    slot: int
+    start_pos: int
+
+    @property
+    def kv_len(self) -> int:
+        return round_up(self.start_pos + self.count, KV_BLOCK)
+
+
+@dataclass
+class StepMeta:
+    """Everything attention needs to know about one packed step. Built once, read by every layer."""
+
+    cache: SlotKVCache
+    write_slots: torch.Tensor  # [T] slot of each token
+    write_pos: torch.Tensor  # [T] position of each token
+    decode_tokens: int  # the first `decode_tokens` tokens are decode tokens (incl. padding)
+    decode_slots: torch.Tensor  # [decode_tokens]
+    # kv length per slot row [view_slots] (0 for rows not decoding); gathered: per decode token
+    decode_lens: torch.Tensor
+    view_slots: int  # decode attention reads slots [0, view_slots) (not used when gathered)
+    decode_kv_len: int  # multiple of KV_BLOCK
+    prefills: list[PrefillChunk]
+    gather: bool = False  # decode attention copies each token's slot out of the cache (see module doc)
+    _bias: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
+
+    def decode_bias(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask [rows, 1, 1, decode_kv_len]: 0 where a row may look, -inf elsewhere.
+
+        Rows are slots [0, view_slots), or the decode tokens when gathered.
+        """
+        key = ("decode", window, dtype)
+        if key not in self._bias:
+            j = torch.arange(self.decode_kv_len, device=self.decode_lens.device)[None, :]
+            lens = self.decode_lens[:, None]
+            ok = (j < lens) | (lens == 0)  # idle rows see zeros: finite garbage, never used
+            if window is not None:
+                ok &= j >= lens - window
+            self._bias[key] = _additive(ok, dtype)[:, None, None, :]
+        return self._bias[key]
+
+    def prefill_bias(self, i: int, groups: int, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """Additive causal mask [rows, kv_len] for chunk i; rows = count * groups rounded up."""
+        key = ("prefill", i, groups, window, dtype)
+        if key not in self._bias:
+            chunk = self.prefills[i]
+            rows = round_up(chunk.count * groups, ROW_MULTIPLE)
+            device = self.write_pos.device
+            pos = chunk.start_pos + torch.arange(rows, device=device) // groups  # [rows]
+            pos = pos.clamp(max=chunk.start_pos + chunk.count - 1)
+            j = torch.arange(chunk.kv_len, device=device)[None, :]
+            ok = j <= pos[:, None]
+            if window is not None:
+                ok &= j > pos[:, None] - window
+            self._bias[key] = _additive(ok, dtype)
+        return self._bias[key]
+
+
+def _additive(ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where `ok`, -inf elsewhere; no host-to-device copy (a CUDA graph may be capturing)."""
+    return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, float("-inf"))
+
+
+def _softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim, computed in float32 (as transformers does) for bf16/fp16 scores."""
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v for q [..., M, D], k/v [..., L, D], bias broadcastable to [..., M, L].
+
+    SDPA's fused kernels, except on CPU in float32: written out there (see `_fused_on_cpu`).
+    """
+    if q.device.type != "cpu" or _fused_on_cpu(q.dtype):
+        if q.dim() == 3:  # [H, M, D]: the CPU flash kernel takes 4-D inputs (3-D ones take the math path)
+            return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=bias, scale=scale)[0]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    scores.mul_(scale).add_(bias)
+    return blocked_pv(_softmax(scores), v)
+
+
+def _fused_on_cpu(dtype: torch.dtype) -> bool:
+    """Whether attention on CPU runs SDPA's flash kernel. In bfloat16 it is ~5x faster than the
+    written-out products at one stream, and a query row's bits were measured independent of the
+    other rows (decode rows of other slots, the rest of a prefill chunk, from 4 rows up), of the
+    key length a step pads to, and of whether the row is decoded or prefilled: batch invariance
+    holds. float32's flash kernel changes a row's bits with the key length: written out there."""
+    return dtype == torch.bfloat16
+
+
+def blocked_pv(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """probs [..., M, L] @ v [..., L, D], summed over KV_BLOCK-sized blocks in order."""
+    length = probs.shape[-1]
+    out = torch.matmul(probs[..., :KV_BLOCK], v[..., :KV_BLOCK, :])
+    for b in range(KV_BLOCK, length, KV_BLOCK):
+        out += torch.matmul(probs[..., b : b + KV_BLOCK], v[..., b : b + KV_BLOCK, :])
+    return out
+
+
+def slot_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention interface: query [1, Hq, T, D], key/value [1, Hkv, T, D]."""
+    step: StepMeta = kwargs["hearth_step"]
+    layer = int(module.layer_idx)  # type: ignore[arg-type]
+    kc, vc = step.cache.k[layer], step.cache.v[layer]  # [S, Hkv, Lmax, D]
+    kc[step.write_slots, :, step.write_pos] = key[0].transpose(0, 1)
+    vc[step.write_slots, :, step.write_pos] = value[0].transpose(0, 1)
+
+    _, hq, t, d = query.shape
+    hkv = key.shape[1]
+    g = hq // hkv
+    scale = scaling if scaling is not None else d**-0.5
+    q = query[0].transpose(0, 1)  # [T, Hq, D]
+    out = query.new_empty(t, hq, d)
+
+    n_dec = step.decode_tokens
+    if n_dec and step.gather:
+        length = step.decode_kv_len
+        k = kc[:, :, :length].index_select(0, step.decode_slots)  # [n_dec, Hkv, L, D]
+        v = vc[:, :, :length].index_select(0, step.decode_slots)
+        rows = round_up(g, ROW_MULTIPLE) if q.device.type == "cpu" else g  # as the eager layout, on CPU
+        qd = query.new_zeros(n_dec, hkv, rows, d)
+        qd[:, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
+        bias = step.decode_bias(sliding_window, q.dtype)
+        o = attend(qd, k, v, bias, scale)  # [n_dec, Hkv, rows, D]
+        out[:n_dec] = o[:, :, :g].reshape(n_dec, hq, d)
+    elif n_dec:
+        n, length = step.view_slots, step.decode_kv_len
+        q4 = query.new_zeros(n, hkv, round_up(g, ROW_MULTIPLE), d)
+        q4[step.decode_slots, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
+        bias = step.decode_bias(sliding_window, q.dtype)
+        o = attend(q4, kc[:n, :, :length], vc[:n, :, :length], bias, scale)  # [n, Hkv, G4, D]
+        out[:n_dec] = o[step.decode_slots, :, :g].reshape(n_dec, hq, d)
+
+    for i, chunk in enumerate(step.prefills):
+        c, s0 = chunk.count, chunk.token_start
+        rows = round_up(c * g, ROW_MULTIPLE)
+        qc = q[s0 : s0 + c].reshape(c, hkv, g, d).permute(1, 0, 2, 3).reshape(hkv, c * g, d)
+        if rows != c * g:
+            qc = torch.cat([qc, qc.new_zeros(hkv, rows - c * g, d)], dim=1)
+        length = chunk.kv_len
+        bias = step.prefill_bias(i, g, sliding_window, q.dtype)  # [rows, L]
+        o = attend(qc, kc[chunk.slot, :, :length], vc[chunk.slot, :, :length], bias, scale)  # [Hkv, rows, D]
+        out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
+
+    return out.unsqueeze(0), None

@@ -1,0 +1,50 @@
+"""CUDA graphs of decode steps: one launch per step on a GPU (see `engine.model.decode_graphs`).
+
+Every bucket's graph is captured into one shared memory pool, after a warm-up on a side stream
+so that kernels pick their algorithms outside the capture. The inputs come from a pinned host
+buffer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from engine.core.kv_cache import SlotKVCache
+from engine.model.decode_graphs import DecodeGraphs, Forward, Replay, log
+
+
+class CudaGraphs(DecodeGraphs):
+    what = "CUDA graph capture"
+
+    def __init__(self, forward: Forward, cache: SlotKVCache, max_rows: int) -> None:
+        super().__init__(forward, cache, max_rows, pinned=True)
+        self._pool: Any = None  # the memory pool every graph shares
+
+    def _record(self, rows: int, kv: int) -> Replay:
+        start = time.perf_counter()
+        inputs = self._inputs[: 4 * rows].clone()
+        self._inputs[: 3 * rows].zero_()  # warm-up and capture: every row writes and reads slot 0
+        self._inputs[3 * rows : 4 * rows].fill_(1)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up: kernels pick their algorithms outside the capture
+            self._step(rows, kv, self._inputs[: 4 * rows])
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            logits = self._step(rows, kv, self._inputs[: 4 * rows])
+        self._pool = graph.pool()
+        self._inputs[: 4 * rows] = inputs
+        seconds = time.perf_counter() - start
+        log.info(
+            "captured a CUDA graph for %d decode rows, kv length %d, in %.0f ms", rows, kv, seconds * 1e3
+        )
+
+        def replay(_inputs: torch.Tensor) -> torch.Tensor:
+            graph.replay()  # reads the static input buffer, overwrites `logits`
+            return logits
+
+        return replay

@@ -1,0 +1,132 @@
+"""Decode steps replayed from a recording: the buckets, inputs and replay shared by CUDA graphs
+(`engine.model.cuda_graphs`) and CPU traces (`engine.model.cpu_traces`).
+
+At one stream, a decode step is hundreds of small ops; issuing them from Python costs about as
+much as running them (on a GPU far more). A `DecodeGraphs` records the lean forward
+(engine.model.llama) of a decode-only step once per bucket and replays it:
+- a bucket is (rows, kv length): rows 1, 2, 4, 8, then multiples of 8 up to the slot count;
+  kv lengths 256, 512, ... doubling up to the cache's length. A step takes the smallest
+  bucket that holds it; padding rows write to the scratch slot 0 and read its first position.
+- decode attention runs gathered (engine.model.attention), so a recording's shapes depend only
+  on its bucket, never on which slots the sequences hold.
+- inputs (token, position, slot and kv length of each row) are copied from one host buffer into
+  static device buffers, in one copy; logits come back in the recording's own output buffer,
+  read before the next replay (the engine samples every step before the next one).
+- recordings are made lazily, the first time a bucket is needed.
+
+Steps with prompt tokens, and buckets beyond the largest, run eagerly; so does every step after
+a recording that failed (logged as a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from engine.core.kv_cache import SlotKVCache
+from engine.model.attention import StepMeta
+
+log = logging.getLogger("hearth.engine")
+
+MIN_KV = 256
+
+Forward = Callable[[torch.Tensor, torch.Tensor, StepMeta, torch.Tensor], torch.Tensor]
+Replay = Callable[[torch.Tensor], torch.Tensor]  # the bucket's inputs [4 * rows] -> logits [rows, V]
+
+
+def batch_buckets(max_rows: int) -> list[int]:
+    """1, 2, 4, 8, 16, 24, ... up to max_rows (which is always the last)."""
+    sizes = [b for b in (1, 2, 4) if b < max_rows] + list(range(8, max_rows, 8))
+    return [*sizes, max_rows]
+
+
+def kv_buckets(max_len: int) -> list[int]:
+    """256, 512, ... doubling, up to max_len (which is always the last)."""
+    sizes = []
+    n = MIN_KV
+    while n < max_len:
+        sizes.append(n)
+        n *= 2
+    return [*sizes, max_len]
+
+
+def _fit(buckets: list[int], n: int) -> int | None:
+    return next((b for b in buckets if b >= n), None)
+
+
+class DecodeGraphs:
+    """`run(ids, pos, slots)` -> logits [n, V] of a decode-only step, or None when it fits no bucket.
+
+    Subclasses say how a bucket is recorded (`_record`) and what a failure is called (`what`)."""
+
+    what = "recording"
+
+    def __init__(self, forward: Forward, cache: SlotKVCache, max_rows: int, pinned: bool = False) -> None:
+        self.forward = forward
+        self.cache = cache
+        self.rows = batch_buckets(max_rows)
+        self.kv = kv_buckets(cache.max_len)
+        device = cache.k.device
+        rows = self.rows[-1]
+        # the inputs of a bucket of r rows: 4 x r values (token ids, positions, slots, kv lengths)
+        # at the start of one host buffer and of one device buffer, copied in one go
+        self._host = torch.zeros(4 * rows, dtype=torch.long, pin_memory=pinned)
+        self._inputs = torch.zeros(4 * rows, dtype=torch.long, device=device)
+        self._keep = torch.arange(rows, device=device)
+        self._replays: dict[tuple[int, int], Replay] = {}
+        self.replays = 0
+        self.failed: str | None = None  # why recording failed: every step runs eagerly
+
+    @property
+    def captured(self) -> set[tuple[int, int]]:
+        """The (rows, kv length) buckets recorded so far."""
+        return set(self._replays)
+
+    def run(self, ids: list[int], pos: list[int], slots: list[int]) -> torch.Tensor | None:
+        if self.failed is not None:
+            return None
+        n = len(ids)
+        rows = _fit(self.rows, n)
+        kv = _fit(self.kv, max(pos) + 1)
+        if rows is None or kv is None:
+            return None
+        pad = rows - n
+        self.cache.ensure_clean([*slots, 0], kv)  # rows read whole buckets; padding reads slot 0
+        lens = [p + 1 for p in pos]
+        host = self._host[: 4 * rows]
+        host.copy_(torch.tensor([*ids, *[0] * pad, *pos, *[0] * pad, *slots, *[0] * pad, *lens, *[1] * pad]))
+        self._inputs[: 4 * rows].copy_(host, non_blocking=True)
+        replay = self._replays.get((rows, kv))
+        if replay is None:
+            try:
+                replay = self._replays[rows, kv] = self._record(rows, kv)
+            except Exception as exc:  # never fail a request for a missing speed-up
+                log.warning("%s failed (%.300r); decode steps run eagerly from now on", self.what, exc)
+                self.failed = repr(exc)
+                return None
+        logits = replay(self._inputs[: 4 * rows])
+        self.replays += 1
+        return logits[:n]
+
+    def _step(self, rows: int, kv: int, inputs: torch.Tensor) -> torch.Tensor:
+        """The recorded computation: the forward over `inputs` (ids, positions, slots, kv lengths
+        of `rows` rows, [4 * rows]), for one bucket."""
+        ids, pos, slots, lens = inputs.view(4, rows)
+        step = StepMeta(  # built inside the recording: its masks are computed by the graph
+            cache=self.cache,
+            write_slots=slots,
+            write_pos=pos,
+            decode_tokens=rows,
+            decode_slots=slots,
+            decode_lens=lens,
+            view_slots=0,
+            decode_kv_len=kv,
+            prefills=[],
+            gather=True,
+        )
+        return self.forward(ids, pos, step, self._keep[:rows]).float()
+
+    def _record(self, rows: int, kv: int) -> Replay:
+        raise NotImplementedError

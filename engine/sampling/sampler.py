@@ -1,0 +1,117 @@
+"""One step's logits -> one token (and its logprobs) per sequence, each row with its own settings.
+
+Glue between the engine's sequences and the pure functions of `engine.sampling.filters` and
+`engine.sampling.penalties`: it builds the per-row tensors a batch needs, and only those. A batch of
+greedy rows without bias, penalties or logprobs costs one argmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+
+import torch
+from llguidance import LLMatcher
+
+from engine.core.request import Logprob, SamplingParams
+from engine.core.sequence import Sequence
+from engine.sampling.filters import sample, temperatures, token_logprobs
+from engine.sampling.grammar import GrammarCompiler, GrammarMasks
+from engine.sampling.logprobs import TokenTexts
+from engine.sampling.penalties import TokenCounts, apply_logit_bias, apply_penalties
+
+
+class Sampler:
+    """Samples for the engine; owns the per-slot token counts of the penalties (made on first use)
+    and the grammar masks of constrained rows (each sequence's matcher made on its first token)."""
+
+    def __init__(self, num_slots: int, texts: TokenTexts, grammars: GrammarCompiler) -> None:
+        self.num_slots = num_slots
+        self.texts = texts
+        self.grammars = grammars
+        self.masks = GrammarMasks(grammars.vocab_size)
+        self._counts: TokenCounts | None = None
+
+    def __call__(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> tuple[list[int], list[Logprob | None]]:
+        """logits [B, V] for seqs (B of them) -> (token ids, logprob entries or None per row)."""
+        params = [s.params for s in seqs]
+        penalized = [i for i, p in enumerate(params) if p.penalized]
+        logits = self._bias(logits, params)
+        if penalized:
+            logits = self._penalize(logits, seqs, penalized)
+        constrained = [i for i, p in enumerate(params) if p.grammar is not None]
+        if constrained:
+            matchers = [self._matcher(seqs[i]) for i in constrained]
+            logits = self.masks.apply(logits, constrained, matchers)
+        chosen = sample(logits, params, [s.generator for s in seqs])  # [B]
+        if penalized:
+            rows = torch.tensor(penalized, device=logits.device)
+            counts = self._counts
+            assert counts is not None
+            counts.add(self._slots(seqs, penalized, logits.device), chosen[rows])
+        tokens = chosen.tolist()
+        logprobs = self._logprobs(logits, params, chosen)
+        if constrained:  # last: nothing after this may fail, or a per-row retry would feed a token twice
+            GrammarMasks.advance(matchers, [tokens[i] for i in constrained])
+        return tokens, logprobs
+
+    def _matcher(self, seq: Sequence) -> LLMatcher:
+        if seq.matcher is None:
+            assert seq.params.grammar is not None
+            seq.matcher = self.grammars.matcher(seq.params.grammar)
+        return seq.matcher
+
+    def _bias(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        entries = [(i, tok, val) for i, p in enumerate(params) for tok, val in p.logit_bias]
+        if not entries:
+            return logits
+        rows, cols, values = zip(*entries, strict=True)
+        dev = logits.device
+        as_tensors = (torch.tensor(x, device=dev) for x in (rows, cols, values))
+        return apply_logit_bias(logits, *as_tensors)
+
+    def _penalize(self, logits: torch.Tensor, seqs: Seq[Sequence], penalized: list[int]) -> torch.Tensor:
+        dev = logits.device
+        if self._counts is None:
+            self._counts = TokenCounts(self.num_slots, logits.shape[-1], dev)
+        counts = self._counts
+        for i in penalized:
+            seq = seqs[i]
+            if seq.num_completion == 0:  # its first token: the slot's row still holds an older sequence
+                assert seq.slot is not None
+                counts.reset(seq.slot, seq.token_ids[: seq.num_prompt], [])
+        rows = torch.tensor(penalized, device=dev)
+        generated, in_prompt = counts.rows(self._slots(seqs, penalized, dev))
+        ps = [seqs[i].params for i in penalized]
+        adjusted = apply_penalties(
+            logits[rows],
+            generated,
+            in_prompt,
+            frequency=torch.tensor([p.frequency_penalty for p in ps], device=dev),
+            presence=torch.tensor([p.presence_penalty for p in ps], device=dev),
+            repetition=torch.tensor([p.repetition_penalty for p in ps], device=dev),
+        )
+        return logits.index_copy(0, rows, adjusted)
+
+    @staticmethod
+    def _slots(seqs: Seq[Sequence], rows: list[int], device: torch.device) -> torch.Tensor:
+        return torch.tensor([seqs[i].slot for i in rows], device=device)
+
+    def _logprobs(
+        self, logits: torch.Tensor, params: list[SamplingParams], chosen: torch.Tensor
+    ) -> list[Logprob | None]:
+        """Entries for the rows that asked: log_softmax after bias, penalties and temperature."""
+        out: list[Logprob | None] = [None] * len(params)
+        asked = [i for i, p in enumerate(params) if p.logprobs]
+        if not asked:
+            return out
+        rows = torch.tensor(asked, device=logits.device)
+        k = max(params[i].top_logprobs for i in asked)
+        temps = temperatures([params[i] for i in asked], logits.device)
+        values, top_values, top_ids = token_logprobs(logits[rows], temps, chosen[rows], k)
+        tokens = chosen[rows].tolist()
+        for j, (i, lp, tv, ti) in enumerate(
+            zip(asked, values.tolist(), top_values.tolist(), top_ids.tolist(), strict=True)
+        ):
+            n = params[i].top_logprobs
+            out[i] = self.texts.entry(tokens[j], lp, list(zip(ti[:n], tv[:n], strict=True)))
+        return out

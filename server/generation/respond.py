@@ -1,0 +1,152 @@
+"""Answering a chat or (legacy) completions request: submit it, then one JSON object or SSE chunks.
+
+The route reads its body (`read_generation`) and renders the prompt; `respond` does the rest through
+a `Render`, which knows its API's shapes: the chunks a delta becomes, the usage chunk, the answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from engine import Delta, Engine, ModelConfig, SamplingParams
+from server.generation.drive import (
+    Choices,
+    aclose,
+    chain,
+    checked,
+    collect,
+    first_delta,
+    generate_error,
+    get_engine,
+    until_disconnected,
+)
+from server.http.body import read_body
+from server.http.sse import DONE, EventStreamResponse, encode_event
+from server.openai.sampling_params import choice_count
+from server.openai.schemas import GenerationRequest, Usage
+from server.state import app_state
+
+G = TypeVar("G", bound=GenerationRequest)
+
+
+async def read_generation(
+    request: Request, schema: type[G], where: str
+) -> tuple[G, int, ModelConfig, Engine]:
+    """The body (see `read_body`), its number of choices (400 above `--max-n`, checked before a model
+    loads), then the catalog entry of the model it names and that model's engine."""
+    state = app_state(request)
+    body = await read_body(request, schema, where)
+    n = choice_count(body.n, state.settings.max_n)
+    cfg, engine = await get_engine(state, body.model)
+    return body, n, cfg, engine
+
+
+@dataclass(frozen=True)
+class ResponseMeta:
+    """What every chunk (and the non-streamed answer) of one response shares."""
+
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str
+
+    @classmethod
+    def of(cls, request: Request, make_id: Callable[[str], str], model: str) -> ResponseMeta:
+        """Created now, its id made from the request's (`req_<hex>` becomes e.g. `chatcmpl-<hex>`), its
+        fingerprint the loaded model's (`system_fingerprint`)."""
+        request_id: str = request.state.request_id
+        state = app_state(request)
+        engine = state.registry.peek(model)
+        fingerprint = system_fingerprint(engine) if engine is not None else state.settings.system_fingerprint
+        return cls(make_id(request_id.removeprefix("req_")), int(time.time()), model, fingerprint)
+
+    def fields(self) -> dict[str, Any]:
+        """As keyword arguments of a response model."""
+        return dataclasses.asdict(self)
+
+
+def system_fingerprint(engine: Engine) -> str:
+    """`fp_` and a short hash of what decides a model's output: its id, its revision (the checkpoint's
+    commit hash when its config has one, else its source and GGUF file) and the dtype it runs in."""
+    cfg = engine.config
+    commit = getattr(getattr(engine.model, "config", None), "_commit_hash", None)
+    revision = commit or f"{cfg.source}:{cfg.gguf_file or ''}"
+    dtype = str(getattr(engine.model, "dtype", cfg.dtype))
+    return "fp_" + hashlib.sha256(f"{cfg.id}\n{revision}\n{dtype}".encode()).hexdigest()[:10]
+
+
+class Render(Protocol):
+    """One API's shapes for one response."""
+
+    def opening(self, n: int) -> Iterator[bytes]:
+        """The events before the first delta."""
+        ...
+
+    def events(self, delta: Delta) -> Iterator[bytes]:
+        """The events of one (checked) delta."""
+        ...
+
+    def usage_event(self, usage: Usage) -> bytes: ...
+
+    def answer(self, choices: Choices) -> BaseModel:
+        """The non-streamed answer."""
+        ...
+
+
+async def respond(
+    request: Request,
+    engine: Engine,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    n: int,
+    body: GenerationRequest,
+    render: Render,
+    param: str,
+) -> Response:
+    """Submit the request and wait for its first delta (a failure until then is an HTTP status), then
+    answer as SSE events when `body.stream`, else as JSON. `param` names the field holding the prompt."""
+    request_id: str = request.state.request_id
+    deltas = engine.generate(prompt_ids, params, request_id, n)
+    first = await first_delta(request, deltas, param=param)
+    if body.stream:
+        events = stream_events(chain(first, deltas), render, n, body.include_usage, param)
+        return EventStreamResponse(events)
+    choices = await until_disconnected(request, collect(first, deltas, n))
+    return JSONResponse(render.answer(choices).model_dump())
+
+
+async def stream_events(
+    deltas: AsyncIterator[Delta], render: Render, n: int, include_usage: bool, param: str
+) -> AsyncIterator[bytes]:
+    """The SSE events of one streamed answer (see "Streaming" in `api.md`), then `data: [DONE]`.
+
+    A failure after the first event becomes `data: {"error": ...}` and `data: [DONE]`. Closing
+    this generator (the client left) closes `deltas`, which aborts the engine request.
+    """
+    try:
+        for event in render.opening(n):
+            yield event
+        tally = Choices(n)
+        try:
+            async for delta in checked(deltas, n):
+                tally.add(delta)
+                for event in render.events(delta):
+                    yield event
+        except Exception as e:
+            yield encode_event(generate_error(e, param=param).body())
+            yield DONE
+            return
+        if include_usage:
+            yield render.usage_event(tally.usage())
+        yield DONE
+    finally:
+        await aclose(deltas)

@@ -1,0 +1,68 @@
+"""Liveness, metrics and engine counters: GET /health, GET /metrics, GET /v1/stats (alias /stats)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from server.http.drain import Drain
+from server.http.errors import error_body
+from server.http.metrics import CONTENT_TYPE, Metrics
+from server.state import AppState, app_state
+
+
+async def health(request: Request) -> Response:
+    """Cheap: no engine work. 200 `{"status": "ok"}`; 503 `unhealthy` once a loaded model's engine thread
+    has died, 503 `shutting_down` while draining."""
+    drain: Drain | None = getattr(request.app.state, "drain", None)
+    if drain is not None and drain.draining:
+        body = error_body("the server is shutting down", "server_error", code="shutting_down")
+        return JSONResponse({"status": "shutting_down", **body}, status_code=503)
+    state = getattr(request.app.state, "hearth", None)
+    dead = await dead_engines(state) if isinstance(state, AppState) else {}
+    if dead:
+        reasons = "; ".join(f"{model}: {reason}" for model, reason in dead.items())
+        body = error_body(f"engine stopped ({reasons})", "server_error", code="unhealthy")
+        return JSONResponse({"status": "unhealthy", **body}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+async def dead_engines(state: AppState) -> dict[str, str]:
+    """Each loaded model whose engine thread is not running, with the reason."""
+    registry = state.registry
+    dead = {}
+    for cfg in registry.models():
+        engine = registry.peek(cfg.id)  # never loads, and a health check is not a use
+        if engine is not None:
+            if not engine.alive:
+                dead[cfg.id] = engine.dead_reason or "the engine thread is not running"
+    return dead
+
+
+async def metrics(request: Request) -> Response:
+    """The Prometheus text format."""
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.exposition(), media_type=CONTENT_TYPE)
+
+
+async def stats(request: Request) -> Response:
+    """Each loaded engine's `EngineStats`, keyed by model id (tests use it to prove no slot leaks)."""
+    state = app_state(request)
+    registry = state.registry
+    body = {}
+    for cfg in registry.models():
+        engine = registry.peek(cfg.id)
+        if engine is not None:
+            body[cfg.id] = dataclasses.asdict(engine.stats)
+    return JSONResponse(body)
+
+
+routes = (
+    Route("/health", health, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/v1/stats", stats, methods=["GET"]),
+    Route("/stats", stats, methods=["GET"]),
+)

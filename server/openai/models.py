@@ -1,0 +1,59 @@
+"""The catalog in the OpenAI list shape: GET /v1/models, GET /v1/models/{id} (an alias works too).
+
+Hearth's extensions per model: `loaded` (in memory now), `source` (where its weights come from),
+`dtype` / `device`: the ones in use while loaded, the configured ones (e.g. `auto`) otherwise,
+and `quantization`.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from engine import ModelConfig
+from server.generation.drive import resolve_model
+from server.openai.schemas import Model, ModelList
+from server.state import AppState, app_state
+
+
+class CatalogModel(Model):
+    source: str
+    dtype: str
+    device: str
+    quantization: str
+
+
+def _model(state: AppState, cfg: ModelConfig) -> CatalogModel:
+    engine = state.registry.peek(cfg.id)
+    dtype, device = cfg.dtype, cfg.device
+    if engine is not None:
+        dtype, device = str(engine.runner.dtype).removeprefix("torch."), str(engine.runner.device)
+    return CatalogModel(
+        id=cfg.id,
+        created=state.started_at,
+        owned_by=cfg.owned_by,
+        loaded=engine is not None,
+        source=cfg.source if cfg.gguf_file is None else f"{cfg.source} ({cfg.gguf_file})",
+        dtype=dtype,
+        device=device,
+        quantization=cfg.quantization,
+    )
+
+
+async def list_models(request: Request) -> Response:
+    state = app_state(request)
+    listing = ModelList(data=[_model(state, cfg) for cfg in state.registry.models()])
+    return JSONResponse(listing.model_dump(serialize_as_any=True))  # keep CatalogModel's fields
+
+
+async def get_model(request: Request) -> Response:
+    state = app_state(request)
+    cfg = resolve_model(state, request.path_params["model_id"])
+    return JSONResponse(_model(state, cfg).model_dump())
+
+
+routes = (
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+)

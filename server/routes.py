@@ -1,0 +1,13 @@
+"""Every route of the app, one list per API surface; each surface declares its `routes` as data."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from server.anthropic import routes as anthropic
+from server.http import health
+from server.openai import chat, completions, models
+
+
+def all_routes() -> list[BaseRoute]:
+    return [*health.routes, *models.routes, *chat.routes, *completions.routes, *anthropic.routes]

@@ -1,0 +1,117 @@
+"""engine.model.decode_graphs (CPU traces) and the gathered decode attention it relies on, checked on the CPU.
+
+On a CPU, quantized models' decode steps of up to 4 rows replay TorchScript traces: the same
+static buffers, buckets, padding rows and gathered attention as the CUDA graphs
+tests/test_gpu.py captures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import Engine
+from engine.catalog.config import ModelConfig
+from engine.core.kv_cache import SlotKVCache
+from engine.model.attention import StepMeta, slot_attention
+from engine.model.cpu_traces import CpuTraces
+from engine.model.decode_graphs import batch_buckets, kv_buckets
+from engine.model.loader import load_model
+from tests.greedy import describe_divergence, engine_generate, prompts, running_engine
+
+N_TOKENS = 24
+
+
+def test_batch_buckets_cover_every_count_up_to_the_slots() -> None:
+    assert batch_buckets(64) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]
+    assert batch_buckets(5) == [1, 2, 4, 5]
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(12) == [1, 2, 4, 8, 12]
+
+
+def test_kv_buckets_double_up_to_the_cache_length() -> None:
+    assert kv_buckets(1024) == [256, 512, 1024]
+    assert kv_buckets(4160) == [256, 512, 1024, 2048, 4096, 4160]
+    assert kv_buckets(64) == [64]
+
+
+class _Layer0:
+    layer_idx = 0
+
+
+def test_gathered_decode_attention_equals_the_eager_layout() -> None:
+    """The graph layout (each row's slot copied out) attends exactly like the slot-row layout."""
+    torch.manual_seed(0)
+    hq, hkv, d, length = 4, 2, 16, 128
+    cache = SlotKVCache(1, 6, hkv, length, d, torch.float32, torch.device("cpu"))
+    cache.ensure_clean(range(6), length)
+    cache.k.normal_()
+    cache.v.normal_()
+    slots, pos = [4, 1, 3], [70, 5, 127]
+    q = torch.randn(1, hq, len(slots), d)
+    k, v = torch.randn(2, 1, hkv, len(slots), d)
+    slots_t, pos_t = torch.tensor(slots), torch.tensor(pos)
+
+    def run(step: StepMeta) -> torch.Tensor:  # both write the same keys and values, then attend
+        out, _ = slot_attention(_Layer0(), q, k, v, None, hearth_step=step)  # type: ignore[arg-type]
+        return out
+
+    lens = torch.zeros(6, dtype=torch.long)
+    lens[slots_t] = pos_t + 1
+    eager = StepMeta(cache, slots_t, pos_t, 3, slots_t, lens, view_slots=6, decode_kv_len=length, prefills=[])
+    gathered = StepMeta(cache, slots_t, pos_t, 3, slots_t, pos_t + 1, 0, length, [], gather=True)
+    torch.testing.assert_close(run(gathered), run(eager), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def int8_eager(smollm2_dir: Path) -> tuple[list[list[int]], list[list[int]]]:
+    """Greedy tokens of the int8 model with `cpu_graphs: false`: (6 prompts together, 4 alone)."""
+    cfg = ModelConfig(
+        id="smollm2", source=str(smollm2_dir), quantization="int8", max_batch_size=6, cpu_graphs=False
+    )
+    engine = Engine(load_model(cfg, smollm2_dir), cfg)
+    engine.start()
+    try:
+        assert engine.runner.graphs is None  # the setting turns them off
+        return _shrinking_batch(engine, smollm2_dir), _alone(engine, smollm2_dir)
+    finally:
+        engine.shutdown()
+
+
+def _shrinking_batch(engine: Engine, model_dir: Path) -> list[list[int]]:
+    lengths = [N_TOKENS + 4 * i for i in range(6)]  # the batch shrinks from 6 rows to 1
+    return [tokens for tokens, _ in engine_generate(engine, prompts(model_dir, 6), lengths)]
+
+
+def _alone(engine: Engine, model_dir: Path) -> list[list[int]]:
+    ids = prompts(model_dir, 4)
+    return [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 4, together=False)]
+
+
+def test_traced_decode_steps_give_the_eager_tokens(
+    smollm2_dir: Path, int8_eager: tuple[list[list[int]], list[list[int]]]
+) -> None:
+    """A quantized model (int8 here; int4 runs the same kind of kernel) traces decode steps of up
+    to 4 rows and runs bigger ones eagerly: tokens are those of the eager engine, alone and in a
+    batch that crosses the switch."""
+    with running_engine(smollm2_dir, "cpu", "auto", max_batch=6, quantization="int8") as engine:
+        graphs = engine.runner.graphs
+        assert isinstance(graphs, CpuTraces)  # on by default
+        assert graphs.rows == [1, 2, 4]  # up to CPU_MAX_ROWS
+        mixed = _shrinking_batch(engine, smollm2_dir)
+        alone = _alone(engine, smollm2_dir)
+        assert graphs.failed is None
+        assert graphs.replays >= 4 * (N_TOKENS - 1) + 4 * 3  # every step alone, the batch's last ones
+        assert {(1, 256), (2, 256), (4, 256)} <= graphs.captured
+    want_mixed, want_alone = int8_eager
+    assert mixed == want_mixed, describe_divergence("traced vs eager, shrinking batch", mixed, want_mixed)
+    assert alone == want_alone, describe_divergence("traced vs eager, alone", alone, want_alone)
+
+
+def test_plain_weights_on_a_cpu_stay_eager(smollm2_dir: Path) -> None:
+    with running_engine(smollm2_dir, "cpu", "bfloat16") as engine:
+        assert engine.runner.graphs is None  # oneDNN's packed products cannot be traced
+        [(tokens, _)] = engine_generate(engine, prompts(smollm2_dir, 1), [4])
+    assert len(tokens) == 4
