@@ -110,9 +110,6 @@ class Registry:
     def models(self) -> tuple[Any, ...]:
         return (type("Cfg", (), {"id": "tiny"})(),)
 
-    def is_loaded(self, model_id: str) -> bool:
-        return True
-
     def peek(self, model_id: str) -> DeadEngine:
         return DeadEngine()
 

@@ -112,7 +112,7 @@ class Engine:
     @property
     def stats(self) -> EngineStats:
         with self._lock:
-            return replace(self._stats, extra=dict(self._stats.extra))
+            return replace(self._stats)
 
     def start(self) -> None:
         """Start the engine thread and wait until it is ready to take requests."""
