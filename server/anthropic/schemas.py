@@ -1,4 +1,4 @@
-"""Pydantic models mirroring Anthropic's Messages API (see "Anthropic Messages" in `api.md`).
+"""Pydantic models mirroring Anthropic's Messages API (see "Anthropic Messages" in `docs/api.md`).
 
 Requests validate strictly and keep unknown fields (logged once, ignored), like the OpenAI ones.
 Content blocks are told apart by their `type`; a block type this server cannot use (an image,

@@ -125,7 +125,7 @@ async def respond(
 async def stream_events(
     deltas: AsyncIterator[Delta], render: Render, n: int, include_usage: bool, param: str
 ) -> AsyncIterator[bytes]:
-    """The SSE events of one streamed answer (see "Streaming" in `api.md`), then `data: [DONE]`.
+    """The SSE events of one streamed answer (see "Streaming" in `docs/api.md`), then `data: [DONE]`.
 
     A failure after the first event becomes `data: {"error": ...}` and `data: [DONE]`. Closing
     this generator (the client left) closes `deltas`, which aborts the engine request.
