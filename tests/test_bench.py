@@ -14,7 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.launch import ROOT, Server, small_catalog
+
+pytestmark = pytest.mark.slow  # the benchmark scripts, each a few runs against a server
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 SCALE_COLUMNS = [
