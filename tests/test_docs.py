@@ -106,6 +106,7 @@ def test_example_runs(block: Block, server: Server, tmp_path: Path) -> None:
     if block.lang == "yaml":
         path = tmp_path / "models.yaml"
         path.write_text(block.code)
+        (tmp_path / "templates").symlink_to(ROOT / "templates")  # paths are relative to models.yaml
         catalog = load_catalog(path)
         assert catalog.models
         return
