@@ -24,6 +24,7 @@ from engine.catalog.registry import ModelLoadError, ModelRegistry, UnknownModelE
 from engine.core.engine import Engine, EngineDeadError, QueueFullError
 from engine.core.prompt import ChatTemplateError, render_chat
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
+from engine.model.info import ModelInfo
 from engine.sampling.grammar import GrammarSpec
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "GrammarSpec",
     "Logprob",
     "ModelConfig",
+    "ModelInfo",
     "ModelLoadError",
     "ModelRegistry",
     "SamplingParams",

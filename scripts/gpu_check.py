@@ -56,6 +56,9 @@ WHEELS = ROOT / ".whl"
 ASSETS = ROOT / ".gpu-assets"
 SITE = Path("/tmp/hearth-gpu-site")
 MODEL_ID = "gpucheck-1b"
+# tests/test_docs.py runs every block of docs/ or reads why not on the line before it
+OUTPUT_MARK = "<!-- not tested: the output of the command above, on the GPU machine -->"
+LOG_MARK = "<!-- not tested: the tail of a server log of the run above -->"
 
 # What the GPU image lacks or has in another version than Hearth is tested with (see
 # .library/device/KINDS.md: it has torch 2.11, transformers 5.17, huggingface_hub 1.33, tokenizers
@@ -132,7 +135,7 @@ def run_stage(report: Report, name: str, cmd: list[str], timeout: float, env: di
     """Run `cmd` in its own process group, streaming its output into the report; TERM, KILL at timeout."""
     shown = shlex.join(cmd)
     shown = shown if len(shown) < 400 else shown[:400] + " ..."
-    report.write(f"\n## {name}\n\n`{shown}` (timeout {timeout:.0f} s)\n\n```\n")
+    report.write(f"\n## {name}\n\n`{shown}` (timeout {timeout:.0f} s)\n\n{OUTPUT_MARK}\n```\n")
     start = time.monotonic()
     proc = subprocess.Popen(
         cmd,
@@ -253,7 +256,7 @@ def append_logs(report: Report, logs: list[Path], lines: int = 25) -> None:
     """The last `lines` lines of each server log, so a crash on the device shows its cause."""
     for log in logs:
         text = log.read_text(errors="replace").splitlines()[-lines:]
-        report.write(f"\n### tail of {log.name}\n\n```\n" + "\n".join(text) + "\n```\n")
+        report.write(f"\n### tail of {log.name}\n\n{LOG_MARK}\n```\n" + "\n".join(text) + "\n```\n")
 
 
 def check(args: argparse.Namespace) -> int:

@@ -68,15 +68,20 @@ models:
 
 @contextmanager
 def launch(
-    args: Sequence[str], log: Path, env: Mapping[str, str] | None = None, timeout: float = 300
+    args: Sequence[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+    module: str = "server",
 ) -> Iterator[Launched]:
-    """`python -m server` on a free port with `args`; stopped (SIGTERM, then kill) on exit."""
+    """`python -m server` (or `module`, e.g. `tests.faulty_server`) on a free port with `args`; stopped
+    (SIGTERM, then kill) on exit."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(port), *args],
+            [sys.executable, "-m", module, "--port", str(port), *args],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

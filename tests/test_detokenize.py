@@ -13,8 +13,6 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from engine.core.detokenize import IncrementalDetokenizer
 
-SMOL_DIR = Path("/tmp/smol")
-
 TEXTS = [
     "Hello, world!",
     "héllo wörld 🎉 中文 spaces  double",
@@ -50,10 +48,9 @@ def _sentencepiece_tokenizer() -> PreTrainedTokenizerFast:
 
 
 @pytest.fixture(scope="module")
-def smol() -> Any:
-    if not (SMOL_DIR / "tokenizer.json").exists():
-        pytest.skip(f"no tokenizer at {SMOL_DIR}")
-    return AutoTokenizer.from_pretrained(str(SMOL_DIR))
+def smol(smollm2_dir: Path) -> Any:
+    """The embedded model's tokenizer (SmolLM2's byte-level BPE), from its converted folder."""
+    return AutoTokenizer.from_pretrained(str(smollm2_dir))
 
 
 @pytest.fixture(scope="module", params=["byte_bpe", "sentencepiece"])

@@ -1,9 +1,11 @@
-"""Every code example in docs/ runs: python and bash blocks against the session's real server, yaml blocks
-through the catalog reader. A block is marked by the HTML comment on the line before it:
+"""Every code block in docs/ and the README runs: python and bash blocks against the session's real server,
+yaml blocks through the catalog reader, json blocks through the JSON parser. A block (of any language, or
+none) is marked by the HTML comment on the line before it:
 
     <!-- test -->                   run it; it must exit 0 and print something
     <!-- test expect="Paris" -->    ... and its output must contain the text
-    <!-- not tested: why -->        not run (it starts a server, needs Docker, ...); the reason is required
+    <!-- not tested: why -->        not run (it starts a server, needs Docker, is a drawing or an nginx
+                                    configuration...); the reason is required
 
 `http://127.0.0.1:8000` in a block is replaced by the test server's address; bash blocks find `hearth`
 on PATH (this interpreter's bin folder) and run from the repository root.
@@ -12,6 +14,7 @@ on PATH (this interpreter's bin folder) and run from the repository root.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -26,9 +29,10 @@ from engine.catalog.models_file import _TOP_KEYS, load_catalog
 from tests.launch import ROOT, Server
 
 DOCS = ROOT / "docs"
+FILES = [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
 DOC_URL = "http://127.0.0.1:8000"
-RUNNABLE = ("python", "bash", "yaml")
-FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
+RUNNABLE = ("python", "bash", "yaml", "json")
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 MARK = re.compile(r"<!--\s*(test|not tested:[^>]+?)(?:\s+expect=\"([^\"]*)\")?\s*-->\s*$")
 
 
@@ -48,12 +52,10 @@ class Block:
 
 def blocks() -> list[Block]:
     found = []
-    for path in sorted(DOCS.glob("*.md")):
+    for path in FILES:
         text = path.read_text()
         for match in FENCE.finditer(text):
             lang = match[1]
-            if lang not in RUNNABLE:
-                continue
             line = text.count("\n", 0, match.start()) + 1
             before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
             mark = MARK.search(before)
@@ -69,10 +71,17 @@ ALL = blocks()
 TESTED = [b for b in ALL if b.mark == "test"]
 
 
-def test_every_example_is_tested_or_says_why_not() -> None:
+def test_every_block_is_tested_or_says_why_not() -> None:
     unmarked = [b.name for b in ALL if b.mark is None]
     assert not unmarked, f"mark these blocks <!-- test --> or <!-- not tested: why -->: {unmarked}"
-    assert len(TESTED) >= 10
+    cannot_run = [f"{b.name} ({b.lang or 'no language'})" for b in TESTED if b.lang not in RUNNABLE]
+    assert not cannot_run, f"only {RUNNABLE} blocks run; say why these are not tested: {cannot_run}"
+    assert len(TESTED) >= 15 and {b.file.name for b in TESTED} >= {"README.md", "clients.md"}
+
+
+def test_the_block_reader_sees_blocks_without_a_language() -> None:
+    assert any(b.lang == "" and b.file.name == "README.md" for b in ALL)
+    assert any(b.lang == "nginx" for b in ALL)
 
 
 def run(block: Block, server: Server, tmp_path: Path) -> str:
@@ -97,8 +106,12 @@ def test_example_runs(block: Block, server: Server, tmp_path: Path) -> None:
     if block.lang == "yaml":
         path = tmp_path / "models.yaml"
         path.write_text(block.code)
+        (tmp_path / "templates").symlink_to(ROOT / "templates")  # paths are relative to models.yaml
         catalog = load_catalog(path)
         assert catalog.models
+        return
+    if block.lang == "json":
+        assert json.loads(block.code)
         return
     out = run(block, server, tmp_path)
     assert out.strip(), f"{block.name} printed nothing"

@@ -107,6 +107,16 @@ def test_abandoned_request_frees_its_slot(engine: Engine) -> None:
     assert engine.stats.aborted == before + 1
 
 
+def test_info_describes_the_loaded_model(engine: Engine) -> None:
+    info = engine.info
+    assert info.id == engine.config.id and info.max_context == engine.config.max_context
+    assert info.architecture == "LlamaForCausalLM" and info.model_type == "llama"
+    assert info.device == "cpu" and info.dtype in ("float32", "bfloat16")
+    assert 130_000_000 < info.parameters < 140_000_000  # SmolLM2-135M
+    assert info.vocab_size == engine.vocab_size and info.slots == engine.max_batch_size
+    assert info.quantization == "none" and info.revision is None  # a converted GGUF has no commit hash
+
+
 def test_prompt_over_the_context_window_is_refused(engine: Engine) -> None:
     async def main() -> None:
         params = SamplingParams(max_tokens=engine.max_context)
@@ -168,8 +178,10 @@ def test_requests_waiting_for_a_dying_engine_get_an_error_not_a_hang() -> None:
     eng.runner.prepare = broken_prepare  # type: ignore[method-assign]
     starter = threading.Thread(target=eng.start)
     starter.start()
-    while not eng.alive:
+    deadline = time.monotonic() + 30
+    while not eng.alive and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert eng.alive, "the engine thread did not start within 30 s"
 
     async def main() -> str | None:
         params = SamplingParams(temperature=0.0, max_tokens=4)

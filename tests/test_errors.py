@@ -43,9 +43,6 @@ class FakeRegistry:
                 return cfg
         raise UnknownModelError(name)
 
-    def is_loaded(self, model_id: str) -> bool:
-        return False
-
     def peek(self, model_id: str) -> Any:
         return None
 

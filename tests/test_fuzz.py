@@ -3,7 +3,8 @@ methods. Never a 5xx; every error in its documented shape (OpenAI's, or Anthropi
 and `/v1/messages`) with `param` naming a field the body has; afterwards the server still answers a
 greedy request as before and holds no sequence.
 
-Strategies live in `tests/fuzz_cases.py`; every run has a fixed seed, so CI sees the same cases each time.
+Strategies live in `tests/fuzz_fields.py` (per field) and `tests/fuzz_cases.py` (whole requests); every
+run has a fixed seed, so CI sees the same cases each time.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 
 from server.anthropic.errors import is_anthropic_path
-from tests.fuzz_cases import EDGES, ROUTES, Case, Route, body_cases, broken, encode, path_cases, raw_cases
+from tests.fuzz_cases import EDGES, Case, body_cases, broken, encode, path_cases, raw_cases
+from tests.fuzz_fields import ROUTES, Route
 from tests.helpers import wait_idle
 from tests.launch import MODEL, Server
+
+pytestmark = pytest.mark.slow  # thousands of generated bodies to every route
 
 FUZZ = settings(
     deadline=None,

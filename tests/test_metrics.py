@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,13 @@ def test_counters_move_after_a_request(server: Server, client: openai.OpenAI) ->
     assert moved("hearth_e2e_request_latency_seconds_count", model=MODEL) >= 1
     assert moved("hearth_inter_token_latency_seconds_count", model=MODEL) >= usage.completion_tokens - 1
     assert moved("hearth_sequences_total", model=MODEL, outcome="finished") >= 1
-    assert value(after, "hearth_running_sequences", model=MODEL) >= 0
+    # every generated token came out of its own engine step (the prompt's prefill took one more or several)
+    assert moved("hearth_engine_steps_total", model=MODEL) >= usage.completion_tokens
+    deadline = time.monotonic() + 10  # the slot is freed just after the last token is sent
+    while value(after, "hearth_running_sequences", model=MODEL) != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        _, after = scrape(server.url)
+    assert value(after, "hearth_running_sequences", model=MODEL) == 0
 
 
 def test_unknown_routes_share_one_label(server: Server) -> None:
@@ -109,9 +116,6 @@ class DeadEngine:
 class Registry:
     def models(self) -> tuple[Any, ...]:
         return (type("Cfg", (), {"id": "tiny"})(),)
-
-    def is_loaded(self, model_id: str) -> bool:
-        return True
 
     def peek(self, model_id: str) -> DeadEngine:
         return DeadEngine()

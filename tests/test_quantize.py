@@ -88,6 +88,7 @@ def fp32(base: ModelConfig, cache_dir: Path) -> tuple[float, int]:
     return _perplexity(loaded), _weight_bytes(loaded.model)
 
 
+@pytest.mark.slow  # quantizes the model (and serves it)
 @pytest.mark.parametrize(("setting", "max_ppl", "max_memory"), [("int8", 1.05, 0.60), ("int4", 1.15, 0.40)])
 def test_quantized_perplexity_and_memory_stay_within_bounds(
     base: ModelConfig,
@@ -108,6 +109,7 @@ def test_quantized_perplexity_and_memory_stay_within_bounds(
     assert _weight_bytes(loaded.model) <= bytes_fp32 * max_memory
 
 
+@pytest.mark.slow  # quantizes the model (and serves it)
 @pytest.mark.parametrize(("setting", "kind"), [("int8", Int8Linear), ("int4", Int4Linear)])
 def test_quantized_engine_skips_packing_and_keeps_greedy_output_batch_invariant(
     base: ModelConfig, cache_dir: Path, quantized: dict[str, LoadedModel], setting: str, kind: type
@@ -215,6 +217,7 @@ def quant_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
 
 
+@pytest.mark.slow  # quantizes the model (and serves it)
 @pytest.mark.parametrize("model", ["smollm2-int4", "smollm2-int8"])
 def test_quantized_models_answer_factual_questions(quant_server: Server, model: str) -> None:
     client = openai.OpenAI(base_url=quant_server.base_url, api_key="unused", max_retries=0, timeout=300)
@@ -228,6 +231,7 @@ def test_quantized_models_answer_factual_questions(quant_server: Server, model: 
         )
 
 
+@pytest.mark.slow  # quantizes the model (and serves it)
 def test_an_impossible_quantization_fails_only_its_model(quant_server: Server) -> None:
     body = {"model": "smollm2-int4-f32", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
     r = httpx.post(f"{quant_server.base_url}/chat/completions", json=body, timeout=120)

@@ -20,6 +20,8 @@ import pytest
 from tests.helpers import total, wait_idle
 from tests.launch import MODEL, ROOT, Launched, free_port, launch, small_catalog, stop, wait_healthy
 
+pytestmark = pytest.mark.slow  # two replicas behind nginx
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 DOC = ROOT / "docs" / "scale-out.md"
 CHAT = "/v1/chat/completions"

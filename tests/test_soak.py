@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a 45 s soak against its own server
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

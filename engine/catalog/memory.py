@@ -11,7 +11,10 @@ so no budget is applied there.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,3 +98,19 @@ def slots_for_device(
         return wanted
     free, _total = torch.cuda.mem_get_info(device)
     return fit_slots(shape, wanted, free, utilization, model_id)
+
+
+def release_memory() -> None:
+    """Hand freed model memory back: collect cycles, empty the CUDA cache, and on glibc trim the
+    heap (measured: without it ~300-450 MiB of an unloaded 0.3 GB model stayed in the process).
+
+    Called when a model unloads (engine.catalog.registry) and after quantization replaced its
+    full-precision weights (engine.model.quantize)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+            pass

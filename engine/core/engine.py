@@ -25,6 +25,7 @@ from engine.core.detokenize import IncrementalDetokenizer
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Sequence
+from engine.model.info import ModelInfo, describe
 from engine.model.runner import ModelRunner
 from engine.sampling.grammar import GrammarCompiler, GrammarSpec
 from engine.sampling.logprobs import TokenTexts
@@ -58,6 +59,11 @@ class Engine:
     `async for delta in engine.generate(prompt_ids, params, request_id, n)` yields the `Delta`s of
     n choices (`Delta.index`), each choice's last with `finish_reason`. Leaving the loop early
     (or cancelling) aborts the request.
+
+    Public to the server: `config` (the catalog entry), `info` (a `ModelInfo`: what the model is and
+    how it runs), `tokenizer` (the model's transformers tokenizer, to render prompts and count
+    tokens), `max_context`, `vocab_size`, `stats`, `alive`, `dead_reason`, `check_grammar` and
+    `generate`. The rest (`model`, `runner`, `scheduler`, `sampler`) belongs to the engine.
     """
 
     def __init__(self, loaded: Any, config: ModelConfig) -> None:
@@ -70,6 +76,7 @@ class Engine:
         utilization = config.gpu_memory_utilization
         slots = slots_for_device(shape, config.max_batch_size, device, utilization, config.id)
         self.max_batch_size = slots  # config.max_batch_size, or fewer where the GPU has no room
+        self.info: ModelInfo = describe(self.model, config, slots)
         graphs = config.cuda_graphs if device.type == "cuda" else config.cpu_graphs
         self.runner = ModelRunner(self.model, slots, config.max_context, graphs=graphs)
         self.scheduler = Scheduler(slots, config.max_waiting, config.prefill_chunk)
@@ -105,7 +112,7 @@ class Engine:
     @property
     def stats(self) -> EngineStats:
         with self._lock:
-            return replace(self._stats, extra=dict(self._stats.extra))
+            return replace(self._stats)
 
     def start(self) -> None:
         """Start the engine thread and wait until it is ready to take requests."""

@@ -42,10 +42,6 @@ class SlotKVCache:
                 self.v[:, s, :, start:length].zero_()
                 self._clean[s] = length
 
-    def bytes_per_token(self) -> int:
-        _, _, heads, _, dim = self.k.shape
-        return 2 * self.k.shape[0] * heads * dim * self.k.element_size()
-
     def copy_prefix(self, src: int, dst: int, n_tokens: int) -> None:
         """Copy the keys and values of positions [0, n_tokens) from slot `src` into slot `dst`.
 

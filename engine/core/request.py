@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.sampling.grammar import GrammarSpec
 
@@ -109,4 +109,3 @@ class EngineStats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     cached_tokens: int = 0
-    extra: dict[str, float] = field(default_factory=dict)

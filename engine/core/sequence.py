@@ -70,7 +70,3 @@ class Sequence:
     def remaining(self) -> int:
         """Tokens not yet in the cache; 1 means the sequence is decoding."""
         return len(self.token_ids) - self.num_computed
-
-    @property
-    def completion_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt :]

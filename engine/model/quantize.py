@@ -20,10 +20,7 @@ fifth of the work); a model with tied embeddings keeps its input embedding in bf
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -31,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.catalog.memory import release_memory
 from engine.model.packed_linear import QUANTIZED_LINEARS, Int4Linear, Int8Linear, is_plain_linear
 
 SETTINGS = ("none", "int8", "int4")
@@ -103,7 +101,7 @@ def quantize(model: nn.Module, setting: str, device: torch.device) -> int:
     if device.type == "cpu":
         _to_kernel_linears(model)
     done = before - _linears(model, plain_only=True)
-    _release_freed_memory()
+    release_memory()  # the replaced full-precision weights go back to the OS
     _log.info("quantized %d of %d linear layers to %s (%s)", done, before, setting, device.type)
     return done
 
@@ -168,16 +166,6 @@ def quiet_torchao_import() -> None:
 
         with suppress(ImportError):
             import transformers.quantizers.quantizer_torchao  # noqa: F401
-
-
-def _release_freed_memory() -> None:
-    """Hand the replaced full-precision weights back to the OS (glibc keeps freed heap otherwise)."""
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass  # not glibc
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Pydantic models mirroring Anthropic's Messages API (see "Anthropic Messages" in `api.md`).
+"""Pydantic models mirroring Anthropic's Messages API (see "Anthropic Messages" in `docs/api.md`).
 
 Requests validate strictly and keep unknown fields (logged once, ignored), like the OpenAI ones.
 Content blocks are told apart by their `type`; a block type this server cannot use (an image,
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from server.openai.schemas import RequestModel, omit_none
+from server.openai.schemas import RequestModel
 
 MIN_THINKING_BUDGET = 1024
 ToolName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")]
@@ -252,11 +252,6 @@ class MessageResponse(BaseModel):
     stop_reason: StopReason | None
     stop_sequence: str | None
     usage: MessageUsage
-
-
-class DeltaUsage(BaseModel):
-    output_tokens: int
-    input_tokens: int | None = Field(default=None, exclude_if=omit_none)
 
 
 class TokenCount(BaseModel):

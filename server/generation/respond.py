@@ -77,11 +77,9 @@ class ResponseMeta:
 def system_fingerprint(engine: Engine) -> str:
     """`fp_` and a short hash of what decides a model's output: its id, its revision (the checkpoint's
     commit hash when its config has one, else its source and GGUF file) and the dtype it runs in."""
-    cfg = engine.config
-    commit = getattr(getattr(engine.model, "config", None), "_commit_hash", None)
-    revision = commit or f"{cfg.source}:{cfg.gguf_file or ''}"
-    dtype = str(getattr(engine.model, "dtype", cfg.dtype))
-    return "fp_" + hashlib.sha256(f"{cfg.id}\n{revision}\n{dtype}".encode()).hexdigest()[:10]
+    info = engine.info
+    revision = info.revision or f"{info.source}:{info.gguf_file or ''}"
+    return "fp_" + hashlib.sha256(f"{info.id}\n{revision}\n{info.dtype}".encode()).hexdigest()[:10]
 
 
 class Render(Protocol):
@@ -127,7 +125,7 @@ async def respond(
 async def stream_events(
     deltas: AsyncIterator[Delta], render: Render, n: int, include_usage: bool, param: str
 ) -> AsyncIterator[bytes]:
-    """The SSE events of one streamed answer (see "Streaming" in `api.md`), then `data: [DONE]`.
+    """The SSE events of one streamed answer (see "Streaming" in `docs/api.md`), then `data: [DONE]`.
 
     A failure after the first event becomes `data: {"error": ...}` and `data: [DONE]`. Closing
     this generator (the client left) closes `deltas`, which aborts the engine request.

@@ -1,6 +1,6 @@
 """One error type for the HTTP edge and the handlers that render every failure in the OpenAI error shape.
 
-Body: `{"error": {"message", "type", "param", "code"}}`; see the error table in `api.md`.
+Body: `{"error": {"message", "type", "param", "code"}}`; see the error table in `docs/api.md`.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def _model(state: AppState, cfg: ModelConfig) -> CatalogModel:
     engine = state.registry.peek(cfg.id)
     dtype, device = cfg.dtype, cfg.device
     if engine is not None:
-        dtype, device = str(engine.runner.dtype).removeprefix("torch."), str(engine.runner.device)
+        dtype, device = engine.info.dtype, engine.info.device
     return CatalogModel(
         id=cfg.id,
         created=state.started_at,

@@ -1,4 +1,4 @@
-"""Pydantic models mirroring the OpenAI chat and models APIs, field for field (see `api.md`).
+"""Pydantic models mirroring the OpenAI chat and models APIs, field for field (see `docs/api.md`).
 
 Requests validate strictly (a string is not a number) and keep unknown fields in `model_extra`,
 so the route can log and ignore them. Responses are plain models dumped with `model_dump()`.
@@ -339,14 +339,3 @@ class Model(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Model]
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail

@@ -1,4 +1,4 @@
-"""OpenAI chat `tools`, `tool_choice` and `thinking` request fields (see `api.md`), and the
+"""OpenAI chat `tools`, `tool_choice` and `thinking` request fields (see `docs/api.md`), and the
 `tool_calls` of an answer."""
 
 from __future__ import annotations
