@@ -11,13 +11,20 @@ so no budget is applied there.
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import itertools
 import logging
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.model.attention import KV_BLOCK, round_up
+
+if TYPE_CHECKING:
+    from engine.core.engine import Engine
 
 log = logging.getLogger("hearth.engine")
 
@@ -95,3 +102,36 @@ def slots_for_device(
         return wanted
     free, _total = torch.cuda.mem_get_info(device)
     return fit_slots(shape, wanted, free, utilization, model_id)
+
+
+def engine_bytes(engine: Engine) -> int:
+    """Memory a loaded model holds: its parameters and buffers (a tied tensor once), plus the KV
+    cache when it lives on an accelerator (on the CPU its pages cost memory only once written)."""
+    model = engine.model
+    seen: set[int] = set()
+    total = 0
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        try:
+            key = tensor.data_ptr()
+        except RuntimeError:  # oneDNN-packed weights have no plain storage
+            key = id(tensor)
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel() * tensor.element_size()
+    cache = engine.runner.cache
+    if cache.k.device.type != "cpu":
+        total += cache.k.numel() * cache.k.element_size() * 2
+    return total
+
+
+def release_memory() -> None:
+    """Hand freed model memory back: collect cycles, empty the CUDA cache, and on glibc trim the
+    heap (measured: without it ~300-450 MiB of an unloaded 0.3 GB model stayed in the process)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+            pass

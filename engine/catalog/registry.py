@@ -4,20 +4,17 @@ unloaded when idle or when the memory budget needs room."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
-import itertools
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
 
-import torch
-
 from engine.catalog.config import ModelConfig
+from engine.catalog.memory import engine_bytes, release_memory
 from engine.catalog.models_file import Catalog
+from engine.catalog.recovery import Recovery, RecoveryPolicy
 from engine.core.engine import Engine
+from engine.core.faults import Faults
 from engine.model.loader import LoadedModel, load_model
 
 _log = logging.getLogger("hearth.registry")
@@ -41,45 +38,14 @@ class UnknownModelError(KeyError):
 
 
 class ModelLoadError(RuntimeError):
-    """The model exists but failed to load; the failure is remembered and raised on every later call."""
+    """The model exists but cannot be served now: its load failed, or its engine failed too often.
+    The failure is remembered until `retry_in` seconds have passed (None: not retried)."""
 
-    def __init__(self, model_id: str, message: str) -> None:
+    def __init__(self, model_id: str, message: str, retry_in: float | None = None) -> None:
         super().__init__(f"model {model_id!r} failed to load: {message}")
         self.model_id = model_id
         self.message = message
-
-
-def engine_bytes(engine: Engine) -> int:
-    """Memory a loaded model holds: its parameters and buffers (a tied tensor once), plus the KV
-    cache when it lives on an accelerator (on the CPU its pages cost memory only once written)."""
-    model = engine.model
-    seen: set[int] = set()
-    total = 0
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        try:
-            key = tensor.data_ptr()
-        except RuntimeError:  # oneDNN-packed weights have no plain storage
-            key = id(tensor)
-        if key not in seen:
-            seen.add(key)
-            total += tensor.numel() * tensor.element_size()
-    cache = engine.runner.cache
-    if cache.k.device.type != "cpu":
-        total += cache.k.numel() * cache.k.element_size() * 2
-    return total
-
-
-def release_memory() -> None:
-    """Hand freed model memory back: collect cycles, empty the CUDA cache, and on glibc trim the
-    heap (measured: without it ~300-450 MiB of an unloaded 0.3 GB model stayed in the process)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
-            pass
+        self.retry_in = retry_in
 
 
 def _in_flight(engine: Engine) -> bool:
@@ -96,7 +62,10 @@ class ModelRegistry:
     A model is unloaded (its engine stopped) after `idle_unload_s` without requests, or, least
     recently used first, when the loaded models exceed the catalog's `memory_budget_gb`; a model
     with requests in flight (running, waiting, or handed out within `HANDOFF_S`) never is. A model
-    that fails to load keeps failing with the same `ModelLoadError`; the others keep serving.
+    that fails to load fails with the same `ModelLoadError` until its retry time (`policy`), when
+    a request loads it again; the others keep serving. A model whose engine thread dies is
+    restarted on its loaded weights after a backoff, until it dies too often (see `Recovery`).
+    `faults` injects failures for tests (engine.core.faults).
     `engine_factory` builds the engine from the loaded model (tests pass a fake);
     `attn_implementation` goes to `load_model`.
     """
@@ -107,8 +76,12 @@ class ModelRegistry:
         engine_factory: EngineFactory | None = None,
         *,
         attn_implementation: str | None = None,
+        policy: RecoveryPolicy | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.catalog = catalog
+        self.recovery = Recovery(policy)
+        self._faults = faults or Faults()
         self._factory: EngineFactory = engine_factory or Engine
         self._attn = attn_implementation
         self._locks = {cfg.id: threading.Lock() for cfg in catalog.models}  # one load at a time per model
@@ -116,7 +89,6 @@ class ModelRegistry:
         self._engines: dict[str, Engine] = {}
         self._used: dict[str, float] = {}  # model id -> when it was last handed out or seen busy
         self._sizes: dict[str, int] = {}  # model id -> bytes, measured at its last load
-        self._errors: dict[str, str] = {}
         self._closed = False
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -177,8 +149,9 @@ class ModelRegistry:
             engine = self._take(cfg.id)
             if engine is not None:
                 return engine
-            if cfg.id in self._errors:
-                raise ModelLoadError(cfg.id, self._errors[cfg.id])
+            failure = self.recovery.failure(cfg.id)
+            if failure is not None and failure.retry_in() > 0:
+                raise ModelLoadError(cfg.id, failure.describe(), failure.retry_in())
             if self._closed:
                 raise ModelLoadError(cfg.id, "the server is shutting down")
             self._make_room(cfg.id, self._sizes.get(cfg.id, 0))
@@ -313,13 +286,76 @@ class ModelRegistry:
     def _load(self, cfg: ModelConfig) -> Engine:
         started = time.monotonic()
         try:
+            self._faults.check_load(cfg.id)
             loaded = load_model(cfg, self.catalog.cache_dir, attn_implementation=self._attn)
             engine = self._factory(loaded, cfg)
+            self._watch(cfg.id, engine)
             engine.start()
+            if not engine.alive:
+                raise RuntimeError(engine.dead_reason or "the engine thread did not start")
         except Exception as e:
-            message = f"{type(e).__name__}: {e}"
-            self._errors[cfg.id] = message
-            _log.exception("model %s failed to load", cfg.id)
-            raise ModelLoadError(cfg.id, message) from e
+            failure = self.recovery.load_failed(cfg.id, f"{type(e).__name__}: {e}")
+            _log.exception("model %s failed to load (retried after %.0f s)", cfg.id, failure.retry_in())
+            raise ModelLoadError(cfg.id, failure.describe(), failure.retry_in()) from e
+        self.recovery.loaded(cfg.id)
         _log.info("model %s ready in %.1f s", cfg.id, time.monotonic() - started)
         return engine
+
+    # ---- engine deaths (engine.catalog.recovery) ----
+
+    def _watch(self, model_id: str, engine: Engine) -> None:
+        """Hook a new engine's death (restart it) and its injected faults."""
+        engine.on_death = lambda reason: self._engine_died(model_id, engine, reason)
+        engine.fault = self._faults.step_hook(model_id)
+
+    def _engine_died(self, model_id: str, engine: Engine, reason: str) -> None:
+        """On the dying engine thread: restart it after a backoff, or, when it died too often, drop
+        the model (unavailable until the window passes; then a request loads it afresh)."""
+        if self._closed or self._engines.get(model_id) is not engine:
+            return
+        delay = self.recovery.died(model_id, reason)
+        if delay is None:
+            _log.error("model %s: engine died too often; unavailable: %s", model_id, reason)
+            self._drop(model_id, engine)
+            return
+        _log.warning("model %s: engine died; restarting in %.1f s", model_id, delay)
+        timer = threading.Timer(delay, self._restart, (model_id, engine))
+        timer.name, timer.daemon = f"restart-{model_id}", True
+        timer.start()
+
+    def _restart(self, model_id: str, engine: Engine) -> None:
+        with self._locks[model_id]:
+            if self._closed or self._engines.get(model_id) is not engine:
+                self.recovery.restarted(model_id, ok=False)
+                return
+            try:
+                engine.restart()
+                ok = engine.alive
+            except Exception:
+                _log.exception("model %s: restarting the engine failed", model_id)
+                ok = False
+        self.recovery.restarted(model_id, ok)
+        if ok:
+            _log.info("model %s: engine restarted (%d so far)", model_id, self.recovery.restarts(model_id))
+        elif self.recovery.failure(model_id) is None and not engine.alive:
+            self.recovery.load_failed(model_id, engine.dead_reason or "the engine did not restart")
+            self._drop(model_id, engine)
+
+    def _drop(self, model_id: str, engine: Engine) -> None:
+        """Forget a dead engine (its thread has ended) and free its memory."""
+        with self._state:
+            if self._engines.get(model_id) is engine:
+                del self._engines[model_id]
+        release_memory()
+
+    def health(self) -> dict[str, dict[str, object]]:
+        """Each model that is loaded, restarting or unavailable: its state (see `Recovery.state`)."""
+        out = {}
+        for cfg in self.catalog.models:
+            state = self.recovery.state(cfg.id)
+            engine = self._engines.get(cfg.id)
+            if engine is not None and state["state"] == "ok" and not engine.alive:
+                state = {**state, "state": "dead", "reason": engine.dead_reason}
+            if engine is not None or state["state"] != "ok":
+                out[cfg.id] = {"loaded": engine is not None, **state}
+        return out
