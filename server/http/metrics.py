@@ -122,6 +122,14 @@ class EngineCollector(Collector):
             "0 while a model cannot be served (load failed, engine failed too often, restarting)",
             labels=["model"],
         )
+        memory = GaugeMetricFamily(
+            "hearth_model_memory_bytes",
+            "What a loaded model holds: weights as loaded (packed, quantized) and its whole KV cache",
+            labels=["model"],
+        )
+        sizes = getattr(self.models, "sizes", None)
+        for model_id, size in (sizes() if callable(sizes) else {}).items():
+            memory.add_metric([model_id], size)
         recovery = getattr(self.models, "recovery", None)
         if recovery is not None:
             for cfg in self.models.models():
@@ -138,7 +146,7 @@ class EngineCollector(Collector):
             for outcome in ("submitted", "finished", "aborted", "failed"):
                 outcomes.add_metric([model_id, outcome], getattr(stats, outcome))
             steps.add_metric([model_id], stats.steps)
-        return [waiting, running, alive, outcomes, steps, restarts, available]
+        return [waiting, running, alive, outcomes, steps, restarts, available, memory]
 
 
 def route_label(scope: Scope) -> str:
