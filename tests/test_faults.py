@@ -33,6 +33,7 @@ FAULTS = f"step_raise:model={FAULTY},after=3,times=2;step_raise:model={FAULTY},a
 MAX_RESTARTS = 2
 LOAD_RETRY_S = 3.0
 HEADER_TIMEOUT_S = 3.0
+BODY_TIMEOUT_S = 3.0
 LONG_PROMPT = "Count from one to one hundred in words, separated by commas."
 
 
@@ -96,6 +97,8 @@ def faulty_server(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> It
         str(LOAD_RETRY_S),
         "--header-timeout",
         str(HEADER_TIMEOUT_S),
+        "--body-timeout",
+        str(BODY_TIMEOUT_S),
     ]
     with launch(args, folder / "server.log", env={"HEARTH_FAULTS": FAULTS}) as server:
         yield server
@@ -277,8 +280,11 @@ def test_idle_connections_and_a_slowloris_do_not_block_a_normal_request(faulty_s
     started = time.monotonic()
     idle = open_idle(server.url, 2000)
     slow = socket.create_connection((host, int(port)), timeout=10)
+    slow_body = socket.create_connection((host, int(port)), timeout=10)
     try:
         slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        slow_body.sendall(head + b'Content-Length: 1000\r\n\r\n{"model": ')
         t0 = time.monotonic()
         r = chat(server, OTHER, max_tokens=4)
         assert r.status_code == 200, r.text
@@ -299,13 +305,52 @@ def test_idle_connections_and_a_slowloris_do_not_block_a_normal_request(faulty_s
                 closed_at = time.monotonic()
                 break
         assert closed_at is not None and closed_at - t0 < HEADER_TIMEOUT_S + 4
+        # The body that stopped coming: closed at the body deadline (the app saw a disconnect).
+        slow_body.settimeout(BODY_TIMEOUT_S + 5)
+        assert slow_body.recv(1) == b""
         # The idle connections were closed by the same deadline.
         sample = idle[:: len(idle) // 20]
         for s in sample:
             s.settimeout(HEADER_TIMEOUT_S + 5)
             assert s.recv(1) == b""
     finally:
-        for s in [*idle, slow]:
+        for s in [*idle, slow, slow_body]:
             s.close()
     assert time.monotonic() - started < 30
     assert_other_serves(server)
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("step_explode:model=m", "unknown fault"),
+        ("step_raise:after=3", "names no model"),
+        ("step_raise:model=m,after=x", "integers"),
+        ("load_fail:model=m,when=now", "bad field"),
+        ("step_raise:model=m,every=0", "every >= 1"),
+    ],
+)
+def test_a_bad_faults_spec_is_refused(spec: str, problem: str) -> None:
+    from engine.core.faults import parse_faults
+
+    with pytest.raises(ValueError, match=problem):
+        parse_faults(spec)
+
+
+def test_serve_refuses_a_bad_faults_spec_and_lists_the_fault_flags() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.launch import ROOT
+
+    env = {**os.environ, "HEARTH_FAULTS": "step_raise:after=3"}
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "HEARTH_FAULTS" in done.stderr and "names no model" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "serve", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    for flag in ("--engine-max-restarts", "--load-retry", "--limit-concurrency", "--header-timeout"):
+        assert flag in done.stdout

@@ -57,7 +57,7 @@ def parse_faults(text: str) -> tuple[FaultSpec, ...]:
         except ValueError:
             raise ValueError(f"{FAULTS_ENV}: after, times and every are integers in {part!r}") from None
         if any(v < (1 if k == "every" else 0) for k, v in numbers.items()):
-            raise ValueError(f"{FAULTS_ENV}: negative count in {part!r}")
+            raise ValueError(f"{FAULTS_ENV}: after and times must be >= 0, every >= 1 in {part!r}")
         specs.append(FaultSpec(kind, fields["model"], **numbers))
     return tuple(specs)
 
