@@ -122,6 +122,8 @@ class Engine:
         """After the thread died: a fresh thread, scheduler and sampler on the same weights and
         runner (its lean forward owns the weights; its KV cache slots are rewritten before read).
         Returns once the thread runs; `dead_reason` is cleared by the thread itself."""
+        if self._thread is not None:
+            self._thread.join(timeout=10)  # the dying thread calls on_death just before it ends
         assert not self.alive, "restart() of a running engine"
         slots = self.max_batch_size
         with self._lock:  # generate() sees dead_reason set until the new thread is ready
@@ -372,14 +374,10 @@ class Engine:
         self._release(seq, failed=True)
 
     def _fail_all(self, message: str) -> None:
-        """Fail every request the thread holds or has not read yet (the thread is dying): each gets
+        """Fail every request the thread holds or has not read yet (the thread is dying); each gets
         its error delta even when the scheduler's own state is what broke."""
-        try:
-            self._drain_inbox(block=False)
-        except Exception:
-            log.exception("engine for %s: draining the inbox of a dead engine failed", self.config.id)
         seqs = [*self.scheduler.running, *self.scheduler.waiting]
-        while True:  # what is still in the inbox (the drain above may have stopped half-way)
+        while True:
             try:
                 cmd = self._inbox.get(block=False)
             except queue.Empty:
