@@ -20,14 +20,20 @@ from engine.catalog.models_file import (
     load_catalog,
     resolve_source,
 )
+from engine.catalog.recovery import RecoveryPolicy
 from engine.catalog.registry import ModelLoadError, ModelRegistry, UnknownModelError
-from engine.core.engine import Engine, EngineDeadError, QueueFullError
+from engine.core.engine import ENGINE_FAILED, Engine, EngineDeadError, QueueFullError
+from engine.core.faults import FAULTS_ENV, Faults
 from engine.core.prompt import ChatTemplateError, render_chat
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 from engine.model.info import ModelInfo
 from engine.sampling.grammar import GrammarSpec
 
 __all__ = [
+    "ENGINE_FAILED",
+    "FAULTS_ENV",
+    "Faults",
+    "RecoveryPolicy",
     "HF_PREFIX",
     "PACKAGE_PREFIX",
     "resolve_source",

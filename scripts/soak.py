@@ -12,6 +12,16 @@ the server's RSS at the end of the warm-up (the first 10 % of the duration). Aft
 - RSS grew less than 5 % from the end of the warm-up to the end;
 - the three greedy answers are the same as before.
 
+With --faults SPEC the server it starts gets `$HEARTH_FAULTS` (engine/core/faults.py), e.g.
+`step_raise:model=smollm2-135m-instruct,after=300,times=3,every=500`: engine steps raise during the
+load, so the engine dies and is restarted. A request answered with a documented fault error (500
+`engine_failed`, before or mid-stream, or 503 `model_unavailable` while the engine restarts) counts
+as `fault errors`, not as lost; every other outcome must be as without faults, and the greedy
+answers after the restarts must be the same as before them.
+
+Every POST route is exercised: chat, completions and Anthropic messages, and the routes in
+`OPTIONAL_ROUTES` (Responses, embeddings, Ollama) when the server has them (found at start).
+
 Without --url it starts Hearth on a free port (the helpers of `scripts/bench_servers.py`) and stops it after.
 With --url the server's pid is found from its listening port (a local server run by this user) or
 given with --pid; without one the thread and RSS checks are skipped. Exit status 0: all checks passed.
@@ -76,7 +86,11 @@ def chat_body(model: str, prompt: str, max_tokens: int, **extra: Any) -> dict[st
 async def greedy_answers(client: httpx.AsyncClient, model: str) -> list[str]:
     out = []
     for prompt in GREEDY_PROMPTS:
-        r = await client.post("/v1/chat/completions", json=chat_body(model, prompt, 24, temperature=0))
+        for _ in range(10):  # an injected fault may hit it (--faults): retry once the engine is back
+            r = await client.post("/v1/chat/completions", json=chat_body(model, prompt, 24, temperature=0))
+            if not fault_error(r.status_code, _json(r.content)):
+                break
+            await asyncio.sleep(2)
         r.raise_for_status()
         out.append(r.json()["choices"][0]["message"]["content"])
     return out
@@ -119,13 +133,75 @@ async def send_bad(client: httpx.AsyncClient, tally: Tally, model: str, rng: ran
         tally.fail(f"bad request {method} {path}: {r.status_code} {r.text[:200]}")
 
 
-def good_request(model: str, rng: random.Random, max_tokens: int) -> tuple[str, dict[str, Any], bool]:
+# Routes other helpers add: (path, body(model, prompt, max_tokens, stream), can stream). Each is used
+# only when the server has it (`available_routes`); a new route is one line here.
+OPTIONAL_ROUTES: dict[str, tuple[str, Any, bool]] = {
+    "responses": (
+        "/v1/responses",
+        lambda m, p, n, s: {"model": m, "input": p, "max_output_tokens": max(n, 16), "stream": s},
+        True,
+    ),
+    "embeddings": ("/v1/embeddings", lambda m, p, n, s: {"model": m, "input": p}, False),
+    "ollama-chat": (
+        "/api/chat",
+        lambda m, p, n, s: {
+            "model": m,
+            "messages": [{"role": "user", "content": p}],
+            "stream": s,
+            "options": {"num_predict": n},
+        },  # fmt: skip
+        True,
+    ),
+    "ollama-generate": (
+        "/api/generate",
+        lambda m, p, n, s: {"model": m, "prompt": p, "stream": s, "options": {"num_predict": n}},
+        True,
+    ),
+}
+
+
+def available_routes(url: str) -> list[str]:
+    """The `OPTIONAL_ROUTES` the server has: a POST of `{}` is not answered 404 or 405."""
+    found = []
+    for name, (path, _, _) in OPTIONAL_ROUTES.items():
+        try:
+            status = httpx.post(f"{url}{path}", json={}, timeout=30).status_code
+        except httpx.HTTPError:
+            continue
+        if status not in (404, 405):
+            found.append(name)
+    return found
+
+
+def fault_error(status: int, data: Any) -> bool:
+    """A documented answer to an injected fault: 500 `engine_failed` (OpenAI shape; Anthropic's says
+    so in its message) or 503 `model_unavailable` (the engine restarting)."""
+    if not isinstance(data, dict):
+        return False
+    error = data.get("error")
+    if not isinstance(error, dict):
+        return False
+    if status == 500:
+        return error.get("code") == "engine_failed" or "engine is being restarted" in str(
+            error.get("message")
+        )
+    return status == 503 and (
+        error.get("code") == "model_unavailable" or error.get("type") == "overloaded_error"
+    )
+
+
+def good_request(
+    model: str, rng: random.Random, max_tokens: int, extra_routes: Sequence[str] = ()
+) -> tuple[str, dict[str, Any], bool]:
     """(path, body, stream) of a normal request."""
     prompt = rng.choice(PROMPTS)
     n = rng.randint(max(1, max_tokens // 4), max_tokens)
     temperature = rng.choice([0, 0.7, 1.0])
     stream = rng.random() < 0.5
     kind = rng.random()
+    if extra_routes and rng.random() < 0.25:
+        path, make, can_stream = OPTIONAL_ROUTES[rng.choice(list(extra_routes))]
+        return path, make(model, prompt, n, stream and can_stream), stream and can_stream
     if kind < 0.6:
         extra = {"stream_options": {"include_usage": True}} if stream else {}
         return (
@@ -144,27 +220,71 @@ def good_request(model: str, rng: random.Random, max_tokens: int) -> tuple[str, 
 
 
 async def send_good(
-    client: httpx.AsyncClient, tally: Tally, model: str, rng: random.Random, max_tokens: int
+    client: httpx.AsyncClient,
+    tally: Tally,
+    model: str,
+    rng: random.Random,
+    max_tokens: int,
+    extra_routes: Sequence[str] = (),
 ) -> None:
-    path, body, stream = good_request(model, rng, max_tokens)
+    path, body, stream = good_request(model, rng, max_tokens, extra_routes)
+    tally.counts[f"route {path}"] += 1
     if not stream:
         r = await client.post(path, json=body)
-        if r.status_code == 200 and ("choices" in r.json() or r.json().get("type") == "message"):
+        data = _json(r.content)
+        if r.status_code == 200 and isinstance(data, dict) and "error" not in data:
             tally.counts["ok"] += 1
+        elif fault_error(r.status_code, data):
+            tally.counts["fault_errors"] += 1
         else:
             tally.fail(f"POST {path}: {r.status_code} {r.text[:200]}")
         return
     async with client.stream("POST", path, json=body) as r:
         if r.status_code != 200:
-            tally.fail(f"POST {path} (stream): {r.status_code} {(await r.aread())[:200]!r}")
+            text = await r.aread()
+            if fault_error(r.status_code, _json(text)):
+                tally.counts["fault_errors"] += 1
+            else:
+                tally.fail(f"POST {path} (stream): {r.status_code} {text[:200]!r}")
             return
         lines = [line async for line in r.aiter_lines()]
-    end = "event: message_stop" if path.startswith("/anthropic") else "data: [DONE]"
     errors = [line for line in lines if line.startswith(("event: error", 'data: {"error"'))]
-    if end in lines and not errors:
+    if errors and all("engine_failed" in e or "engine is being restarted" in e for e in _payloads(lines)):
+        tally.counts["fault_errors"] += 1
+    elif not errors and _stream_ended(path, lines):
         tally.counts["ok"] += 1
     else:
         tally.fail(f"POST {path} (stream) ended badly: {(errors or lines[-3:])}")
+
+
+def _json(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+def _payloads(lines: list[str]) -> list[str]:
+    """The data lines of a stream's error events."""
+    out, error_event = [], False
+    for line in lines:
+        if line.startswith("event:"):
+            error_event = line == "event: error"
+        elif line.startswith("data:") and (error_event or line.startswith('data: {"error"')):
+            out.append(line)
+    return out
+
+
+def _stream_ended(path: str, lines: list[str]) -> bool:
+    """Whether a stream ended as its API ends one (OpenAI `[DONE]`, Anthropic `message_stop`, the
+    Responses API's `response.completed`, Ollama's `"done": true` line)."""
+    if path.startswith(("/anthropic", "/v1/messages")):
+        return "event: message_stop" in lines
+    if path == "/v1/responses":
+        return "event: response.completed" in lines
+    if path.startswith("/api/"):
+        return bool(lines) and '"done":true' in lines[-1].replace(" ", "")
+    return "data: [DONE]" in lines
 
 
 async def send_and_hang_up(client: httpx.AsyncClient, tally: Tally, model: str, rng: random.Random) -> None:
@@ -173,7 +293,10 @@ async def send_and_hang_up(client: httpx.AsyncClient, tally: Tally, model: str, 
     keep = rng.randint(1, 6)
     async with client.stream("POST", "/v1/chat/completions", json=body) as r:
         if r.status_code != 200:
-            tally.fail(f"disconnecting stream: {r.status_code}")
+            if fault_error(r.status_code, _json(await r.aread())):
+                tally.counts["fault_errors"] += 1
+            else:
+                tally.fail(f"disconnecting stream: {r.status_code}")
             return
         seen = 0
         async for line in r.aiter_lines():
@@ -197,6 +320,7 @@ class Options:
     disconnect_fraction: float
     bad_fraction: float
     seed: int
+    extra_routes: tuple[str, ...] = ()
 
 
 async def load(opts: Options, tally: Tally, on_tick: Any) -> None:
@@ -219,7 +343,7 @@ async def load(opts: Options, tally: Tally, on_tick: Any) -> None:
                 elif roll < opts.bad_fraction + opts.disconnect_fraction:
                     await send_and_hang_up(client, tally, opts.model, rng)
                 else:
-                    await send_good(client, tally, opts.model, rng, opts.max_tokens)
+                    await send_good(client, tally, opts.model, rng, opts.max_tokens, opts.extra_routes)
             except (httpx.HTTPError, ValueError) as e:
                 tally.fail(f"{type(e).__name__}: {e}")
 
@@ -257,6 +381,15 @@ def idle_stats(url: str, wait: float) -> dict[str, tuple[int, int]]:
         if not busy or time.monotonic() > deadline:
             return busy
         time.sleep(0.2)
+
+
+def engine_restarts(url: str, model: str) -> float | None:
+    """`hearth_engine_restarts_total` of `model` from /metrics (None when the server has none)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f'hearth_engine_restarts_total{{model="{model}"}}'):
+            return float(line.split()[-1])
+    return None
 
 
 def settle_threads(pid: int, target: int, margin: int, wait: float) -> int:
@@ -309,9 +442,15 @@ def soak(opts: Options, rss_limit: float, thread_margin: int) -> bool:
         ("greedy answers", after == before),
     ]
     c = tally.counts
-    total = c["ok"] + c["failed"] + c["expected_4xx"] + c["disconnects"]
+    total = c["ok"] + c["failed"] + c["expected_4xx"] + c["disconnects"] + c["fault_errors"]
     print(f"\nrequests: {total} in {wall:.0f} s ({total / wall:.1f}/s): {c['ok']} ok, {c['failed']} failed, "
-          f"{c['expected_4xx']} expected 4xx, {c['disconnects']} disconnects")  # fmt: skip
+          f"{c['expected_4xx']} expected 4xx, {c['disconnects']} disconnects, "
+          f"{c['fault_errors']} fault errors (documented)")  # fmt: skip
+    routes = {k.removeprefix("route "): v for k, v in sorted(c.items()) if k.startswith("route ")}
+    print(f"routes: {routes}")
+    restarts = engine_restarts(opts.url, opts.model)
+    if restarts is not None:
+        print(f"engine restarts during the load: {restarts:g}")
     aborted = stats_after.get("aborted", 0) - stats_before.get("aborted", 0)
     tokens = stats_after.get("generated_tokens", 0) - stats_before.get("generated_tokens", 0)
     print(f"engine: {tokens} tokens generated, {aborted} sequences aborted; still busy: {busy or 'none'}")
@@ -362,6 +501,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hearth-config", type=Path, help="models.yaml for the Hearth it starts (--config)")
     p.add_argument("--hearth-python", type=Path, help="interpreter for Hearth (default: .venv's)")
+    p.add_argument(
+        "--faults",
+        help="$HEARTH_FAULTS for the Hearth it starts (not with --url), e.g. "
+        "step_raise:model=smollm2-135m-instruct,after=300,times=3,every=500",
+    )
     args = p.parse_args(argv)
     if args.duration <= 0 or args.concurrency < 1 or args.max_tokens < 1:
         p.error("--duration, --concurrency and --max-tokens must be positive")
@@ -371,9 +515,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace, url: str) -> bool:
     pid = local_pid(url, args.pid)
     model = args.model or first_model_id(url)
+    extra = tuple(available_routes(url))
+    print(f"optional routes found: {', '.join(extra) or 'none'}", flush=True)
     opts = Options(
         url, model, pid, args.duration, args.concurrency, args.max_tokens,
-        args.disconnect_fraction, args.bad_fraction, args.seed,
+        args.disconnect_fraction, args.bad_fraction, args.seed, extra,
     )  # fmt: skip
     return soak(opts, args.rss_growth, args.thread_margin)
 
@@ -382,10 +528,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.url:
+            if args.faults:
+                print("soak: --faults needs the server it starts (drop --url)", file=sys.stderr)
+                return 2
             return 0 if run(args, args.url.rstrip("/")) else 1
         port = free_port()
         cmd = hearth_cmd(port, args.hearth_python, args.hearth_config, args.model)
-        with server("hearth", cmd, port) as url:
+        env = {"HEARTH_FAULTS": args.faults} if args.faults else None
+        with server("hearth", cmd, port, env=env) as url:
             return 0 if run(args, url) else 1
     except KeyboardInterrupt:
         print("soak: interrupted", file=sys.stderr)

@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import ModelRegistry, load_catalog
+from engine import Faults, ModelRegistry, RecoveryPolicy, load_catalog
 from server import ui
 from server.http.auth import OPEN_PATHS, APIKeyMiddleware
 from server.http.context import RequestContext, bind, unbind
@@ -70,7 +70,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     catalog = load_catalog(settings.config_path)
     if settings.dtype is not None:
         catalog = catalog.with_dtype(settings.dtype)
-    registry = ModelRegistry(catalog)
+    policy = RecoveryPolicy(
+        max_restarts=settings.engine_max_restarts,
+        restart_window_s=settings.engine_restart_window,
+        load_retry_s=settings.load_retry,
+    )
+    registry = ModelRegistry(catalog, policy=policy, faults=Faults.parse(settings.faults))
+    if settings.faults:
+        logger.warning("injecting faults (for tests only): %s", settings.faults)
     collector = metrics.watch(registry)
     try:
         default = registry.resolve(settings.default_model or catalog.default).id

@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from engine import CatalogError, load_catalog
 from server.app import create_app
 from server.http.auth import KEYS_ENV
+from server.http.connections import raise_open_files, uvicorn_options
 from server.http.context import RequestIdFilter
 from server.http.drain import Drain
 from server.settings import Settings
@@ -87,12 +88,14 @@ class DrainingServer(uvicorn.Server):
 def serve(app: Starlette, settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain: no new connections or requests (503), open ones get
     `shutdown_grace` seconds, the engines stop, and the process exits 0."""
+    raise_open_files(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        **uvicorn_options(settings),
     )
     # uvicorn re-raises the signal that stopped it once it is done; exit 0 then, not by the signal.
     signal.signal(signal.SIGTERM, _exit_cleanly)

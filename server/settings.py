@@ -33,6 +33,18 @@ class Settings:
     request_timeout: float | None = None
     shutdown_grace: float = 15.0  # seconds running requests may take to finish after SIGTERM
     dtype: str | None = None  # overrides every unquantized catalog model's dtype (--dtype)
+    # Faults (README "Faults"): engine restarts per window, then unavailable; failed loads retried
+    engine_max_restarts: int = 3
+    engine_restart_window: float = 300.0  # seconds
+    load_retry: float = 5.0  # seconds before a failed load is retried (doubling, at most 300 s)
+    faults: str | None = None  # $HEARTH_FAULTS: injected faults, for tests only (engine.core.faults)
+    # Connections (server.http.connections): uvicorn's limits and Hearth's read timeouts
+    limit_concurrency: int | None = 4096  # open connections (and tasks) before new requests get 503
+    backlog: int = 2048  # pending TCP connections the kernel queues
+    timeout_keep_alive: float = 5.0  # seconds an idle keep-alive connection stays open
+    max_header_bytes: int = 64 * 1024  # request line + headers (h11's max incomplete event size)
+    header_timeout: float = 10.0  # seconds from connecting (or the end of a response) to full headers
+    body_timeout: float = 60.0  # seconds from the headers to the end of the body
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -51,3 +63,18 @@ class Settings:
             raise ValueError("request_timeout must be > 0 seconds")
         if not self.shutdown_grace >= 0:
             raise ValueError("shutdown_grace must be >= 0 seconds")
+        if self.engine_max_restarts < 0:
+            raise ValueError("engine_max_restarts must be >= 0")
+        if self.limit_concurrency is not None and self.limit_concurrency < 1:
+            raise ValueError("limit_concurrency must be >= 1")
+        if self.backlog < 1 or self.max_header_bytes < 1024:
+            raise ValueError("backlog must be >= 1 and max_header_bytes >= 1024")
+        for name in (
+            "engine_restart_window",
+            "load_retry",
+            "timeout_keep_alive",
+            "header_timeout",
+            "body_timeout",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds")

@@ -16,11 +16,14 @@ import gc
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.model.attention import KV_BLOCK, round_up
+
+if TYPE_CHECKING:
+    from engine.core.engine import Engine
 
 log = logging.getLogger("hearth.engine")
 
@@ -98,6 +101,64 @@ def slots_for_device(
         return wanted
     free, _total = torch.cuda.mem_get_info(device)
     return fit_slots(shape, wanted, free, utilization, model_id)
+
+
+def engine_bytes(engine: Engine) -> int:
+    """Memory a loaded model holds at most: `weight_bytes` plus its whole KV cache (on a CPU the
+    cache's pages are touched only as sequences grow, so the process's RSS starts lower)."""
+    return weight_bytes(engine) + kv_bytes(engine)
+
+
+def weight_bytes(engine: Engine) -> int:
+    """The bytes of every tensor the model's forward reads: parameters and buffers, tensors held
+    as plain attributes, the weights the lean forward took over (concatenated, oneDNN-packed or
+    quantized: the model's own projections are gone then), each storage counted once."""
+    return tensor_bytes([engine.model, getattr(engine.runner, "lean", None)])
+
+
+def kv_bytes(engine: Engine) -> int:
+    cache = engine.runner.cache
+    return int(cache.k.numel() * cache.k.element_size() + cache.v.numel() * cache.v.element_size())
+
+
+def tensor_bytes(roots: list[Any]) -> int:
+    """The bytes of the distinct tensor storages reachable from `roots`: modules (their parameters,
+    buffers and tensor attributes, recursively), lists, tuples, dicts, and the attributes of
+    Hearth's own objects (`engine.*` classes); tensor subclasses (torchao) by their inner tensors."""
+    storages: dict[int, int] = {}
+    visited: set[int] = set()
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if obj is None or isinstance(obj, str | int | float | bool) or id(obj) in visited:
+            continue
+        visited.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            _count_tensor(obj, storages, stack)
+        elif isinstance(obj, torch.nn.Module):
+            stack.extend(v for v in vars(obj).values() if isinstance(v, torch.Tensor))
+            stack.extend(obj._parameters.values())
+            stack.extend(obj._buffers.values())
+            stack.extend(obj._modules.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif type(obj).__module__.startswith("engine.") and hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+    return sum(storages.values())
+
+
+def _count_tensor(t: torch.Tensor, storages: dict[int, int], stack: list[Any]) -> None:
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        stack.extend(getattr(t, name) for name in names)
+        return
+    try:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+    except (RuntimeError, NotImplementedError, TypeError):  # oneDNN-packed (mkldnn) tensors: no storage
+        storages[id(t)] = t.numel() * t.element_size()
 
 
 def release_memory() -> None:

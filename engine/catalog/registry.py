@@ -4,16 +4,19 @@ unloaded when idle or when the memory budget needs room."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
 
 from engine.catalog.config import ModelConfig
-from engine.catalog.memory import release_memory
+from engine.catalog.footprint import estimate_bytes
+from engine.catalog.memory import engine_bytes, kv_bytes, release_memory
 from engine.catalog.models_file import Catalog
+from engine.catalog.recovery import Recovery, RecoveryPolicy
+from engine.catalog.restarts import EngineRestarts
 from engine.core.engine import Engine
+from engine.core.faults import Faults
 from engine.model.loader import LoadedModel, load_model
 
 _log = logging.getLogger("hearth.registry")
@@ -37,32 +40,14 @@ class UnknownModelError(KeyError):
 
 
 class ModelLoadError(RuntimeError):
-    """The model exists but failed to load; the failure is remembered and raised on every later call."""
+    """The model exists but cannot be served now: its load failed, or its engine failed too often.
+    The failure is remembered until `retry_in` seconds have passed (None: not retried)."""
 
-    def __init__(self, model_id: str, message: str) -> None:
+    def __init__(self, model_id: str, message: str, retry_in: float | None = None) -> None:
         super().__init__(f"model {model_id!r} failed to load: {message}")
         self.model_id = model_id
         self.message = message
-
-
-def engine_bytes(engine: Engine) -> int:
-    """Memory a loaded model holds: its parameters and buffers (a tied tensor once), plus the KV
-    cache when it lives on an accelerator (on the CPU its pages cost memory only once written)."""
-    model = engine.model
-    seen: set[int] = set()
-    total = 0
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        try:
-            key = tensor.data_ptr()
-        except RuntimeError:  # oneDNN-packed weights have no plain storage
-            key = id(tensor)
-        if key not in seen:
-            seen.add(key)
-            total += tensor.numel() * tensor.element_size()
-    cache = engine.runner.cache
-    if cache.k.device.type != "cpu":
-        total += cache.k.numel() * cache.k.element_size() * 2
-    return total
+        self.retry_in = retry_in
 
 
 def _in_flight(engine: Engine) -> bool:
@@ -71,7 +56,7 @@ def _in_flight(engine: Engine) -> bool:
     return stats.running + stats.waiting > 0
 
 
-class ModelRegistry:
+class ModelRegistry(EngineRestarts):
     """Hands out one started `Engine` per catalog model, loading each on first use.
 
     Loads are serialized per model, so concurrent first requests load it once (two models may
@@ -79,7 +64,10 @@ class ModelRegistry:
     A model is unloaded (its engine stopped) after `idle_unload_s` without requests, or, least
     recently used first, when the loaded models exceed the catalog's `memory_budget_gb`; a model
     with requests in flight (running, waiting, or handed out within `HANDOFF_S`) never is. A model
-    that fails to load keeps failing with the same `ModelLoadError`; the others keep serving.
+    that fails to load fails with the same `ModelLoadError` until its retry time (`policy`), when
+    a request loads it again; the others keep serving. A model whose engine thread dies is
+    restarted on its loaded weights after a backoff, until it dies too often (see `Recovery`).
+    `faults` injects failures for tests (engine.core.faults).
     `engine_factory` builds the engine from the loaded model (tests pass a fake);
     `attn_implementation` goes to `load_model`.
     """
@@ -90,8 +78,12 @@ class ModelRegistry:
         engine_factory: EngineFactory | None = None,
         *,
         attn_implementation: str | None = None,
+        policy: RecoveryPolicy | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.catalog = catalog
+        self.recovery = Recovery(policy)
+        self._faults = faults or Faults()
         self._factory: EngineFactory = engine_factory or Engine
         self._attn = attn_implementation
         self._locks = {cfg.id: threading.Lock() for cfg in catalog.models}  # one load at a time per model
@@ -99,7 +91,6 @@ class ModelRegistry:
         self._engines: dict[str, Engine] = {}
         self._used: dict[str, float] = {}  # model id -> when it was last handed out or seen busy
         self._sizes: dict[str, int] = {}  # model id -> bytes, measured at its last load
-        self._errors: dict[str, str] = {}
         self._closed = False
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -157,11 +148,14 @@ class ModelRegistry:
             engine = self._take(cfg.id)
             if engine is not None:
                 return engine
-            if cfg.id in self._errors:
-                raise ModelLoadError(cfg.id, self._errors[cfg.id])
+            failure = self.recovery.failure(cfg.id)
+            if failure is not None and failure.retry_in() > 0:
+                raise ModelLoadError(cfg.id, failure.describe(), failure.retry_in())
             if self._closed:
                 raise ModelLoadError(cfg.id, "the server is shutting down")
-            self._make_room(cfg.id, self._sizes.get(cfg.id, 0))
+            need = self._sizes.get(cfg.id) or estimate_bytes(cfg, self.catalog.cache_dir) or 0
+            self._check_budget(cfg.id, need)
+            self._make_room(cfg.id, need)
             engine = self._load(cfg)
             size = engine_bytes(engine)
             with self._state:
@@ -173,7 +167,10 @@ class ModelRegistry:
         if closed:  # shutdown() ran while this model was loading
             engine.shutdown()
             raise ModelLoadError(cfg.id, "the server is shutting down")
-        _log.info("model %s is loaded (%.2f GB; loaded: %s)", cfg.id, size / GB, ", ".join(self.loaded_ids()))
+        kv = kv_bytes(engine)
+        loaded_ids = ", ".join(self.loaded_ids())
+        _log.info("model %s is loaded (%.2f GB: %.2f GB weights, %.2f GB KV cache at most; loaded: %s)",
+                  cfg.id, size / GB, (size - kv) / GB, kv / GB, loaded_ids)  # fmt: skip
         self._make_room(cfg.id, 0)
         self._ensure_reaper()
         return engine
@@ -231,6 +228,22 @@ class ModelRegistry:
             engine.shutdown()
         if self._reaper is not None and self._reaper is not threading.current_thread():
             self._reaper.join(timeout=5)
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes each loaded model holds (weights and KV cache, as measured at its load)."""
+        with self._state:
+            return {i: self._sizes[i] for i in self._engines}
+
+    def _check_budget(self, model_id: str, need: int) -> None:
+        """Refuse, before loading, a model that alone would not fit `memory_budget_gb`."""
+        budget = self.budget_bytes
+        if budget is not None and need > budget:
+            raise ModelLoadError(
+                model_id,
+                f"it needs about {need / GB:.2f} GB (weights and KV cache), more than memory_budget_gb "
+                f"{budget / GB:.2f}; lower its max_context or max_batch_size, quantize it, or raise the "
+                "budget",
+            )
 
     def _take(self, model_id: str) -> Engine | None:
         """The loaded engine of `model_id`, marked as used now; None when not loaded."""
@@ -293,13 +306,17 @@ class ModelRegistry:
     def _load(self, cfg: ModelConfig) -> Engine:
         started = time.monotonic()
         try:
+            self._faults.check_load(cfg.id)
             loaded = load_model(cfg, self.catalog.cache_dir, attn_implementation=self._attn)
             engine = self._factory(loaded, cfg)
+            self._watch(cfg.id, engine)
             engine.start()
+            if not engine.alive:
+                raise RuntimeError(engine.dead_reason or "the engine thread did not start")
         except Exception as e:
-            message = f"{type(e).__name__}: {e}"
-            self._errors[cfg.id] = message
-            _log.exception("model %s failed to load", cfg.id)
-            raise ModelLoadError(cfg.id, message) from e
+            failure = self.recovery.load_failed(cfg.id, f"{type(e).__name__}: {e}")
+            _log.exception("model %s failed to load (retried after %.0f s)", cfg.id, failure.retry_in())
+            raise ModelLoadError(cfg.id, failure.describe(), failure.retry_in()) from e
+        self.recovery.loaded(cfg.id)
         _log.info("model %s ready in %.1f s", cfg.id, time.monotonic() - started)
         return engine

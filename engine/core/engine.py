@@ -13,7 +13,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,7 +39,10 @@ class QueueFullError(RuntimeError):
 
 
 class EngineDeadError(RuntimeError):
-    """The engine thread has stopped; no request can be served."""
+    """The engine thread has stopped; no request can be served (until `Engine.restart`)."""
+
+
+ENGINE_FAILED = "engine_failed"  # `Delta.error_code` of the requests in flight when the thread died
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class Engine:
         self._ready = threading.Event()
         self._stopping = False
         self.dead_reason: str | None = None
+        self.on_death: Callable[[str], None] | None = None  # called on the dying thread (the registry's)
+        self.fault: Callable[[], None] | None = None  # before each step with work (engine.core.faults)
 
     @property
     def max_context(self) -> int:
@@ -119,6 +124,25 @@ class Engine:
         self._thread = threading.Thread(target=self._main, name=f"engine-{self.config.id}", daemon=True)
         self._thread.start()
         self._ready.wait()
+
+    def restart(self) -> None:
+        """After the thread died: a fresh thread, scheduler and sampler on the same weights and
+        runner (its lean forward owns the weights; its KV cache slots are rewritten before read).
+        Returns once the thread runs; `dead_reason` is cleared by the thread itself."""
+        if self._thread is not None:
+            self._thread.join(timeout=10)  # the dying thread calls on_death just before it ends
+        assert not self.alive, "restart() of a running engine"
+        slots = self.max_batch_size
+        with self._lock:  # generate() sees dead_reason set until the new thread is ready
+            self.scheduler = Scheduler(slots, self.config.max_waiting, self.config.prefill_chunk)
+            self.sampler = Sampler(slots + 1, TokenTexts(self.tokenizer), self.grammars)
+            self._inbox = queue.SimpleQueue()
+            self._detoks = {}
+            self._pending = 0
+            self._update_gauges()
+        self._ready = threading.Event()
+        self._stopping = False
+        self.start()
 
     def shutdown(self) -> None:
         self._stopping = True
@@ -180,6 +204,8 @@ class Engine:
         try:
             try:
                 self.runner.prepare(threads)
+                with self._lock:
+                    self.dead_reason = None  # cleared here, so a restart is live only once prepared
             finally:
                 self._ready.set()
             log.info(
@@ -199,7 +225,11 @@ class Engine:
                 self.dead_reason = reason  # from here on, generate() refuses new requests
             log.exception("engine for %s died", self.config.id)
             self._fail_all(reason)
-            raise
+            if self.on_death is not None:
+                try:
+                    self.on_death(reason)
+                except Exception:
+                    log.exception("engine for %s: the death callback failed", self.config.id)
 
     def _drain_inbox(self, block: bool) -> None:
         while True:
@@ -234,6 +264,8 @@ class Engine:
         plan = self.scheduler.schedule()
         if not plan:
             return
+        if self.fault is not None:
+            self.fault()  # an injected fault (tests): raises out of the step, killing the thread
         with self._lock:  # admitted sequences count as running before their first delta is out
             self._update_gauges()
         try:
@@ -333,7 +365,7 @@ class Engine:
                 self._stats.finished += 1
             self._update_gauges()
 
-    def _fail(self, seq: Sequence, message: str) -> None:
+    def _fail(self, seq: Sequence, message: str, code: str | None = None) -> None:
         seq.emit(
             Delta(
                 text="",
@@ -343,15 +375,29 @@ class Engine:
                 finish_reason=FinishReason.ERROR,
                 error=message,
                 index=seq.index,
+                error_code=code,
             )
         )
         self._release(seq, failed=True)
 
     def _fail_all(self, message: str) -> None:
-        """Fail every request the thread holds or has not read yet (the thread is dying)."""
-        self._drain_inbox(block=False)
-        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
-            self._fail(seq, message)
+        """Fail every request the thread holds or has not read yet (the thread is dying); each gets
+        its error delta even when the scheduler's own state is what broke."""
+        seqs = [*self.scheduler.running, *self.scheduler.waiting]
+        while True:
+            try:
+                cmd = self._inbox.get(block=False)
+            except queue.Empty:
+                break
+            if isinstance(cmd, _Add):
+                seqs.append(cmd.seq)
+        for seq in dict.fromkeys(seqs):
+            try:
+                self._fail(seq, message, ENGINE_FAILED)
+            except Exception:
+                log.exception("engine for %s: failing request %s", self.config.id, seq.request_id)
+                seq.emit(Delta("", (), seq.num_prompt, 0, finish_reason=FinishReason.ERROR, error=message,
+                               index=seq.index, error_code=ENGINE_FAILED))  # fmt: skip
 
     def _update_gauges(self) -> None:
         self._stats.running = len(self.scheduler.running)

@@ -92,6 +92,7 @@ class Delta:
     error: str | None = None
     index: int = 0
     logprobs: tuple[Logprob, ...] = ()
+    error_code: str | None = None  # with `error`: `engine_failed` when the engine thread died
 
 
 @dataclass

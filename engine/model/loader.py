@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine.catalog.config import ModelConfig
+from engine.catalog.disk import cache_errors
 from engine.catalog.models_file import PACKAGE_PREFIX, resolve_source
 from engine.model.quantize import check as quantize_check
 from engine.model.quantize import quantize
@@ -206,13 +207,14 @@ def assembled_gguf(cfg: ModelConfig, cache_dir: Path) -> Path:
     if not callable(assemble):
         raise FileNotFoundError(f"model {cfg.id!r}: package {package!r} has no assemble(path) function")
     _log.info("assembling %s into %s (one time)", cfg.gguf_file, target.parent)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        written = Path(assemble(tmp))
-        os.replace(written, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with cache_errors("the GGUF assembly cache", target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            written = Path(assemble(tmp))
+            os.replace(written, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return target
 
 
@@ -236,17 +238,18 @@ def _gguf_cache(cfg: ModelConfig, source: Path, cache_dir: Path) -> Path:
         gguf = assembled_gguf(cfg, cache_dir)
         source, gguf_file = gguf.parent, gguf.name
     _log.info("converting GGUF to safetensors cache at %s (one time)", final)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _convert_gguf(source, gguf_file, tmp)
+    with cache_errors("the GGUF conversion cache", cache_dir):
+        cache_dir.mkdir(parents=True, exist_ok=True)
         try:
-            os.rename(tmp, final)  # atomic: a crash never leaves a half-written cache folder
-        except OSError:
-            if not final.is_dir():  # another process may have won the race; anything else is real
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            _convert_gguf(source, gguf_file, tmp)
+            try:
+                os.rename(tmp, final)  # atomic: a crash never leaves a half-written cache folder
+            except OSError:
+                if not final.is_dir():  # another process may have won the race; anything else is real
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -45,6 +45,7 @@ class ModelRunner:
         self.lean: LeanLlama | None = None
         self.graphs_wanted = graphs
         self.graphs: DecodeGraphs | None = None
+        self.prepared = False
         cfg = model.config.get_text_config()
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         param = next(model.parameters())
@@ -72,6 +73,9 @@ class ModelRunner:
         """
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
+        if self.prepared:  # an engine restart on the same runner: the weights are packed already
+            return
+        self.prepared = True
         if self.lean_wanted:
             self.lean = LeanLlama(self.model, batch_hint=self.max_batch)
             self.row_multiple = self.lean.row_multiple

@@ -134,12 +134,71 @@ def add_operating_args(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="deadline for requests that set no 'timeout' field or x-request-timeout header (default: none)",
     )
+    add_fault_args(parser)
     parser.add_argument(
         "--shutdown-grace",
         type=float,
         default=15.0,
         metavar="SECONDS",
         help="on SIGTERM, time running requests get to finish (default: %(default)s)",
+    )
+
+
+def add_fault_args(parser: argparse.ArgumentParser) -> None:
+    """Engine restarts, load retries and connection limits (README "Faults and connections")."""
+    parser.add_argument(
+        "--engine-max-restarts",
+        type=int,
+        default=3,
+        help="restarts of a model's engine within --engine-restart-window before the model is "
+        "unavailable for the window (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--engine-restart-window", type=float, default=300.0, metavar="SECONDS", help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--load-retry",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a failed model load is retried by a request after this long, doubling up to 300 s "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=4096,
+        help="open connections before new requests get 503 (uvicorn's; default: %(default)s)",
+    )
+    parser.add_argument("--backlog", type=int, default=2048, help="TCP listen backlog (default: %(default)s)")
+    parser.add_argument(
+        "--timeout-keep-alive",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="close an idle keep-alive connection after this long (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=64 * 1024,
+        help="largest request line + headers (h11's max incomplete event size; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection whose request headers are not complete this long after it opened "
+        "(or after its last response) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close a connection whose request body is not complete this long after its headers "
+        "(default: %(default)s)",
     )
 
 
@@ -207,9 +266,32 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
             request_timeout=args.request_timeout,
             shutdown_grace=args.shutdown_grace,
             dtype=args.dtype,
+            engine_max_restarts=args.engine_max_restarts,
+            engine_restart_window=args.engine_restart_window,
+            load_retry=args.load_retry,
+            faults=faults_from_env(parser),
+            limit_concurrency=args.limit_concurrency,
+            backlog=args.backlog,
+            timeout_keep_alive=args.timeout_keep_alive,
+            max_header_bytes=args.max_header_bytes,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
         )
     except ValueError as e:
         parser.error(str(e))
+
+
+def faults_from_env(parser: argparse.ArgumentParser) -> str | None:
+    """`$HEARTH_FAULTS` (tests only: engine.core.faults), checked; a bad value is a usage error."""
+    from engine.core.faults import FAULTS_ENV, parse_faults
+
+    text = os.environ.get(FAULTS_ENV) or None
+    if text is not None:
+        try:
+            parse_faults(text)
+        except ValueError as e:
+            parser.error(str(e))
+    return text
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:

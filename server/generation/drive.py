@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 
 from engine import (
+    ENGINE_FAILED,
     Delta,
     Engine,
     EngineDeadError,
@@ -43,8 +45,9 @@ async def get_engine(state: AppState, name: str) -> tuple[ModelConfig, Engine]:
     try:
         engine = await state.registry.aget(cfg.id)
     except ModelLoadError as e:
-        message = f"model '{cfg.id}' could not be loaded: {e.message}"
-        raise APIError(503, message, code="model_unavailable") from None
+        message = f"model '{cfg.id}' is unavailable: {e.message}"
+        headers = {} if e.retry_in is None else {"Retry-After": str(max(1, math.ceil(e.retry_in)))}
+        raise APIError(503, message, code="model_unavailable", headers=headers) from None
     note_model(cfg.id)
     return cfg, engine
 
@@ -86,7 +89,10 @@ def delta_error(delta: Delta | None) -> APIError | None:
     if delta is None:
         return APIError(500, "the engine ended the request without a result")
     if delta.error is not None or delta.finish_reason is FinishReason.ERROR:
-        return APIError(500, f"the engine failed this request: {delta.error or 'unknown error'}")
+        message = f"the engine failed this request: {delta.error or 'unknown error'}"
+        if delta.error_code == ENGINE_FAILED:
+            message += "; the model's engine is being restarted, retry the request"
+        return APIError(500, message, code=delta.error_code)
     if delta.finish_reason is FinishReason.ABORT:
         return APIError(503, "the request was aborted by the server", code="shutting_down")
     if delta.finish_reason is None:
@@ -101,7 +107,8 @@ def generate_error(exc: Exception, param: str) -> APIError:
     if isinstance(exc, QueueFullError):
         return APIError(429, f"{exc}; retry later", code="queue_full", headers={"Retry-After": "1"})
     if isinstance(exc, EngineDeadError):
-        return APIError(503, f"the model's engine has stopped: {exc}", code="model_unavailable")
+        message = f"the model's engine has stopped and is restarting: {exc}"
+        return APIError(503, message, code="model_unavailable", headers={"Retry-After": "1"})
     if isinstance(exc, ValueError):  # the engine's own checks (the server checks the context first)
         return APIError(400, str(exc), param=param)
     logger.error("engine.generate raised", exc_info=exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,31 +16,42 @@ from server.state import AppState, app_state
 
 
 async def health(request: Request) -> Response:
-    """Cheap: no engine work. 200 `{"status": "ok"}`; 503 `unhealthy` once a loaded model's engine thread
-    has died, 503 `shutting_down` while draining."""
+    """Cheap: no engine work. 200 `{"status": "ok"}`; 200 `{"status": "degraded", "models": {...}}` while
+    a model's engine restarts or a model is unavailable (its load failed, its engine failed too often:
+    the rest of the catalog serves); 503 `unhealthy` when a loaded model's engine thread died and is
+    not being restarted, 503 `shutting_down` while draining."""
     drain: Drain | None = getattr(request.app.state, "drain", None)
     if drain is not None and drain.draining:
         body = error_body("the server is shutting down", "server_error", code="shutting_down")
         return JSONResponse({"status": "shutting_down", **body}, status_code=503)
     state = getattr(request.app.state, "hearth", None)
-    dead = await dead_engines(state) if isinstance(state, AppState) else {}
+    models = model_health(state) if isinstance(state, AppState) else {}
+    dead = {model: m.get("reason") for model, m in models.items() if m["state"] == "dead"}
     if dead:
         reasons = "; ".join(f"{model}: {reason}" for model, reason in dead.items())
         body = error_body(f"engine stopped ({reasons})", "server_error", code="unhealthy")
-        return JSONResponse({"status": "unhealthy", **body}, status_code=503)
+        return JSONResponse({"status": "unhealthy", **body, "models": models}, status_code=503)
+    if any(m["state"] != "ok" for m in models.values()):
+        return JSONResponse({"status": "degraded", "models": models})
     return JSONResponse({"status": "ok"})
 
 
-async def dead_engines(state: AppState) -> dict[str, str]:
-    """Each loaded model whose engine thread is not running, with the reason."""
+def model_health(state: AppState) -> dict[str, dict[str, Any]]:
+    """Each loaded, restarting or unavailable model's state (`ModelRegistry.health`); a registry
+    without one (a test's fake) reports its loaded models whose engine thread is not running."""
     registry = state.registry
-    dead = {}
+    report = getattr(registry, "health", None)
+    if callable(report):
+        return dict(report())
+    out: dict[str, dict[str, Any]] = {}
     for cfg in registry.models():
         engine = registry.peek(cfg.id)  # never loads, and a health check is not a use
-        if engine is not None:
-            if not engine.alive:
-                dead[cfg.id] = engine.dead_reason or "the engine thread is not running"
-    return dead
+        if engine is not None and not engine.alive:
+            out[cfg.id] = {
+                "state": "dead",
+                "reason": engine.dead_reason or "the engine thread is not running",
+            }
+    return out
 
 
 async def metrics(request: Request) -> Response:

@@ -114,6 +114,27 @@ class EngineCollector(Collector):
             "hearth_sequences", "Engine sequences by outcome", labels=["model", "outcome"]
         )
         steps = CounterMetricFamily("hearth_engine_steps", "Engine iterations", labels=["model"])
+        restarts = CounterMetricFamily(
+            "hearth_engine_restarts", "Engine threads restarted after dying", labels=["model"]
+        )
+        available = GaugeMetricFamily(
+            "hearth_model_available",
+            "0 while a model cannot be served (load failed, engine failed too often, restarting)",
+            labels=["model"],
+        )
+        memory = GaugeMetricFamily(
+            "hearth_model_memory_bytes",
+            "What a loaded model holds: weights as loaded (packed, quantized) and its whole KV cache",
+            labels=["model"],
+        )
+        sizes = getattr(self.models, "sizes", None)
+        for model_id, size in (sizes() if callable(sizes) else {}).items():
+            memory.add_metric([model_id], size)
+        recovery = getattr(self.models, "recovery", None)
+        if recovery is not None:
+            for cfg in self.models.models():
+                restarts.add_metric([cfg.id], recovery.restarts(cfg.id))
+                available.add_metric([cfg.id], 1.0 if recovery.state(cfg.id)["state"] == "ok" else 0.0)
         for model_id in self.models.loaded_ids():
             engine = self.models.peek(model_id)  # never loads, and a scrape is not a use
             if engine is None:  # unloaded meanwhile
@@ -125,7 +146,7 @@ class EngineCollector(Collector):
             for outcome in ("submitted", "finished", "aborted", "failed"):
                 outcomes.add_metric([model_id, outcome], getattr(stats, outcome))
             steps.add_metric([model_id], stats.steps)
-        return [waiting, running, alive, outcomes, steps]
+        return [waiting, running, alive, outcomes, steps, restarts, available, memory]
 
 
 def route_label(scope: Scope) -> str:
