@@ -33,6 +33,11 @@ class Settings:
     request_timeout: float | None = None
     shutdown_grace: float = 15.0  # seconds running requests may take to finish after SIGTERM
     dtype: str | None = None  # overrides every unquantized catalog model's dtype (--dtype)
+    # Stored responses (/v1/responses): the SQLite file (None: `responses.sqlite3` in the catalog's
+    # cache_dir), how many it keeps (0: none are stored) and for how long.
+    responses_db: Path | None = None
+    responses_max_count: int = 10_000
+    responses_max_age_days: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -49,5 +54,9 @@ class Settings:
             raise ValueError("API keys must be non-empty and have no surrounding whitespace")
         if self.request_timeout is not None and not self.request_timeout > 0:
             raise ValueError("request_timeout must be > 0 seconds")
+        if self.responses_max_count < 0:
+            raise ValueError("responses_max_count must be >= 0")
+        if not self.responses_max_age_days > 0:
+            raise ValueError("responses_max_age_days must be > 0")
         if not self.shutdown_grace >= 0:
             raise ValueError("shutdown_grace must be >= 0 seconds")
