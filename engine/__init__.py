@@ -25,6 +25,7 @@ from engine.core.engine import Engine, EngineDeadError, QueueFullError
 from engine.core.prompt import ChatTemplateError, render_chat
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 from engine.sampling.grammar import GrammarSpec
+from engine.sampling.json_bounds import bounded_schema
 
 __all__ = [
     "HF_PREFIX",
@@ -47,5 +48,6 @@ __all__ = [
     "ModelRegistry",
     "SamplingParams",
     "UnknownModelError",
+    "bounded_schema",
     "render_chat",
 ]
