@@ -1,5 +1,5 @@
-"""Structured output that ends: the grammars of every surface hold integers to 64 bits, numbers to 16
-digits before the point and 10 after it, and free-form JSON to a few levels of nesting, while what a
+"""Structured output that ends: the grammars of every surface hold integers to 64 bits, numbers to
++-1e15 with 10 decimals at most, and free-form JSON to a few levels of nesting, while what a
 schema spells out (its own bounds, its own nesting) is kept. Checked with llguidance matchers on the
 served model's tokenizer, token by token, as the engine runs them."""
 
@@ -46,7 +46,7 @@ def test_integers_are_held_to_64_bits(compiler: GrammarCompiler) -> None:
 
 def test_numbers_have_a_sane_length(compiler: GrammarCompiler) -> None:
     spec = GrammarSpec.json_schema({"type": "number"})
-    for good in ("0", "-2", "3.25", "1234567890123456", "0.0123456789"):
+    for good in ("0", "-2", "3.25", "123456789012345", "-0.0123456789"):
         assert accepts(compiler, spec, good), good
     for bad in ("0.01234567891", "12345678901234567", "1e300"):
         assert not accepts(compiler, spec, bad), bad

@@ -8,8 +8,8 @@ and `oneOf` handling), but it does compile `minimum`/`maximum` on integers and n
 
 - an `integer` without bounds gets the 64-bit range (19 digits at most; the bound is the largest
   float below 2**63, as llguidance reads bounds as floats);
-- a `number` without bounds gets +-1e15 and, without a `multipleOf`, steps of 1e-10: at most 16
-  digits before the point and 10 after it, no exponent;
+- a `number` without bounds gets +-1e15 and, without a `multipleOf`, steps of 1e-10: at most 15
+  digits before the point (or 1e15 itself) and 10 after it, no exponent;
 - a free-form value (`{}`, `true`, an object's unspecified `additionalProperties`, an array's
   unspecified `items`, `json_object`'s whole answer) is any JSON nested at most `ANY_DEPTH` deep.
 

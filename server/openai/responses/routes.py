@@ -69,6 +69,10 @@ async def create_response(request: Request) -> Response:
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
         history = (await stored(request, body.previous_response_id, "previous_response_id")).conversation
+    if len(history) + len(items) > state.settings.max_messages:
+        message = f"too many items: {len(history) + len(items)} with the previous response's, "
+        message += f"at most {state.settings.max_messages} are accepted"
+        raise APIError(400, message, param="input", code="invalid_value")
     chat = chat_request(body, [*history, *items])
     cfg, engine = await get_engine(state, body.model)
     with renamed_params():
