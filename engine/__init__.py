@@ -28,6 +28,7 @@ from engine.core.prompt import ChatTemplateError, render_chat
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 from engine.model.info import ModelInfo
 from engine.sampling.grammar import GrammarSpec
+from engine.sampling.json_bounds import bounded_schema
 
 __all__ = [
     "ENGINE_FAILED",
@@ -55,5 +56,6 @@ __all__ = [
     "ModelRegistry",
     "SamplingParams",
     "UnknownModelError",
+    "bounded_schema",
     "render_chat",
 ]

@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
@@ -21,6 +22,7 @@ from server.http.context import RequestContext, bind, unbind
 from server.http.drain import Drain, DrainMiddleware
 from server.http.errors import REQUEST_ID_HEADER, exception_handlers
 from server.http.metrics import Metrics, MetricsMiddleware
+from server.openai.responses.store import ResponseStore, StoreConfig
 from server.routes import all_routes
 from server.settings import Settings
 from server.state import AppState
@@ -79,7 +81,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     if settings.faults:
         logger.warning("injecting faults (for tests only): %s", settings.faults)
     collector = metrics.watch(registry)
+    store: ResponseStore | None = None
     try:
+        store = responses_store(settings, catalog.cache_dir)
         default = registry.resolve(settings.default_model or catalog.default).id
         logger.info("loading default model %r from %s", default, settings.config_path)
         started = time.monotonic()
@@ -89,7 +93,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         logger.info("model %r ready in %.1fs", default, load_seconds)
         await registry.astart()  # the other `load: eager` models, and unloading idle ones
         app.state.hearth = AppState(
-            settings=settings, registry=registry, default_model=default, started_at=int(time.time())
+            settings=settings,
+            registry=registry,
+            default_model=default,
+            started_at=int(time.time()),
+            responses=store,
         )
         yield
         drain.start()
@@ -97,6 +105,18 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     finally:
         registry.shutdown()
         metrics.registry.unregister(collector)
+        if store is not None:
+            store.close()
+
+
+def responses_store(settings: Settings, cache_dir: Path) -> ResponseStore | None:
+    """The stored responses' database (`responses.sqlite3` in the cache folder unless set); None when
+    the settings keep none."""
+    if settings.responses_max_count == 0:
+        return None
+    path = settings.responses_db or cache_dir / "responses.sqlite3"
+    config = StoreConfig(path, settings.responses_max_count, settings.responses_max_age_days * 86400)
+    return ResponseStore(config)
 
 
 def create_app(settings: Settings) -> Starlette:

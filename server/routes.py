@@ -7,7 +7,15 @@ from starlette.routing import BaseRoute
 from server.anthropic import routes as anthropic
 from server.http import health
 from server.openai import chat, completions, models
+from server.openai.responses import routes as responses
 
 
 def all_routes() -> list[BaseRoute]:
-    return [*health.routes, *models.routes, *chat.routes, *completions.routes, *anthropic.routes]
+    return [
+        *health.routes,
+        *models.routes,
+        *chat.routes,
+        *completions.routes,
+        *responses.routes,
+        *anthropic.routes,
+    ]

@@ -45,6 +45,11 @@ class Settings:
     max_header_bytes: int = 64 * 1024  # request line + headers (h11's max incomplete event size)
     header_timeout: float = 10.0  # seconds from connecting (or the end of a response) to full headers
     body_timeout: float = 60.0  # seconds from the headers to the end of the body
+    # Stored responses (/v1/responses): the SQLite file (None: `responses.sqlite3` in the catalog's
+    # cache_dir), how many it keeps (0: none are stored) and for how long.
+    responses_db: Path | None = None
+    responses_max_count: int = 10_000
+    responses_max_age_days: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -61,6 +66,10 @@ class Settings:
             raise ValueError("API keys must be non-empty and have no surrounding whitespace")
         if self.request_timeout is not None and not self.request_timeout > 0:
             raise ValueError("request_timeout must be > 0 seconds")
+        if self.responses_max_count < 0:
+            raise ValueError("responses_max_count must be >= 0")
+        if not self.responses_max_age_days > 0:
+            raise ValueError("responses_max_age_days must be > 0")
         if not self.shutdown_grace >= 0:
             raise ValueError("shutdown_grace must be >= 0 seconds")
         if self.engine_max_restarts < 0:

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from engine import ModelRegistry
 from server.http.errors import APIError
+from server.openai.responses.store import ResponseStore
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class AppState:
     default_model: str  # catalog id loaded at startup
     started_at: int  # unix time, reported as each model's `created`
     ignored_fields: IgnoredFields = field(default_factory=IgnoredFields)
+    responses: ResponseStore | None = None  # stored responses; None when the server keeps none
 
 
 def app_state(request: Request) -> AppState:

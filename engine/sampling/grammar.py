@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from llguidance import LLMatcher
 
+from engine.sampling.json_bounds import bounded_schema
+
 GrammarKind = Literal["json_schema", "json_object", "lark"]
 
 _LOG_LEVEL = 0  # llguidance logs nothing to stderr; errors come back through get_error()
@@ -61,11 +63,13 @@ class GrammarSpec:
         return cls("lark", text)
 
     def compile(self) -> str:
-        """The llguidance grammar text for this spec."""
+        """The llguidance grammar text for this spec; JSON bounded so that it ends (`json_bounds`)."""
         if self.kind == "json_object":
-            return LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=JSON_STYLE)  # type: ignore[arg-type]
+            schema = bounded_schema({"type": "object"})
+            return LLMatcher.grammar_from_json_schema(schema, defaults=JSON_STYLE)  # type: ignore[arg-type]
         if self.kind == "json_schema":
-            return LLMatcher.grammar_from_json_schema(self.source, defaults=JSON_STYLE)  # type: ignore[arg-type]
+            schema = bounded_schema(json.loads(self.source))
+            return LLMatcher.grammar_from_json_schema(schema, defaults=JSON_STYLE)  # type: ignore[arg-type]
         return LLMatcher.grammar_from_lark(self.source)
 
 

@@ -136,6 +136,27 @@ def add_operating_args(parser: argparse.ArgumentParser) -> None:
     )
     add_fault_args(parser)
     parser.add_argument(
+        "--responses-db",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="SQLite file of stored /v1/responses (default: responses.sqlite3 in the catalog's cache_dir)",
+    )
+    parser.add_argument(
+        "--responses-max-count",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="most stored responses, the oldest dropped first; 0 stores none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--responses-max-age-days",
+        type=float,
+        default=30.0,
+        metavar="DAYS",
+        help="stored responses older than this are dropped (default: %(default)s)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=float,
         default=15.0,
@@ -276,6 +297,9 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
             max_header_bytes=args.max_header_bytes,
             header_timeout=args.header_timeout,
             body_timeout=args.body_timeout,
+            responses_db=args.responses_db,
+            responses_max_count=args.responses_max_count,
+            responses_max_age_days=args.responses_max_age_days,
         )
     except ValueError as e:
         parser.error(str(e))

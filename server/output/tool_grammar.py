@@ -1,5 +1,8 @@
 """Grammars (llguidance Lark) that shape a whole answer: forced tool calls, a capped reasoning part.
 
+JSON (calls' arguments, a `response_format` answer) is bounded so that it ends: integers to 64 bits,
+numbers to a sane length, free-form values to a small depth (`engine.sampling.json_bounds`).
+
 A forced call (`tool_choice` required or a named function, Anthropic's `any` or `tool`) is
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, the JSON held to an `anyOf` over
 the allowed tools (name constant, arguments the tool's parameter schema); with parallel calls
@@ -23,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine import GrammarSpec
+from engine import GrammarSpec, bounded_schema
 from server.output.parser import THINK_CLOSE, THINK_OPEN
 from server.output.tool_parser import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
@@ -70,7 +73,7 @@ def call_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
                 "additionalProperties": False,
             }
         )
-    return {"x-guidance": JSON_STYLE, "$defs": defs, "anyOf": options}
+    return bounded_schema({"x-guidance": JSON_STYLE, "$defs": defs, "anyOf": options})
 
 
 def _rebased(schema: Any, root: str) -> Any:
@@ -111,7 +114,7 @@ def answer_rules(answer: GrammarSpec | None) -> str | None:
             return None
     else:
         return None
-    schema = {"x-guidance": JSON_STYLE, **schema}
+    schema = bounded_schema({"x-guidance": JSON_STYLE, **schema})
     return f"answer: %json {json.dumps(schema, ensure_ascii=False)}\n"
 
 
