@@ -45,7 +45,9 @@ async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     if name not in ASSETS:
         return Response("Not Found", status_code=404, media_type="text/plain")
-    return FileResponse(STATIC / name, media_type=f"{TYPES[Path(name).suffix]}; charset=utf-8", headers=HEADERS)
+    return FileResponse(
+        STATIC / name, media_type=f"{TYPES[Path(name).suffix]}; charset=utf-8", headers=HEADERS
+    )
 
 
 routes = (Route("/", index, methods=["GET"]), Route("/ui/{name:path}", asset, methods=["GET"]))

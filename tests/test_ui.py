@@ -42,7 +42,7 @@ USAGE = re.compile(r"(\d+) prompt \+ (\d+) completion tokens · ([\d.]+) tok/s")
 CODE_QUESTION = "Write a Python function that adds two numbers. Use a markdown code block."
 HOSTILE = (
     'Look: <img src=x onerror="window.pwned=1"> and <script>window.pwned=2</script> '
-    "and [a link](javascript:window.pwned=3)\n\n<div onclick=\"window.pwned=4\">block</div>\n\n**bold**"
+    'and [a link](javascript:window.pwned=3)\n\n<div onclick="window.pwned=4">block</div>\n\n**bold**'
 )
 T = TypeVar("T")
 
@@ -59,9 +59,12 @@ def test_page_and_assets_are_open_when_the_api_needs_a_key() -> None:
     for src in sources:
         asset = client.get(src)
         assert asset.status_code == 200, src
-        assert asset.headers["content-type"].startswith("text/css" if src.endswith(".css") else "text/javascript")
+        assert asset.headers["content-type"].startswith(
+            "text/css" if src.endswith(".css") else "text/javascript"
+        )
         assert "default-src 'self'" in asset.headers["content-security-policy"]
-    assert {"chat.js", "store.js", "stream.js", "view.js", "render.js"} <= ASSETS  # the modules chat.js imports
+    modules = {"chat.js", "store.js", "stream.js", "view.js", "render.js"}  # chat.js and what it imports
+    assert modules <= ASSETS
     assert client.get("/v1/models").status_code == 401  # the API itself still needs the key
     assert client.get("/ui/other.js").status_code == 401  # only the page's own files are open
     keyed = {"authorization": "Bearer secret"}
@@ -89,7 +92,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         driver.quit()
 
 
-def until(condition: Callable[[], T | None], timeout: float = 180, what: str = "condition") -> T:
+def until(condition: Callable[[], T | None], timeout: float = 600, what: str = "condition") -> T:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -150,13 +153,19 @@ class Page:
         self.set("prompt", question)
         self.find("send").click()
 
-    def done(self, timeout: float = 300) -> str:
-        return until(lambda: self.text("status").startswith(("done", "error")) and self.text("status"), timeout)
+    def done(self, timeout: float = 600) -> str:
+        return until(
+            lambda: self.text("status").startswith(("done", "error")) and self.text("status"), timeout
+        )
 
     def answer(self) -> str:
         """The last assistant message's text as shown (markdown rendered, without its note)."""
         answers = self.all(".msg.assistant .text")
         return str(answers[-1].get_attribute("textContent")) if answers else ""
+
+    def shown(self) -> list[str]:
+        """Each message's text as shown, in order."""
+        return [str(m.text) for m in self.all(".msg .text")]
 
     def stored(self) -> list[dict[str, Any]]:
         """The conversations as the page keeps them in localStorage."""
@@ -184,13 +193,13 @@ def greedy(client: openai.OpenAI, messages: list[dict[str, str]], max_tokens: in
 def test_the_answer_streams_in_and_shows_usage(browser: Any, server: Server, client: openai.OpenAI) -> None:
     page = Page(browser, server)
     question = "Write three sentences about the sea."
-    page.ask(question, max_tokens=40)
+    page.ask(question, max_tokens=24)
     lengths = set()
     until(lambda: lengths.add(len(page.answer())) or page.text("status").startswith("done"), what="done")
     final = page.answer()
     assert len({n for n in lengths if 0 < n < len(final)}) >= 2, lengths  # seen growing, not all at once
     expected = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=40, temperature=0
+        model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0
     )
     kept = page.current()["messages"]
     assert kept[0] == {"role": "user", "content": question}
@@ -280,19 +289,19 @@ def test_conversations_survive_a_reload_switch_rename_and_delete(
     page.set("system", "You are a pirate.")
     page.ask("Hi!", max_tokens=8)
     page.done()
-    first = page.answer()
+    first = page.shown()[-1]
     page.find("new-chat").click()
     assert page.all(".msg") == [] and page.find("system").get_attribute("value") == ""
     page.ask("Name a color.", max_tokens=8)
     page.done()
-    second = page.answer()
+    second = page.shown()[-1]
     assert page.titles() == ["Name a color.", "Hi!"]  # newest first
 
     page.reload()
     assert page.titles() == ["Name a color.", "Hi!"]
-    assert [m.text for m in page.all(".msg .text")] == ["Name a color.", second]
+    assert page.shown() == ["Name a color.", second]
     page.all("#conversations .open")[1].click()
-    until(lambda: [m.text for m in page.all(".msg .text")] == ["Hi!", first], 10, "the first conversation")
+    until(lambda: page.shown() == ["Hi!", first], 10, "the first conversation")
     assert page.find("system").get_attribute("value") == "You are a pirate."
     pirate = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi!"}]
     assert page.current()["messages"][1]["content"] == greedy(client, pirate, 8)  # the system prompt was sent
@@ -306,7 +315,7 @@ def test_conversations_survive_a_reload_switch_rename_and_delete(
     delete.click()
     page.reload()
     assert page.titles() == ["Pirate talk"]
-    assert [m.text for m in page.all(".msg .text")] == ["Hi!", first]
+    assert page.shown() == ["Hi!", first]
 
 
 def test_stop_and_esc_end_the_stream_and_free_the_slot(browser: Any, server: Server) -> None:
@@ -315,7 +324,9 @@ def test_stop_and_esc_end_the_stream_and_free_the_slot(browser: Any, server: Ser
     page = Page(browser, server)
     for how in ("button", "esc"):
         aborted = total(server.stats(), "aborted")
-        page.ask("Write a very long story about a dragon who learns to cook.", max_tokens=2000, temperature=0.8)
+        page.ask(
+            "Write a very long story about a dragon who learns to cook.", max_tokens=2000, temperature=0.8
+        )
         until(lambda: len(page.answer()) > 40, what="a partial answer")
         assert page.text("status") == "streaming…"
         if how == "button":
@@ -380,7 +391,11 @@ def test_tool_calls_reasoning_and_errors_are_shown(browser: Any, server: Server)
             "type": "function",
             "function": {
                 "name": "get_weather",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
             },
         }
     ]
