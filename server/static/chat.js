@@ -1,9 +1,10 @@
 // Hearth's chat page: lists /v1/models (which are loaded), streams /v1/chat/completions (SSE over fetch)
 // into conversations kept in the browser, stops with an AbortController, shows tokens per second and
-// the usage the server reports. ES modules, no build step; see store.js, stream.js, view.js, render.js.
+// the usage the server reports. ES modules, no build step; see store.js, sidebar.js, stream.js, view.js, render.js.
 
-import { Store, titleOf } from "./store.js";
+import { Store } from "./store.js";
 import { applyDelta, errorText, events, rate } from "./stream.js";
+import { Sidebar } from "./sidebar.js";
 import { MessageView } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -15,6 +16,7 @@ class ChatPage {
     this.store = new Store();
     this.loaded = new Map();  // model id -> loaded now (from /v1/models)
     this.controller = null;  // the AbortController of the answer streaming now
+    this.sidebar = new Sidebar(this.store, $("conversations"), (id) => this.open(id), (id) => this.remove(id));
   }
 
   headers() {
@@ -50,61 +52,6 @@ class ChatPage {
     } catch (e) {
       this.setStatus("cannot reach the server: " + e.message);
     }
-  }
-
-  // The sidebar: each conversation, to open, rename (double-click or ✎) or delete (✕, then again to confirm).
-  showList() {
-    const current = this.store.currentId;
-    $("conversations").replaceChildren(...this.store.list().map((conversation) => {
-      const item = document.createElement("li");
-      item.dataset.id = conversation.id;
-      if (conversation.id === current) item.className = "current";
-      const open = document.createElement("button");
-      open.type = "button";
-      open.className = "open";
-      open.textContent = titleOf(conversation);
-      open.title = titleOf(conversation);
-      open.addEventListener("click", () => this.open(conversation.id));
-      open.addEventListener("dblclick", () => this.rename(item, conversation));
-      const rename = this.smallButton("rename", "✎", "rename", () => this.rename(item, conversation));
-      const remove = this.smallButton("delete", "✕", "delete", () => {
-        if (remove.classList.contains("confirm")) return this.remove(conversation.id);
-        remove.classList.add("confirm");
-        remove.textContent = "Delete?";
-        setTimeout(() => { remove.classList.remove("confirm"); remove.textContent = "✕"; }, 3000);
-      });
-      item.append(open, rename, remove);
-      return item;
-    }));
-  }
-
-  smallButton(className, label, title, onClick) {
-    const node = document.createElement("button");
-    node.type = "button";
-    node.className = className;
-    node.textContent = label;
-    node.title = title;
-    node.setAttribute("aria-label", title);
-    node.addEventListener("click", onClick);
-    return node;
-  }
-
-  rename(item, conversation) {
-    const input = document.createElement("input");
-    input.className = "rename-input";
-    input.value = titleOf(conversation);
-    const finish = (keep) => {
-      if (keep) this.store.rename(conversation.id, input.value);
-      this.showList();
-    };
-    input.addEventListener("keydown", (event) => {
-      if (event.key === "Enter") finish(true);
-      if (event.key === "Escape") { event.stopPropagation(); finish(false); }
-    });
-    input.addEventListener("blur", () => finish(true));
-    item.replaceChildren(input);
-    input.focus();
-    input.select();
   }
 
   remove(id) {
@@ -150,7 +97,7 @@ class ChatPage {
     $("messages").replaceChildren(...this.views.map((v) => v.node));
     if (this.views.length) this.views[this.views.length - 1].scrollIntoView();
     $("usage").textContent = "";
-    this.showList();
+    this.sidebar.show();
   }
 
   ask(question) {
