@@ -354,3 +354,26 @@ def test_serve_refuses_a_bad_faults_spec_and_lists_the_fault_flags() -> None:
     )
     for flag in ("--engine-max-restarts", "--load-retry", "--limit-concurrency", "--header-timeout"):
         assert flag in done.stdout
+
+
+def test_recovery_backs_off_doubling_and_gives_up_past_the_window_limit() -> None:
+    from engine.catalog.recovery import Recovery, RecoveryPolicy
+
+    recovery = Recovery(
+        RecoveryPolicy(max_restarts=2, restart_window_s=60, restart_backoff_s=0.5, load_retry_s=5)
+    )
+    assert recovery.died("m", "boom") == 0.5
+    recovery.restarted("m", ok=True)
+    assert recovery.died("m", "boom") == 1.0
+    assert recovery.state("m")["state"] == "restarting"
+    recovery.restarted("m", ok=True)
+    assert recovery.died("m", "boom again") is None  # the third death within 60 s
+    state = recovery.state("m")
+    assert state["state"] == "unavailable" and state["restarts"] == 2 and "boom again" in state["reason"]
+    assert 59 < state["retry_in_s"] <= 60
+    # Loads: 5 s, then 10 s, then 20 s; a success forgets the failure.
+    waits = [recovery.load_failed("n", "missing").retry_in() for _ in range(3)]
+    assert [round(w) for w in waits] == [5, 10, 20]
+    assert "retried on a request after" in recovery.failure("n").describe()  # type: ignore[union-attr]
+    recovery.loaded("n")
+    assert recovery.failure("n") is None and recovery.state("n")["state"] == "ok"
