@@ -20,10 +20,12 @@ from engine.catalog.models_file import (
     load_catalog,
     resolve_source,
 )
-from engine.catalog.registry import ModelLoadError, ModelRegistry, UnknownModelError
+from engine.catalog.registry import ModelLoadError, ModelRegistry, UnknownModelError, WrongTaskError
 from engine.core.engine import Engine, EngineDeadError, QueueFullError
 from engine.core.prompt import ChatTemplateError, render_chat
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
+from engine.embed.embedder import MAX_INPUTS as MAX_EMBED_INPUTS
+from engine.embed.embedder import Embedder, Embeddings, EmbedInputError, shorten
 from engine.sampling.grammar import GrammarSpec
 
 __all__ = [
@@ -33,6 +35,12 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "EngineDeadError",
+    "Embedder",
+    "Embeddings",
+    "EmbedInputError",
+    "MAX_EMBED_INPUTS",
+    "shorten",
+    "WrongTaskError",
     "QueueFullError",
     "load_catalog",
     "ChatTemplateError",

@@ -6,8 +6,16 @@ from starlette.routing import BaseRoute
 
 from server.anthropic import routes as anthropic
 from server.http import health
-from server.openai import chat, completions, models
+from server.openai import chat, completions, embeddings, models, tokenize
 
 
 def all_routes() -> list[BaseRoute]:
-    return [*health.routes, *models.routes, *chat.routes, *completions.routes, *anthropic.routes]
+    return [
+        *health.routes,
+        *models.routes,
+        *chat.routes,
+        *completions.routes,
+        *embeddings.routes,
+        *tokenize.routes,
+        *anthropic.routes,
+    ]

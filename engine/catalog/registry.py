@@ -12,17 +12,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 import torch
 
 from engine.catalog.config import ModelConfig
 from engine.catalog.models_file import Catalog
 from engine.core.engine import Engine
+from engine.embed.embedder import Embedder, load_embedder
 from engine.model.loader import LoadedModel, load_model
 
 _log = logging.getLogger("hearth.registry")
 
 EngineFactory = Callable[[LoadedModel, ModelConfig], Engine]
+Served = Engine | Embedder  # what a loaded model is: a generation engine, or an embedding model (task: embed)
 GB = 1024**3
 # A model handed out this recently counts as in use: its request may not have reached the engine yet.
 # (So no model unloads sooner than this after its last request, whatever its idle_unload_s.)
@@ -40,6 +43,17 @@ class UnknownModelError(KeyError):
         return f"model {self.model!r} does not exist"
 
 
+class WrongTaskError(ValueError):
+    """The model exists but serves another task (an embedding model asked to generate, or the reverse)."""
+
+    def __init__(self, model_id: str, task: str) -> None:
+        what = "an embedding model" if task == "embed" else "a generation model"
+        what += f" (task: {task})"
+        super().__init__(f"model {model_id!r} is {what}")
+        self.model_id = model_id
+        self.task = task
+
+
 class ModelLoadError(RuntimeError):
     """The model exists but failed to load; the failure is remembered and raised on every later call."""
 
@@ -49,7 +63,7 @@ class ModelLoadError(RuntimeError):
         self.message = message
 
 
-def engine_bytes(engine: Engine) -> int:
+def engine_bytes(engine: Served) -> int:
     """Memory a loaded model holds: its parameters and buffers (a tied tensor once), plus the KV
     cache when it lives on an accelerator (on the CPU its pages cost memory only once written)."""
     model = engine.model
@@ -63,6 +77,8 @@ def engine_bytes(engine: Engine) -> int:
         if key not in seen:
             seen.add(key)
             total += tensor.numel() * tensor.element_size()
+    if isinstance(engine, Embedder):  # no KV cache
+        return total
     cache = engine.runner.cache
     if cache.k.device.type != "cpu":
         total += cache.k.numel() * cache.k.element_size() * 2
@@ -82,7 +98,7 @@ def release_memory() -> None:
             pass
 
 
-def _in_flight(engine: Engine) -> bool:
+def _in_flight(engine: Served) -> bool:
     """Whether the engine has sequences running or waiting."""
     stats = engine.stats
     return stats.running + stats.waiting > 0
@@ -113,7 +129,7 @@ class ModelRegistry:
         self._attn = attn_implementation
         self._locks = {cfg.id: threading.Lock() for cfg in catalog.models}  # one load at a time per model
         self._state = threading.Lock()  # guards the dicts below and _closed
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[str, Served] = {}
         self._used: dict[str, float] = {}  # model id -> when it was last handed out or seen busy
         self._sizes: dict[str, int] = {}  # model id -> bytes, measured at its last load
         self._errors: dict[str, str] = {}
@@ -147,7 +163,12 @@ class ModelRegistry:
             return list(self._engines)
 
     def peek(self, model_id: str) -> Engine | None:
-        """The engine of a loaded model, or None; never loads and does not count as a use."""
+        """The engine of a loaded generation model, or None; never loads and does not count as a use."""
+        served = self._engines.get(model_id)
+        return None if isinstance(served, Embedder) else served
+
+    def peek_served(self, model_id: str) -> Served | None:
+        """`peek`, embedding models included."""
         return self._engines.get(model_id)
 
     def start(self) -> None:
@@ -156,7 +177,7 @@ class ModelRegistry:
         for cfg in self.catalog.models:
             if cfg.load == "eager":
                 try:
-                    self.get(cfg.id)
+                    self._get(cfg)
                 except ModelLoadError:
                     pass  # logged by _load; its requests get the error
         self._ensure_reaper()
@@ -167,9 +188,34 @@ class ModelRegistry:
     def get(self, name: str | None) -> Engine:
         """The started engine for `name`, loading it on first use (blocking; see `aget`).
 
-        Raises `UnknownModelError`, or `ModelLoadError` if this or an earlier load failed.
+        Raises `UnknownModelError`, `WrongTaskError` for an embedding model, or `ModelLoadError` if
+        this or an earlier load failed.
         """
         cfg = self.resolve(name)
+        if cfg.task != "generate":
+            raise WrongTaskError(cfg.id, cfg.task)
+        return cast(Engine, self._get(cfg))  # a test's engine_factory may build a stand-in
+
+    def get_embedder(self, name: str | None) -> Embedder:
+        """The started `Embedder` of the `task: embed` model `name`, loading it on first use (blocking;
+        see `aget_embedder`). Raises like `get`; `WrongTaskError` for a generation model."""
+        cfg = self.resolve(name)
+        if cfg.task != "embed":
+            raise WrongTaskError(cfg.id, cfg.task)
+        embedder = self._get(cfg)
+        assert isinstance(embedder, Embedder)
+        return embedder
+
+    async def aget_embedder(self, name: str | None) -> Embedder:
+        """`get_embedder` in a worker thread; returns at once when the model is already loaded."""
+        cfg = self.resolve(name)
+        served = self._take(cfg.id)
+        if isinstance(served, Embedder):
+            return served
+        return await asyncio.to_thread(self.get_embedder, cfg.id)
+
+    def _get(self, cfg: ModelConfig) -> Served:
+        """`cfg`'s started engine or embedder, loading it first when needed."""
         engine = self._take(cfg.id)
         if engine is not None:
             return engine
@@ -201,9 +247,11 @@ class ModelRegistry:
     async def aget(self, name: str | None) -> Engine:
         """`get` in a worker thread; returns at once when the model is already loaded."""
         cfg = self.resolve(name)
+        if cfg.task != "generate":
+            raise WrongTaskError(cfg.id, cfg.task)
         engine = self._take(cfg.id)
         if engine is not None:
-            return engine
+            return cast(Engine, engine)
         return await asyncio.to_thread(self.get, cfg.id)
 
     def unload(self, model_id: str, reason: str = "asked") -> bool:
@@ -252,7 +300,7 @@ class ModelRegistry:
         if self._reaper is not None and self._reaper is not threading.current_thread():
             self._reaper.join(timeout=5)
 
-    def _take(self, model_id: str) -> Engine | None:
+    def _take(self, model_id: str) -> Served | None:
         """The loaded engine of `model_id`, marked as used now; None when not loaded."""
         with self._state:
             engine = self._engines.get(model_id)
@@ -260,7 +308,7 @@ class ModelRegistry:
                 self._used[model_id] = time.monotonic()
             return engine
 
-    def _busy(self, model_id: str, engine: Engine, now: float) -> bool:
+    def _busy(self, model_id: str, engine: Served, now: float) -> bool:
         """Whether a model has requests in flight or just handed out (call with `_state` held)."""
         return _in_flight(engine) or now - self._used.get(model_id, 0.0) < HANDOFF_S
 
@@ -310,11 +358,15 @@ class ModelRegistry:
             except Exception:  # the reaper must keep running; the next tick tries again
                 _log.exception("unloading idle models failed")
 
-    def _load(self, cfg: ModelConfig) -> Engine:
+    def _load(self, cfg: ModelConfig) -> Served:
         started = time.monotonic()
         try:
-            loaded = load_model(cfg, self.catalog.cache_dir, attn_implementation=self._attn)
-            engine = self._factory(loaded, cfg)
+            engine: Served
+            if cfg.task == "embed":
+                engine = load_embedder(cfg, self.catalog.cache_dir)
+            else:
+                loaded = load_model(cfg, self.catalog.cache_dir, attn_implementation=self._attn)
+                engine = self._factory(loaded, cfg)
             engine.start()
         except Exception as e:
             message = f"{type(e).__name__}: {e}"

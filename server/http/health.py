@@ -35,7 +35,7 @@ async def dead_engines(state: AppState) -> dict[str, str]:
     registry = state.registry
     dead = {}
     for cfg in registry.models():
-        engine = registry.peek(cfg.id)  # never loads, and a health check is not a use
+        engine = registry.peek_served(cfg.id)  # never loads, and a health check is not a use
         if engine is not None:
             if not engine.alive:
                 dead[cfg.id] = engine.dead_reason or "the engine thread is not running"
@@ -54,7 +54,7 @@ async def stats(request: Request) -> Response:
     registry = state.registry
     body = {}
     for cfg in registry.models():
-        engine = registry.peek(cfg.id)
+        engine = registry.peek_served(cfg.id)
         if engine is not None:
             body[cfg.id] = dataclasses.asdict(engine.stats)
     return JSONResponse(body)

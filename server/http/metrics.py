@@ -115,7 +115,7 @@ class EngineCollector(Collector):
         )
         steps = CounterMetricFamily("hearth_engine_steps", "Engine iterations", labels=["model"])
         for model_id in self.models.loaded_ids():
-            engine = self.models.peek(model_id)  # never loads, and a scrape is not a use
+            engine = self.models.peek_served(model_id)  # never loads, and a scrape is not a use
             if engine is None:  # unloaded meanwhile
                 continue
             stats = engine.stats
