@@ -93,6 +93,7 @@ class Page:
         driver.get(f"{server.url}/")
         if wait_for_models:
             until(lambda: MODEL in self.models(), 60, "the model list")
+            assert "all-minilm-l6-v2" not in self.models()  # an embedding model cannot chat
 
     def find(self, element_id: str):  # type: ignore[no-untyped-def]
         from selenium.webdriver.common.by import By

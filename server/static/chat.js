@@ -35,7 +35,8 @@ async function loadModels() {
                                         : "cannot list models: " + await errorText(response));
       return;
     }
-    const models = (await response.json()).data;
+    // only the models that chat: embedding models (task "embed") serve /v1/embeddings alone
+    const models = (await response.json()).data.filter((m) => m.task !== "embed");
     select.replaceChildren(...models.map((m) => {
       const option = new Option(m.id + (m.loaded ? "" : " (loads on first use)"), m.id);
       return option;
