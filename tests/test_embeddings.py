@@ -228,3 +228,9 @@ def test_embedding_model_cannot_chat(client: openai.OpenAI) -> None:
     assert "embedding model" in caught.value.body["message"]  # type: ignore[index]
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=EMBED, prompt="hi", max_tokens=2)
+
+
+def test_a_request_past_its_timeout_is_504(server: Server) -> None:
+    body = {"model": EMBED, "input": ["word " * 200] * 256, "timeout": 0.001}
+    err = error(post(server, "/v1/embeddings", body), 504)
+    assert err["code"] == "request_timeout"

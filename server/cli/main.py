@@ -17,7 +17,7 @@ from server.http.auth import KEYS_ENV, keys_from_env, keys_from_file
 from server.settings import MiB, Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (server/cli/main.py)
 BENCH_SCRIPT = ROOT / "scripts" / "bench.py"
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "HEARTH_URL"

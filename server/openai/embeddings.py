@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import numpy as np
 from starlette.requests import Request
@@ -19,6 +21,7 @@ from starlette.routing import Route
 
 from engine import (
     Embedder,
+    Embeddings,
     EmbedInputError,
     ModelConfig,
     ModelLoadError,
@@ -27,11 +30,13 @@ from engine import (
 )
 from server.generation.drive import generate_error, resolve_model, until_disconnected
 from server.http.body import read_body
-from server.http.context import note_model
+from server.http.context import current, note_model
 from server.http.errors import APIError
 from server.http.metrics import Metrics
 from server.openai.embedding_schemas import EmbeddingRequest
 from server.state import AppState, app_state
+
+T = TypeVar("T")
 
 
 async def embeddings(request: Request) -> Response:
@@ -43,8 +48,7 @@ async def embeddings(request: Request) -> Response:
     if truncate == -1:
         truncate = embedder.max_context
     try:
-        ids = await until_disconnected(request, asyncio.to_thread(embedder.prepare, body.inputs, truncate))
-        result = await until_disconnected(request, embedder.embed_ids(ids))
+        result = await until_disconnected(request, within_deadline(_embed(embedder, body, truncate)))
     except EmbedInputError as e:
         raise input_error(e, body.single) from None
     except APIError:
@@ -81,6 +85,24 @@ async def get_embedder(state: AppState, name: str | None) -> tuple[ModelConfig, 
         raise APIError(503, message, code="model_unavailable") from None
     note_model(cfg.id)
     return cfg, embedder
+
+
+async def _embed(embedder: Embedder, body: EmbeddingRequest, truncate: int | None) -> Embeddings:
+    ids = await asyncio.to_thread(embedder.prepare, body.inputs, truncate)
+    return await embedder.embed_ids(ids)
+
+
+async def within_deadline(work: Coroutine[Any, Any, T]) -> T:
+    """`work`, cancelled with a 504 `request_timeout` past the request's deadline (`timeout`)."""
+    ctx = current()
+    remaining = None if ctx is None else ctx.remaining()
+    if remaining is None:
+        return await work
+    try:
+        return await asyncio.wait_for(work, max(remaining, 0.0))
+    except asyncio.TimeoutError:
+        assert ctx is not None
+        raise ctx.timed_out() from None
 
 
 def not_an_embedder(state: AppState, model_id: str) -> APIError:
