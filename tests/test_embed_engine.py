@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import CatalogError, ModelRegistry, WrongTaskError, load_catalog, resolve_source
+from engine import CatalogError, ModelRegistry, WrongTaskError, load_catalog, resolve_source, shorten
 from engine.embed.batcher import bucket_length
 from tests.launch import MODEL, ROOT
 
@@ -150,3 +150,10 @@ def test_a_causal_lm_pools_its_last_token(tmp_path: Path) -> None:
         assert math.isclose(float(got_last.norm()), 1.0, rel_tol=1e-5)
     finally:
         registry.shutdown()
+
+
+def test_shorten_cuts_then_renormalizes() -> None:
+    vectors = torch.tensor([[3.0, 4.0, 12.0], [1.0, 0.0, 0.0]])
+    cut = shorten(vectors, 2, normalize=True)
+    assert torch.allclose(cut, torch.tensor([[0.6, 0.8], [1.0, 0.0]]))
+    assert torch.equal(shorten(vectors, 1, normalize=False), vectors[:, :1])

@@ -31,12 +31,16 @@ MAX_INPUTS = 2048  # per request, as OpenAI's embeddings API
 
 
 class EmbedInputError(ValueError):
-    """One input cannot be embedded; `index` says which (the API names it `input[index]`)."""
+    """One input cannot be embedded; `index` says which (the API names it `input[index]`), None when
+    it is the request's inputs as a whole, or its `truncate` (`field`)."""
 
-    def __init__(self, index: int | None, message: str, code: str = "invalid_value") -> None:
+    def __init__(
+        self, index: int | None, message: str, code: str = "invalid_value", field: str = "input"
+    ) -> None:
         super().__init__(message)
         self.index = index
         self.code = code
+        self.field = field  # input | truncate
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,8 @@ class Embedder:
         if len(inputs) > MAX_INPUTS:
             raise EmbedInputError(None, f"input has {len(inputs)} items; at most {MAX_INPUTS} are accepted")
         if truncate is not None and not 1 <= truncate <= self.max_context:
-            raise EmbedInputError(None, f"truncate must be between 1 and {self.max_context} tokens")
+            message = f"truncate must be between 1 and {self.max_context} tokens"
+            raise EmbedInputError(None, message, field="truncate")
         prepared = []
         for index, item in enumerate(inputs):
             if isinstance(item, str):

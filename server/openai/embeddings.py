@@ -15,7 +15,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import numpy as np
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -51,7 +51,7 @@ async def embeddings(request: Request) -> Response:
         result = await until_disconnected(request, within_deadline(_embed(embedder, body, truncate)))
     except EmbedInputError as e:
         raise input_error(e, body.single) from None
-    except APIError:
+    except (APIError, ClientDisconnect):
         raise
     except Exception as e:  # queue full, engine stopped, a failed pass
         raise generate_error(e, "input") from None
@@ -136,7 +136,7 @@ def check_dimensions(cfg: ModelConfig, embedder: Embedder, dimensions: int | Non
 def input_error(error: EmbedInputError, single: bool) -> APIError:
     """An input the embedder refused, naming it: `input` for a single input, else `input[i]`."""
     param = "input" if error.index is None or single else f"input[{error.index}]"
-    if "truncate" in str(error) and error.index is None:
+    if error.field == "truncate":
         param = "truncate_prompt_tokens"
     return APIError(400, str(error), param=param, code=error.code)
 
