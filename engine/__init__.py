@@ -21,11 +21,13 @@ from engine.catalog.models_file import (
     resolve_source,
 )
 from engine.catalog.recovery import RecoveryPolicy
-from engine.catalog.registry import ModelLoadError, ModelRegistry, UnknownModelError
+from engine.catalog.registry import ModelLoadError, ModelRegistry, UnknownModelError, WrongTaskError
 from engine.core.engine import ENGINE_FAILED, Engine, EngineDeadError, QueueFullError
 from engine.core.faults import FAULTS_ENV, Faults
 from engine.core.prompt import ChatTemplateError, render_chat
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
+from engine.embed.embedder import MAX_INPUTS as MAX_EMBED_INPUTS
+from engine.embed.embedder import Embedder, Embeddings, EmbedInputError, shorten
 from engine.model.info import ModelInfo
 from engine.sampling.grammar import GrammarSpec
 from engine.sampling.json_bounds import bounded_schema
@@ -41,6 +43,12 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "EngineDeadError",
+    "Embedder",
+    "Embeddings",
+    "EmbedInputError",
+    "MAX_EMBED_INPUTS",
+    "shorten",
+    "WrongTaskError",
     "QueueFullError",
     "load_catalog",
     "ChatTemplateError",

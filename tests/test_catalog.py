@@ -21,7 +21,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_shipped_catalog_serves_gemma_lazily_with_its_template() -> None:
     catalog = load_catalog(REPO / "models.yaml")
-    assert [m.id for m in catalog.models] == ["smollm2-135m-instruct", "gemma3-270m"]
+    assert [m.id for m in catalog.models] == ["smollm2-135m-instruct", "gemma3-270m", "all-minilm-l6-v2"]
     assert catalog.default_model.load == "eager"
     gemma = catalog.resolve("gemma3")
     assert gemma is not None and gemma is catalog.resolve("google/gemma-3-270m")

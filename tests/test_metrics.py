@@ -120,6 +120,9 @@ class Registry:
     def peek(self, model_id: str) -> DeadEngine:
         return DeadEngine()
 
+    def peek_served(self, model_id: str) -> DeadEngine:
+        return DeadEngine()
+
     async def aget(self, name: str) -> DeadEngine:
         return DeadEngine()
 

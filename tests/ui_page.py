@@ -79,6 +79,7 @@ class Page:
         self.driver.get(self.url)
         if wait_for_models:
             until(lambda: MODEL in self.models(), 60, "the model list")
+            assert "all-minilm-l6-v2" not in self.models()  # an embedding model cannot chat
 
     def find(self, element_id: str) -> Any:
         return self.driver.find_element("id", element_id)

@@ -14,7 +14,14 @@ class ModelConfig:
     Hugging Face cache, or the hub when the network is allowed) or a path to a local Hugging
     Face model directory. `gguf_file` names a GGUF file inside that folder; it is dequantized
     once and cached as safetensors. With `assemble`, the package's `assemble(path)` writes the
-    GGUF file (split over several packages) into the cache first.
+    GGUF file (split over several packages) into the cache first. `subfolder` is the model's
+    folder inside the source (e.g. `model` for a package that ships it there).
+
+    `task` is what the model serves: `generate` (chat and completions) or `embed` (embeddings,
+    through `engine.embed`). An embedding model's `pooling` and `normalize` default to its
+    sentence-transformers files (`modules.json`, `1_Pooling/config.json`); a source without them
+    (e.g. a causal LM) must name its `pooling`. `matryoshka` says the model was trained so that
+    its first k dimensions are an embedding too, which allows a request's `dimensions`.
     """
 
     id: str
@@ -39,6 +46,11 @@ class ModelConfig:
     gpu_memory_utilization: float = 0.9  # share of free GPU memory the KV cache may take (engine.memory)
     cuda_graphs: bool = True  # on CUDA, replay decode steps from captured graphs (engine.cuda_graphs)
     cpu_graphs: bool = True  # on CPU, quantized models replay small decode steps from traces (same)
+    task: str = "generate"  # generate | embed
+    subfolder: str | None = None  # the model's folder inside `source`
+    pooling: str | None = None  # embed: mean | cls | last; None = from the sentence-transformers files
+    normalize: bool | None = None  # embed: L2-normalize; None = from modules.json (true without it)
+    matryoshka: bool = False  # embed: a request's `dimensions` may truncate (then renormalize)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -60,6 +72,24 @@ class ModelConfig:
                 raise ValueError(f"model {self.id!r}: {name} must be >= 1")
         if self.max_waiting < 0:
             raise ValueError(f"model {self.id!r}: max_waiting must be >= 0")
+        self._check_task()
+
+    def _check_task(self) -> None:
+        if self.task not in ("generate", "embed"):
+            raise ValueError(f"model {self.id!r}: task must be generate or embed")
+        if self.pooling not in (None, "mean", "cls", "last"):
+            raise ValueError(f"model {self.id!r}: pooling must be mean, cls or last")
+        if self.task == "embed":
+            if self.quantization != "none":
+                raise ValueError(f"model {self.id!r}: quantization must be none for a task: embed model")
+            if self.device_map is not None:
+                raise ValueError(f"model {self.id!r}: device_map is not supported for a task: embed model")
+            return
+        for name in ("pooling", "normalize"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"model {self.id!r}: {name} applies only to task: embed models")
+        if self.matryoshka:
+            raise ValueError(f"model {self.id!r}: matryoshka applies only to task: embed models")
 
     @property
     def names(self) -> tuple[str, ...]:

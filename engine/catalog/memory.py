@@ -24,6 +24,7 @@ from engine.model.attention import KV_BLOCK, round_up
 
 if TYPE_CHECKING:
     from engine.core.engine import Engine
+    from engine.embed.embedder import Embedder
 
 log = logging.getLogger("hearth.engine")
 
@@ -103,21 +104,26 @@ def slots_for_device(
     return fit_slots(shape, wanted, free, utilization, model_id)
 
 
-def engine_bytes(engine: Engine) -> int:
+def engine_bytes(engine: Engine | Embedder) -> int:
     """Memory a loaded model holds at most: `weight_bytes` plus its whole KV cache (on a CPU the
     cache's pages are touched only as sequences grow, so the process's RSS starts lower)."""
     return weight_bytes(engine) + kv_bytes(engine)
 
 
-def weight_bytes(engine: Engine) -> int:
+def weight_bytes(engine: Engine | Embedder) -> int:
     """The bytes of every tensor the model's forward reads: parameters and buffers, tensors held
     as plain attributes, the weights the lean forward took over (concatenated, oneDNN-packed or
     quantized: the model's own projections are gone then), each storage counted once."""
-    return tensor_bytes([engine.model, getattr(engine.runner, "lean", None)])
+    runner = getattr(engine, "runner", None)  # an embedding model has none
+    return tensor_bytes([engine.model, getattr(runner, "lean", None)])
 
 
-def kv_bytes(engine: Engine) -> int:
-    cache = engine.runner.cache
+def kv_bytes(engine: Engine | Embedder) -> int:
+    """The bytes of the model's KV cache (an embedding model has none)."""
+    runner = getattr(engine, "runner", None)
+    if runner is None:
+        return 0
+    cache = runner.cache
     return int(cache.k.numel() * cache.k.element_size() + cache.v.numel() * cache.v.element_size())
 
 

@@ -109,7 +109,10 @@ def load_catalog(path: str | Path) -> Catalog:
     models = tuple(_read_model(loader, where, node, base, idle) for node in models_node.value)
     _check_unique_names(where, models, models_node.value)
 
-    default = models[0].id
+    generators = [m for m in models if m.task == "generate"]
+    if not generators:
+        raise where.error(models_node, "'models' needs at least one model with task: generate")
+    default = generators[0].id
     if "default" in top:
         node = top["default"][1]
         name = _value(loader, node)
@@ -118,6 +121,8 @@ def load_catalog(path: str | Path) -> Catalog:
         found = next((m for m in models if name in m.names), None)
         if found is None:
             raise where.error(node, f"default model {name!r} is not in 'models'")
+        if found.task != "generate":
+            raise where.error(node, f"default model {name!r} must have task: generate (it is {found.task})")
         default = found.id
 
     cache_dir = Path(os.environ.get("HEARTH_CACHE_DIR") or "~/.cache/hearth").expanduser()
@@ -143,7 +148,7 @@ def resolve_source(cfg: ModelConfig) -> Path:
     Raises `FileNotFoundError` with a message naming the model when the folder is missing.
     """
     if cfg.source.startswith(HF_PREFIX):
-        return _hf_snapshot(cfg, cfg.source[len(HF_PREFIX) :])
+        return _subfolder(cfg, _hf_snapshot(cfg, cfg.source[len(HF_PREFIX) :]))
     if cfg.source.startswith(PACKAGE_PREFIX):
         name = cfg.source[len(PACKAGE_PREFIX) :]
         try:
@@ -164,7 +169,20 @@ def resolve_source(cfg: ModelConfig) -> Path:
         folder = Path(cfg.source).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"model {cfg.id!r}: source {cfg.source!r}: folder {folder} does not exist")
-    return folder
+    return _subfolder(cfg, folder)
+
+
+def _subfolder(cfg: ModelConfig, folder: Path) -> Path:
+    """`folder`/`cfg.subfolder` (just `folder` without one); a missing one is a `FileNotFoundError`."""
+    if cfg.subfolder is None:
+        return folder
+    inner = folder / cfg.subfolder
+    if not inner.is_dir():
+        raise FileNotFoundError(
+            f"model {cfg.id!r}: source {cfg.source!r}: subfolder {cfg.subfolder!r} "
+            f"is not a folder in {folder}"
+        )
+    return inner
 
 
 def _hf_snapshot(cfg: ModelConfig, repo: str) -> Path:
@@ -247,6 +265,7 @@ def _convert(loader: yaml.SafeLoader, where: _Where, key: str, kind: str, node: 
         "str | None": (lambda v: v is None or isinstance(v, str), "must be a string or null"),
         "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "must be an integer"),
         "bool": (lambda v: isinstance(v, bool), "must be true or false"),
+        "bool | None": (lambda v: v is None or isinstance(v, bool), "must be true, false or null"),
         "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "must be a number"),
         "float | None": (
             lambda v: v is None or isinstance(v, int | float) and not isinstance(v, bool),

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 from engine.catalog.config import ModelConfig
 from engine.catalog.footprint import estimate_bytes
@@ -17,11 +18,13 @@ from engine.catalog.recovery import Recovery, RecoveryPolicy
 from engine.catalog.restarts import EngineRestarts
 from engine.core.engine import Engine
 from engine.core.faults import Faults
+from engine.embed.embedder import Embedder, load_embedder
 from engine.model.loader import LoadedModel, load_model
 
 _log = logging.getLogger("hearth.registry")
 
 EngineFactory = Callable[[LoadedModel, ModelConfig], Engine]
+Served = Engine | Embedder  # what a loaded model is: a generation engine, or an embedding model (task: embed)
 GB = 1024**3
 # A model handed out this recently counts as in use: its request may not have reached the engine yet.
 # (So no model unloads sooner than this after its last request, whatever its idle_unload_s.)
@@ -39,6 +42,17 @@ class UnknownModelError(KeyError):
         return f"model {self.model!r} does not exist"
 
 
+class WrongTaskError(ValueError):
+    """The model exists but serves another task (an embedding model asked to generate, or the reverse)."""
+
+    def __init__(self, model_id: str, task: str) -> None:
+        what = "an embedding model" if task == "embed" else "a generation model"
+        what += f" (task: {task})"
+        super().__init__(f"model {model_id!r} is {what}")
+        self.model_id = model_id
+        self.task = task
+
+
 class ModelLoadError(RuntimeError):
     """The model exists but cannot be served now: its load failed, or its engine failed too often.
     The failure is remembered until `retry_in` seconds have passed (None: not retried)."""
@@ -50,7 +64,7 @@ class ModelLoadError(RuntimeError):
         self.retry_in = retry_in
 
 
-def _in_flight(engine: Engine) -> bool:
+def _in_flight(engine: Served) -> bool:
     """Whether the engine has sequences running or waiting."""
     stats = engine.stats
     return stats.running + stats.waiting > 0
@@ -88,7 +102,7 @@ class ModelRegistry(EngineRestarts):
         self._attn = attn_implementation
         self._locks = {cfg.id: threading.Lock() for cfg in catalog.models}  # one load at a time per model
         self._state = threading.Lock()  # guards the dicts below and _closed
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[str, Served] = {}
         self._used: dict[str, float] = {}  # model id -> when it was last handed out or seen busy
         self._sizes: dict[str, int] = {}  # model id -> bytes, measured at its last load
         self._closed = False
@@ -118,7 +132,12 @@ class ModelRegistry(EngineRestarts):
             return list(self._engines)
 
     def peek(self, model_id: str) -> Engine | None:
-        """The engine of a loaded model, or None; never loads and does not count as a use."""
+        """The engine of a loaded generation model, or None; never loads and does not count as a use."""
+        served = self._engines.get(model_id)
+        return None if isinstance(served, Embedder) else served
+
+    def peek_served(self, model_id: str) -> Served | None:
+        """`peek`, embedding models included."""
         return self._engines.get(model_id)
 
     def start(self) -> None:
@@ -127,7 +146,7 @@ class ModelRegistry(EngineRestarts):
         for cfg in self.catalog.models:
             if cfg.load == "eager":
                 try:
-                    self.get(cfg.id)
+                    self._get(cfg)
                 except ModelLoadError:
                     pass  # logged by _load; its requests get the error
         self._ensure_reaper()
@@ -138,9 +157,34 @@ class ModelRegistry(EngineRestarts):
     def get(self, name: str | None) -> Engine:
         """The started engine for `name`, loading it on first use (blocking; see `aget`).
 
-        Raises `UnknownModelError`, or `ModelLoadError` if this or an earlier load failed.
+        Raises `UnknownModelError`, `WrongTaskError` for an embedding model, or `ModelLoadError` if
+        this or an earlier load failed.
         """
         cfg = self.resolve(name)
+        if cfg.task != "generate":
+            raise WrongTaskError(cfg.id, cfg.task)
+        return cast(Engine, self._get(cfg))  # a test's engine_factory may build a stand-in
+
+    def get_embedder(self, name: str | None) -> Embedder:
+        """The started `Embedder` of the `task: embed` model `name`, loading it on first use (blocking;
+        see `aget_embedder`). Raises like `get`; `WrongTaskError` for a generation model."""
+        cfg = self.resolve(name)
+        if cfg.task != "embed":
+            raise WrongTaskError(cfg.id, cfg.task)
+        embedder = self._get(cfg)
+        assert isinstance(embedder, Embedder)
+        return embedder
+
+    async def aget_embedder(self, name: str | None) -> Embedder:
+        """`get_embedder` in a worker thread; returns at once when the model is already loaded."""
+        cfg = self.resolve(name)
+        served = self._take(cfg.id)
+        if isinstance(served, Embedder):
+            return served
+        return await asyncio.to_thread(self.get_embedder, cfg.id)
+
+    def _get(self, cfg: ModelConfig) -> Served:
+        """`cfg`'s started engine or embedder, loading it first when needed."""
         engine = self._take(cfg.id)
         if engine is not None:
             return engine
@@ -178,9 +222,11 @@ class ModelRegistry(EngineRestarts):
     async def aget(self, name: str | None) -> Engine:
         """`get` in a worker thread; returns at once when the model is already loaded."""
         cfg = self.resolve(name)
+        if cfg.task != "generate":
+            raise WrongTaskError(cfg.id, cfg.task)
         engine = self._take(cfg.id)
         if engine is not None:
-            return engine
+            return cast(Engine, engine)
         return await asyncio.to_thread(self.get, cfg.id)
 
     def unload(self, model_id: str, reason: str = "asked") -> bool:
@@ -245,7 +291,7 @@ class ModelRegistry(EngineRestarts):
                 "budget",
             )
 
-    def _take(self, model_id: str) -> Engine | None:
+    def _take(self, model_id: str) -> Served | None:
         """The loaded engine of `model_id`, marked as used now; None when not loaded."""
         with self._state:
             engine = self._engines.get(model_id)
@@ -253,7 +299,7 @@ class ModelRegistry(EngineRestarts):
                 self._used[model_id] = time.monotonic()
             return engine
 
-    def _busy(self, model_id: str, engine: Engine, now: float) -> bool:
+    def _busy(self, model_id: str, engine: Served, now: float) -> bool:
         """Whether a model has requests in flight or just handed out (call with `_state` held)."""
         return _in_flight(engine) or now - self._used.get(model_id, 0.0) < HANDOFF_S
 
@@ -303,13 +349,18 @@ class ModelRegistry(EngineRestarts):
             except Exception:  # the reaper must keep running; the next tick tries again
                 _log.exception("unloading idle models failed")
 
-    def _load(self, cfg: ModelConfig) -> Engine:
+    def _load(self, cfg: ModelConfig) -> Served:
         started = time.monotonic()
         try:
             self._faults.check_load(cfg.id)
-            loaded = load_model(cfg, self.catalog.cache_dir, attn_implementation=self._attn)
-            engine = self._factory(loaded, cfg)
-            self._watch(cfg.id, engine)
+            engine: Served
+            if cfg.task == "embed":
+                engine = load_embedder(cfg, self.catalog.cache_dir)
+            else:
+                loaded = load_model(cfg, self.catalog.cache_dir, attn_implementation=self._attn)
+                generator = self._factory(loaded, cfg)
+                self._watch(cfg.id, generator)
+                engine = generator
             engine.start()
             if not engine.alive:
                 raise RuntimeError(engine.dead_reason or "the engine thread did not start")

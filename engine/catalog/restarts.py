@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from engine.catalog.memory import release_memory
 from engine.catalog.models_file import Catalog
 from engine.catalog.recovery import Recovery
 from engine.core.engine import Engine
 from engine.core.faults import Faults
+
+if TYPE_CHECKING:
+    from engine.embed.embedder import Embedder
 
 _log = logging.getLogger("hearth.registry")
 
@@ -21,7 +25,7 @@ class EngineRestarts:
     recovery: Recovery
     _faults: Faults
     _closed: bool
-    _engines: dict[str, Engine]
+    _engines: dict[str, Engine | Embedder]  # embedding models (task: embed) are never restarted
     _locks: dict[str, threading.Lock]
     _state: threading.Lock
 

@@ -288,3 +288,10 @@ def greedy(model: Any, prompt_ids: list[int], n: int) -> list[int]:
         logits = model(torch.tensor([ids], device=device)).logits  # [1, S, V]
         ids.append(int(logits[0, -1].argmax()))
     return ids[len(prompt_ids) :]
+
+
+def weights_folder(cfg: ModelConfig, cache_dir: Path) -> Path:
+    """The folder `cfg`'s weights are read from: its source, or its GGUF file's safetensors cache
+    (converted first when needed). Used by loaders of other model kinds (`engine.embed`)."""
+    source = resolve_source(cfg)
+    return source if cfg.gguf_file is None else _gguf_cache(cfg, source, cache_dir)

@@ -25,6 +25,7 @@ from engine import (
     ModelLoadError,
     QueueFullError,
     UnknownModelError,
+    WrongTaskError,
 )
 from server.http.context import next_delta, note_model, observed
 from server.http.errors import APIError, model_not_found
@@ -39,11 +40,19 @@ T = TypeVar("T")
 async def get_engine(state: AppState, name: str) -> tuple[ModelConfig, Engine]:
     """The catalog entry `name` (id or alias) names and its loaded engine (loading it if needed).
 
-    Raises 404 `model_not_found` or 503 `model_unavailable`.
+    Raises 404 `model_not_found`, 400 `model_not_supported` for an embedding model, or 503
+    `model_unavailable`.
     """
     cfg = resolve_model(state, name)
     try:
         engine = await state.registry.aget(cfg.id)
+    except WrongTaskError:
+        generators = [m.id for m in state.registry.models() if m.task == "generate"]
+        message = (
+            f"model '{cfg.id}' is an embedding model (task: embed); it serves /v1/embeddings, not text "
+            f"generation. Models that generate: {', '.join(generators)}"
+        )
+        raise APIError(400, message, param="model", code="model_not_supported") from None
     except ModelLoadError as e:
         message = f"model '{cfg.id}' is unavailable: {e.message}"
         headers = {} if e.retry_in is None else {"Retry-After": str(max(1, math.ceil(e.retry_in)))}

@@ -45,7 +45,7 @@ def model_health(state: AppState) -> dict[str, dict[str, Any]]:
         return dict(report())
     out: dict[str, dict[str, Any]] = {}
     for cfg in registry.models():
-        engine = registry.peek(cfg.id)  # never loads, and a health check is not a use
+        engine = registry.peek_served(cfg.id)  # never loads, and a health check is not a use
         if engine is not None and not engine.alive:
             out[cfg.id] = {
                 "state": "dead",
@@ -66,7 +66,7 @@ async def stats(request: Request) -> Response:
     registry = state.registry
     body = {}
     for cfg in registry.models():
-        engine = registry.peek(cfg.id)
+        engine = registry.peek_served(cfg.id)
         if engine is not None:
             body[cfg.id] = dataclasses.asdict(engine.stats)
     return JSONResponse(body)

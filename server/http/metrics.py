@@ -136,7 +136,7 @@ class EngineCollector(Collector):
                 restarts.add_metric([cfg.id], recovery.restarts(cfg.id))
                 available.add_metric([cfg.id], 1.0 if recovery.state(cfg.id)["state"] == "ok" else 0.0)
         for model_id in self.models.loaded_ids():
-            engine = self.models.peek(model_id)  # never loads, and a scrape is not a use
+            engine = self.models.peek_served(model_id)  # never loads, and a scrape is not a use
             if engine is None:  # unloaded meanwhile
                 continue
             stats = engine.stats

@@ -2,7 +2,8 @@
 
 Hearth's extensions per model: `loaded` (in memory now), `source` (where its weights come from),
 `dtype` / `device`: the ones in use while loaded, the configured ones (e.g. `auto`) otherwise,
-and `quantization`.
+`quantization`, and `task`: what the model serves, `generate` (chat, completions, messages) or
+`embed` (/v1/embeddings), with `endpoints` naming those routes.
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine import ModelConfig
+from engine import Embedder, ModelConfig
 from server.generation.drive import resolve_model
 from server.openai.schemas import Model, ModelList
 from server.state import AppState, app_state
+
+ENDPOINTS = {
+    "generate": ["/v1/chat/completions", "/v1/completions", "/v1/messages"],
+    "embed": ["/v1/embeddings"],
+}
 
 
 class CatalogModel(Model):
@@ -22,12 +28,16 @@ class CatalogModel(Model):
     dtype: str
     device: str
     quantization: str
+    task: str
+    endpoints: list[str]
 
 
 def _model(state: AppState, cfg: ModelConfig) -> CatalogModel:
-    engine = state.registry.peek(cfg.id)
+    engine = state.registry.peek_served(cfg.id)
     dtype, device = cfg.dtype, cfg.device
-    if engine is not None:
+    if isinstance(engine, Embedder):
+        dtype, device = str(engine.dtype).removeprefix("torch."), str(engine.device)
+    elif engine is not None:
         dtype, device = engine.info.dtype, engine.info.device
     return CatalogModel(
         id=cfg.id,
@@ -38,6 +48,8 @@ def _model(state: AppState, cfg: ModelConfig) -> CatalogModel:
         dtype=dtype,
         device=device,
         quantization=cfg.quantization,
+        task=cfg.task,
+        endpoints=ENDPOINTS[cfg.task],
     )
 
 

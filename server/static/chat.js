@@ -43,7 +43,8 @@ class ChatPage {
                                                 : "cannot list models: " + await errorText(response));
         return;
       }
-      const models = (await response.json()).data;
+      // only the models that chat: embedding models (task "embed") serve /v1/embeddings alone
+      const models = (await response.json()).data.filter((m) => m.task !== "embed");
       this.loaded = new Map(models.map((m) => [m.id, m.loaded !== false]));
       select.replaceChildren(...models.map((m) =>
         new Option(m.id + (m.loaded === false ? " (loads on first use)" : " · loaded"), m.id)));
