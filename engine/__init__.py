@@ -24,6 +24,7 @@ from engine.catalog.registry import ModelLoadError, ModelRegistry, UnknownModelE
 from engine.core.engine import Engine, EngineDeadError, QueueFullError
 from engine.core.prompt import ChatTemplateError, render_chat
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
+from engine.model.lean.families import path_for_folder
 from engine.sampling.grammar import GrammarSpec
 
 __all__ = [
@@ -48,4 +49,5 @@ __all__ = [
     "SamplingParams",
     "UnknownModelError",
     "render_chat",
+    "path_for_folder",
 ]

@@ -2,9 +2,10 @@
 
 `ModelRunner.run(plan)` packs one step's tokens into a single row, runs the model with the
 slot attention (engine.attention), and returns the logits of the last token of every sequence
-that is due a new token. The model runs through the lean forward (engine.llama) where it
-supports the model (engine.model.lean), else through transformers' own; decode-only steps replay recorded graphs
-of the lean forward (engine.model.decode_graphs): CUDA graphs on a GPU, TorchScript traces on a CPU.
+that is due a new token. The model runs through the lean forward (engine.model.lean) where it
+supports the model, else through transformers' own (the log says which); decode-only steps replay
+recorded graphs of the lean forward (engine.model.decode_graphs): CUDA graphs on a GPU, TorchScript
+traces on a CPU.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class ModelRunner:
 
         On CPU: torch's thread count, and oneDNN weight packing, which must happen on the
         thread that runs the model (packed from another thread, the same products measured
-        ~35% slower here). A Llama model gets the lean forward (engine.llama), which packs
+        ~35% slower here). A model of a lean family gets the lean forward (engine.model.lean), which packs
         its own fused weights, and its decode graphs (recorded lazily, on this thread).
         """
         if self.device.type == "cpu":

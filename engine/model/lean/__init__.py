@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.model.lean.families import FAMILIES, family_of, lean_path, path_for
+from engine.model.lean.families import FAMILIES, family_of, lean_path, path_for, path_for_folder
 from engine.model.lean.forward import LeanLlama
 
 ARCHITECTURES = frozenset(FAMILIES)
@@ -40,4 +40,13 @@ def supported(model: Any) -> bool:
     return family_of(model)[0] is not None
 
 
-__all__ = ["ARCHITECTURES", "FAMILIES", "LeanLlama", "LeanModel", "lean_path", "path_for", "supported"]
+__all__ = [
+    "ARCHITECTURES",
+    "FAMILIES",
+    "LeanLlama",
+    "LeanModel",
+    "lean_path",
+    "path_for",
+    "path_for_folder",
+    "supported",
+]

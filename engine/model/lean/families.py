@@ -10,7 +10,9 @@ takes, and why; `path_for` says the same from a config file's fields or a GGUF a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -101,3 +103,18 @@ def path_for(config: dict[str, Any] | None, gguf_architecture: str | None = None
     if problem is None:
         return f"{LEAN} (family {FAMILIES[architecture].name}, {architecture})"
     return f"{TRANSFORMERS} ({problem})"
+
+
+def path_for_folder(folder: Path, gguf_file: str | None = None) -> str:
+    """`path_for` a model folder: its config.json, else its GGUF file's `general.architecture`."""
+    config = folder / "config.json"
+    if gguf_file is None and config.is_file():
+        return path_for(json.loads(config.read_text(encoding="utf-8")))
+    gguf_path = folder / gguf_file if gguf_file else None
+    if gguf_path is not None and gguf_path.is_file():
+        from gguf import GGUFReader
+
+        field = GGUFReader(gguf_path).get_field("general.architecture")
+        if field is not None:
+            return path_for(None, bytes(field.parts[field.data[0]]).decode("utf-8"))
+    return path_for(None)
