@@ -36,7 +36,7 @@ COMMON: dict[str, Any] = {
 }
 
 
-def _llama3() -> Any:
+def _llama3(base: dict[str, Any]) -> Any:
     from transformers import LlamaConfig
 
     rope = {
@@ -47,41 +47,45 @@ def _llama3() -> Any:
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 32,
     }
-    return LlamaConfig(**COMMON, rope_parameters=rope)
+    return LlamaConfig(**base, rope_parameters=rope)
 
 
-def _qwen2() -> Any:
+def _qwen2(base: dict[str, Any]) -> Any:
     from transformers import Qwen2Config
 
-    return Qwen2Config(**COMMON)  # q/k/v biases
+    return Qwen2Config(**base)  # q/k/v biases
 
 
-def _qwen3() -> Any:
+def _qwen3(base: dict[str, Any]) -> Any:
     from transformers import Qwen3Config
 
-    return Qwen3Config(**COMMON, head_dim=32)
+    return Qwen3Config(**{"head_dim": 32, **base})
 
 
-def _qwen3_moe() -> Any:
+def _qwen3_moe(base: dict[str, Any]) -> Any:
     from transformers import Qwen3MoeConfig
 
-    moe = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_only_layers": [1]}
-    return Qwen3MoeConfig(**COMMON, head_dim=32, norm_topk_prob=True, **moe)
+    experts = {
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": base["intermediate_size"] // 4,
+    }
+    return Qwen3MoeConfig(**{"head_dim": 32, **base}, norm_topk_prob=True, mlp_only_layers=[1], **experts)
 
 
-def _mistral() -> Any:
+def _mistral(base: dict[str, Any]) -> Any:
     from transformers import MistralConfig
 
-    return MistralConfig(**COMMON, sliding_window=WINDOW)
+    return MistralConfig(**base, sliding_window=WINDOW)
 
 
-def _gemma3() -> Any:
+def _gemma3(base: dict[str, Any]) -> Any:
     from transformers import Gemma3TextConfig
 
-    layer_types = ["sliding_attention", "sliding_attention", "full_attention"]
+    n = base["num_hidden_layers"]
+    layer_types = ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(n)]
     return Gemma3TextConfig(
-        **COMMON,
-        head_dim=32,
+        **{"head_dim": 32, **base},
         query_pre_attn_scalar=24,
         sliding_window=WINDOW,
         layer_types=layer_types,
@@ -89,20 +93,20 @@ def _gemma3() -> Any:
     )
 
 
-def _gemma2() -> Any:
+def _gemma2(base: dict[str, Any]) -> Any:
     from transformers import Gemma2Config
 
-    return Gemma2Config(**COMMON, head_dim=32, query_pre_attn_scalar=24, sliding_window=WINDOW)
+    return Gemma2Config(**{"head_dim": 32, **base}, query_pre_attn_scalar=24, sliding_window=WINDOW)
 
 
-def _phi3() -> Any:
+def _phi3(base: dict[str, Any]) -> Any:
     from transformers import Phi3Config
 
     rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75}
-    return Phi3Config(**COMMON, rope_parameters=rope, sliding_window=WINDOW, pad_token_id=0)
+    return Phi3Config(**base, rope_parameters=rope, sliding_window=WINDOW, pad_token_id=0)
 
 
-CONFIGS: dict[str, Callable[[], Any]] = {
+CONFIGS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "llama3": _llama3,
     "qwen2": _qwen2,
     "qwen3": _qwen3,
@@ -114,12 +118,21 @@ CONFIGS: dict[str, Callable[[], Any]] = {
 }
 
 
-def build(name: str, seed: int = 0) -> Any:
-    """A random-weight model of family `name` in float32, norm weights and biases perturbed too."""
+def llama(base: dict[str, Any]) -> Any:
+    """The plain Llama config of `base`'s sizes (the baseline of scripts/bench_families.py)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**base)
+
+
+def build(name: str, seed: int = 0, base: dict[str, Any] | None = None) -> Any:
+    """A random-weight model of family `name` (or "llama") in float32 of `base`'s sizes (default
+    `COMMON`), norm weights and biases perturbed too."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model: Any = AutoModelForCausalLM.from_config(CONFIGS[name](), dtype=torch.float32)
+    config = (llama if name == "llama" else CONFIGS[name])(base or COMMON)
+    model: Any = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if "norm" in pname or pname.endswith(".bias"):
