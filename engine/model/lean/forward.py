@@ -207,7 +207,8 @@ class LeanLlama:
         hq, hkv, d = self.heads, self.kv_heads, self.head_dim
         x = self.embed(ids)  # [T, H]
         ropes: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
-        for kind in self.rope_types or [None]:
+        kinds: list[str | None] = [*self.rope_types] or [None]
+        for kind in kinds:
             cos, sin = (
                 self.rotary(x[None], pos[None]) if kind is None else self.rotary(x[None], pos[None], kind)
             )
