@@ -161,12 +161,10 @@ class LeanLlama:
 
     @property
     def _projections(self) -> list[Proj]:
-        out: list[Proj] = [self.lm_head]
-        for layer in self.layers:
-            out += [layer.qkv, layer.o]
-            mlp = layer.mlp
-            out += mlp.projections if isinstance(mlp, Dense) else [mlp.router, *mlp.gate, *mlp.up, *mlp.down]
-        return out
+        return [
+            self.lm_head,
+            *(p for layer in self.layers for p in (layer.qkv, layer.o, *layer.mlp.projections)),
+        ]
 
     @property
     def moe(self) -> bool:

@@ -40,6 +40,10 @@ class MoE:
         self.down = [proj(plain_linear(down[e])) for e in range(self.num_experts)]
         block.experts = block.gate = None  # the products above own the weights now
 
+    @property
+    def projections(self) -> tuple[Proj, ...]:
+        return (self.router, *self.gate, *self.up, *self.down)
+
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         t, hidden = h.shape
         k = self.top_k
