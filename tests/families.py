@@ -125,6 +125,14 @@ def llama(base: dict[str, Any]) -> Any:
     return LlamaConfig(**base)
 
 
+def llama_rope(rope: dict[str, Any]) -> Any:
+    """A tiny random Llama with rotary parameters `rope` (a rope scaling of transformers')."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**COMMON, rope_parameters={"rope_theta": 10000.0, **rope})).eval()
+
+
 def build(name: str, seed: int = 0, base: dict[str, Any] | None = None) -> Any:
     """A random-weight model of family `name` (or "llama") in float32 of `base`'s sizes (default
     `COMMON`), norm weights and biases perturbed too."""

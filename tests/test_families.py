@@ -13,7 +13,7 @@ import torch
 from engine.model.cpu_traces import CpuTraces
 from engine.model.lean import LeanLlama, lean_path, path_for, supported
 from engine.model.runner import ModelRunner
-from tests.families import CONFIGS, WINDOW, build, engine_over, reference
+from tests.families import CONFIGS, WINDOW, build, engine_over, llama_rope, reference
 from tests.greedy import describe_divergence, engine_generate
 
 N_TOKENS = 8
@@ -67,6 +67,23 @@ def test_family_gives_transformers_greedy_tokens_alone_and_batched(
         alone = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [N_TOKENS] * len(PROMPTS), False)]
     assert together == want, describe_divergence(f"lean {name} vs transformers", together, want)
     assert alone == together
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+        {"rope_type": "linear", "factor": 2.0},
+    ],
+    ids=["yarn", "linear"],
+)
+def test_rope_scalings_come_from_transformers(rope: dict[str, Any], tokenizer: Any) -> None:
+    model = llama_rope(rope)
+    want = reference(model, PROMPTS[1:], N_TOKENS)
+    with engine_over(model, tokenizer) as engine:
+        assert engine.runner.lean is not None
+        got = [tokens for tokens, _ in engine_generate(engine, PROMPTS[1:], [N_TOKENS] * 2)]
+    assert got == want, describe_divergence(f"lean Llama, {rope['rope_type']} rope", got, want)
 
 
 def test_the_long_prompt_needs_the_window(models: dict[str, tuple[Any, list[list[int]]]]) -> None:
