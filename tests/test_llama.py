@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from engine.model.attention import ROW_MULTIPLE
-from engine.model.llama import LeanLlama, supported
-from engine.model.runner import ModelRunner
+from engine.model.llama import LeanLlama
 from tests.greedy import describe_divergence, engine_generate, hf_greedy, prompts, running_engine
 from tests.random_llama import TINY, build_random_llama
 
@@ -59,20 +57,3 @@ def test_biases_are_kept(tmp_path: Path, smollm2_dir: Path) -> None:
         assert engine.runner.lean is not None
         got = [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 2)]
     assert got == want, describe_divergence("lean engine with biases vs transformers", got, want)
-
-
-def test_other_architectures_keep_transformers_forward() -> None:
-    config = Gemma3TextConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    )
-    model = Gemma3ForCausalLM(config).eval()
-    assert not supported(model)
-    runner = ModelRunner(model, max_batch=4, max_context=128)
-    runner.prepare(threads=1)
-    assert runner.lean is None

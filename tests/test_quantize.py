@@ -120,9 +120,7 @@ def test_quantized_engine_skips_packing_and_keeps_greedy_output_batch_invariant(
     try:
         lean = engine.runner.lean
         assert lean is not None  # the lean Llama forward, over the quantized kernels
-        projections = [
-            p for layer in lean.layers for p in (layer.qkv, layer.o, layer.gate, layer.up, layer.down)
-        ]
+        projections = [p for layer in lean.layers for p in (layer.qkv, layer.o, *layer.mlp.projections)]
         assert all(type(p.module) is kind for p in [*projections, lean.lm_head])
         assert lean.layers[0].qkv.module.out_features == 576 + 2 * 192  # q, k, v: one product
         assert engine.runner.row_multiple == 1  # rows are not padded: the kernels keep them apart

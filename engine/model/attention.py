@@ -114,18 +114,27 @@ def _softmax(scores: torch.Tensor) -> torch.Tensor:
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T * scale + bias) v for q [..., M, D], k/v [..., L, D], bias broadcastable to [..., M, L].
+    """softmax(cap(q k^T * scale) + bias) v for q [..., M, D], k/v [..., L, D], bias broadcastable to
+    [..., M, L]; cap(s) = softcap * tanh(s / softcap) where a soft-cap is given (Gemma 2), else s.
 
-    SDPA's fused kernels, except on CPU in float32: written out there (see `_fused_on_cpu`).
+    SDPA's fused kernels, except on CPU in float32 or with a soft-cap: written out there (see
+    `_fused_on_cpu`).
     """
-    if q.device.type != "cpu" or _fused_on_cpu(q.dtype):
+    if softcap is None and (q.device.type != "cpu" or _fused_on_cpu(q.dtype)):
         if q.dim() == 3:  # [H, M, D]: the CPU flash kernel takes 4-D inputs (3-D ones take the math path)
             return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=bias, scale=scale)[0]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    scores = torch.matmul(q, k.transpose(-1, -2))
-    scores.mul_(scale).add_(bias)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap).mul_(softcap)
+    scores.add_(bias)
     return blocked_pv(_softmax(scores), v)
 
 
@@ -156,6 +165,7 @@ def slot_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     sliding_window: int | None = None,
+    softcap: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention interface: query [1, Hq, T, D], key/value [1, Hkv, T, D]."""
@@ -181,14 +191,14 @@ def slot_attention(
         qd = query.new_zeros(n_dec, hkv, rows, d)
         qd[:, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
         bias = step.decode_bias(sliding_window, q.dtype)
-        o = attend(qd, k, v, bias, scale)  # [n_dec, Hkv, rows, D]
+        o = attend(qd, k, v, bias, scale, softcap)  # [n_dec, Hkv, rows, D]
         out[:n_dec] = o[:, :, :g].reshape(n_dec, hq, d)
     elif n_dec:
         n, length = step.view_slots, step.decode_kv_len
         q4 = query.new_zeros(n, hkv, round_up(g, ROW_MULTIPLE), d)
         q4[step.decode_slots, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
         bias = step.decode_bias(sliding_window, q.dtype)
-        o = attend(q4, kc[:n, :, :length], vc[:n, :, :length], bias, scale)  # [n, Hkv, G4, D]
+        o = attend(q4, kc[:n, :, :length], vc[:n, :, :length], bias, scale, softcap)  # [n, Hkv, G4, D]
         out[:n_dec] = o[step.decode_slots, :, :g].reshape(n_dec, hq, d)
 
     for i, chunk in enumerate(step.prefills):
@@ -199,7 +209,9 @@ def slot_attention(
             qc = torch.cat([qc, qc.new_zeros(hkv, rows - c * g, d)], dim=1)
         length = chunk.kv_len
         bias = step.prefill_bias(i, g, sliding_window, q.dtype)  # [rows, L]
-        o = attend(qc, kc[chunk.slot, :, :length], vc[chunk.slot, :, :length], bias, scale)  # [Hkv, rows, D]
+        o = attend(
+            qc, kc[chunk.slot, :, :length], vc[chunk.slot, :, :length], bias, scale, softcap
+        )  # [Hkv, rows, D]
         out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
 
     return out.unsqueeze(0), None

@@ -3,7 +3,7 @@
 
 At one stream, a decode step is hundreds of small ops; issuing them from Python costs about as
 much as running them (on a GPU far more). A `DecodeGraphs` records the lean forward
-(engine.model.llama) of a decode-only step once per bucket and replays it:
+(engine.model.lean) of a decode-only step once per bucket and replays it:
 - a bucket is (rows, kv length): rows 1, 2, 4, 8, then multiples of 8 up to the slot count;
   kv lengths 256, 512, ... doubling up to the cache's length. A step takes the smallest
   bucket that holds it; padding rows write to the scratch slot 0 and read its first position.

@@ -130,7 +130,7 @@ def _config(setting: str, device: torch.device) -> Any:
 def _to_kernel_linears(model: nn.Module) -> None:
     """Replace every linear whose weight is a torchao CPU tensor (per-row `Int8Tensor`, or
     `Int4OpaqueTensor` in plain weight-only form) by an `Int8Linear` or `Int4Linear` over the same
-    data, which calls torch's kernel directly and concatenates with its neighbours (engine.llama)."""
+    data, which calls torch's kernel directly and concatenates with its neighbours (engine.model.lean)."""
     for name, mod in list(model.named_modules()):
         weight = getattr(mod, "weight", None)
         if type(mod) is not nn.Linear or not hasattr(weight, "qdata"):

@@ -2,13 +2,15 @@
 
 `ModelRunner.run(plan)` packs one step's tokens into a single row, runs the model with the
 slot attention (engine.attention), and returns the logits of the last token of every sequence
-that is due a new token. The model runs through the lean forward (engine.llama) where it
-supports the model, else through transformers' own; decode-only steps replay recorded graphs
-of the lean forward (engine.model.decode_graphs): CUDA graphs on a GPU, TorchScript traces on a CPU.
+that is due a new token. The model runs through the lean forward (engine.model.lean) where it
+supports the model, else through transformers' own (the log says which); decode-only steps replay
+recorded graphs of the lean forward (engine.model.decode_graphs): CUDA graphs on a GPU, TorchScript
+traces on a CPU.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -20,11 +22,12 @@ from engine.model.attention import KV_BLOCK, ROW_MULTIPLE, PrefillChunk, StepMet
 from engine.model.cpu_traces import CpuTraces
 from engine.model.cuda_graphs import CudaGraphs
 from engine.model.decode_graphs import DecodeGraphs
-from engine.model.llama import LeanLlama
-from engine.model.llama import supported as lean_supported
+from engine.model.lean import LeanLlama, lean_path
+from engine.model.lean import supported as lean_supported
 from engine.model.packed_linear import pack_linears, packing_available
 
 ATTENTION_NAME = "hearth_slots"
+log = logging.getLogger("hearth.engine")
 
 
 def use_slot_attention(model: Any) -> None:
@@ -42,6 +45,9 @@ class ModelRunner:
         model.requires_grad_(False)  # inference only; a traced graph takes weights as constants
         self.model = model
         self.lean_wanted = lean and lean_supported(model)
+        log.info(
+            "%s", lean_path(model) if lean else f"{type(model).__name__}: transformers' forward (lean off)"
+        )
         self.lean: LeanLlama | None = None
         self.graphs_wanted = graphs
         self.graphs: DecodeGraphs | None = None
@@ -68,7 +74,7 @@ class ModelRunner:
 
         On CPU: torch's thread count, and oneDNN weight packing, which must happen on the
         thread that runs the model (packed from another thread, the same products measured
-        ~35% slower here). A Llama model gets the lean forward (engine.llama), which packs
+        ~35% slower here). A model of a lean family gets the lean forward (engine.model.lean), which packs
         its own fused weights, and its decode graphs (recorded lazily, on this thread).
         """
         if self.device.type == "cpu":

@@ -14,7 +14,16 @@ from typing import Any
 
 import yaml
 
-from engine import HF_PREFIX, PACKAGE_PREFIX, Catalog, CatalogError, ModelConfig, load_catalog, resolve_source
+from engine import (
+    HF_PREFIX,
+    PACKAGE_PREFIX,
+    Catalog,
+    CatalogError,
+    ModelConfig,
+    load_catalog,
+    path_for_folder,
+    resolve_source,
+)
 
 _PLAIN = re.compile(r"[A-Za-z0-9_./:@+~-]+")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, not a path that exists
@@ -220,7 +229,19 @@ def add_model(config: Path, args: argparse.Namespace) -> int:
         print(f"hearth: error: {problem}", file=sys.stderr)
         return 2
     print(f"added {fields['id']!r} to {config}:\n{entry}", end="")
+    print(f"path: {forward_path(config, fields['id'])}")
     return 0
+
+
+def forward_path(config: Path, model_id: str) -> str:
+    """Which forward the model will run (engine.model.lean's families), from its files where they
+    are here; a model still to be downloaded is told when it loads (in the log)."""
+    catalog = load_catalog(config)
+    cfg = catalog.resolve(model_id)
+    folder, why = where(cfg, download=False) if cfg is not None else (None, "not in the catalog")
+    if folder is None:
+        return f"told in the log when it loads ({why})"
+    return path_for_folder(Path(folder), cfg.gguf_file if cfg is not None else None)
 
 
 def write_checked(config: Path, text: str, model_id: str) -> str | None:

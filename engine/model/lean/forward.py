@@ -1,0 +1,266 @@
+"""The lean forward, written once for every family in engine.model.lean.families.
+
+Per layer: norm, one q/k/v product, optional per-head q/k norms, rotary embedding (of the layer's
+type, possibly on part of each head), slot attention (its sliding window, scaling and soft-cap),
+the output product, then a gated MLP (two products with the activation and the product fused) or
+a mixture of experts (engine.model.lean.moe). Llama-shaped families add the residuals as post-ops
+of the output and down products; Gemma's norms on those outputs come first ("sandwich" norms).
+See engine.model.lean for what the forward guarantees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.model.attention import ROW_MULTIPLE, StepMeta, slot_attention
+from engine.model.lean.families import activation, family_of
+from engine.model.lean.moe import MoE
+from engine.model.lean.projections import Linear, Packed, Proj, projection, split
+from engine.model.packed_linear import QUANTIZED_LINEARS, packing_available
+
+
+class Norm:
+    """RMSNorm over the last dim: Llama's (x̂ · w) or Gemma's (x̂ · (1 + w), in float32)."""
+
+    def __init__(self, module: Any, eps: float, gemma: bool) -> None:
+        weight = module.weight.detach()
+        self.gemma = gemma
+        self.weight = 1.0 + weight.float() if gemma else weight
+        self.shape = (weight.shape[-1],)
+        self.eps = eps
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gemma:
+            return torch.rms_norm(x.float(), self.shape, self.weight, self.eps).to(x.dtype)
+        return torch.rms_norm(x, self.shape, self.weight, self.eps)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A gated MLP: down(act(gate(h)) * up(h)), plus the residual when given (fused on CPU)."""
+
+    gate: Proj
+    up: Proj
+    down: Proj
+    act: str
+
+    def __call__(self, h: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        inner = self.up.mul(h, self.gate.act(h, self.act))
+        return self.down(inner) if residual is None else self.down.add(inner, residual)
+
+    @property
+    def projections(self) -> tuple[Proj, ...]:
+        return (self.gate, self.up, self.down)
+
+
+@dataclass(frozen=True)
+class Layer:
+    index: int
+    input_norm: Norm
+    mlp_norm: Norm
+    attn_out_norm: Norm | None  # sandwich norms (Gemma)
+    mlp_out_norm: Norm | None
+    qkv: Proj
+    o: Proj
+    qk_norm: tuple[torch.Tensor, float] | None  # per-head weights [Hq + Hkv, D], eps
+    rope: str | None  # the rotary embedding's layer type (Gemma 3), None when it has one
+    window: int | None
+    scaling: float
+    softcap: float | None
+    mlp: Dense | MoE
+
+
+class LeanLlama:
+    """`forward(ids, pos, step, keep)`: logits [K, V] for the kept rows of one packed step.
+
+    Built on the engine thread (on CPU, oneDNN packing is faster when done on the thread that runs
+    the products). Takes the model's linear weights over: the model's own attention and MLP
+    projections are dropped, so only this forward can run the model afterwards.
+    """
+
+    def __init__(self, model: Any, batch_hint: int = 32) -> None:
+        family, why = family_of(model)
+        if family is None:
+            raise ValueError(f"the lean forward cannot run {type(model).__name__}: {why}")
+        self.family = family
+        cfg = model.config
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        eps = cfg.rms_norm_eps
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.rotary = inner.rotary_emb
+        self.rope_types: list[str] = sorted(getattr(self.rotary, "layer_types", []))
+        self.norm = Norm(inner.norm, eps, family.gemma_norm)
+        self.final_softcap: float | None = getattr(cfg, "final_logit_softcapping", None)
+        act = activation(cfg) or "silu"
+        param = next(model.parameters())
+        packing = packing_available(param.device, param.dtype)
+
+        def proj(*linears: Any) -> Proj:
+            return projection(list(linears), batch_hint, packing)
+
+        def norm(module: Any) -> Norm:
+            return Norm(module, eps, family.gemma_norm)
+
+        layer_types = getattr(cfg, "layer_types", None)
+        self.layers: list[Layer] = []
+        for i, layer in enumerate(inner.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            if family.fused_qkv:
+                qkv = proj(attn.qkv_proj)
+                gate, up = split(mlp.gate_up_proj, 2)
+                dense: Dense | MoE = Dense(proj(gate), proj(up), proj(mlp.down_proj), act)
+            else:
+                qkv = proj(attn.q_proj, attn.k_proj, attn.v_proj)
+                if hasattr(mlp, "experts"):
+                    dense = MoE(mlp, proj, act)
+                else:
+                    dense = Dense(proj(mlp.gate_proj), proj(mlp.up_proj), proj(mlp.down_proj), act)
+            self.layers.append(
+                Layer(
+                    index=i,
+                    input_norm=norm(layer.input_layernorm),
+                    mlp_norm=norm(
+                        layer.pre_feedforward_layernorm if family.sandwich else layer.post_attention_layernorm
+                    ),
+                    attn_out_norm=norm(layer.post_attention_layernorm) if family.sandwich else None,
+                    mlp_out_norm=norm(layer.post_feedforward_layernorm) if family.sandwich else None,
+                    qkv=qkv,
+                    o=proj(attn.o_proj),
+                    qk_norm=self._qk_norm(attn, eps) if family.qk_norm else None,
+                    rope=layer_types[i] if self.rope_types and layer_types else None,
+                    window=getattr(attn, "sliding_window", getattr(cfg, "sliding_window", None)),
+                    scaling=float(attn.scaling),
+                    softcap=getattr(attn, "attn_logit_softcapping", None),
+                    mlp=dense,
+                )
+            )
+            for name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj"):
+                if hasattr(attn, name):
+                    setattr(attn, name, None)
+            for name in ("gate_proj", "up_proj", "gate_up_proj", "down_proj"):
+                if hasattr(mlp, name):
+                    setattr(mlp, name, None)
+        self.lm_head = proj(model.lm_head)
+        model.lm_head = None
+        self._attn_module = _LayerIndex()
+
+    def _qk_norm(self, attn: Any, eps: float) -> tuple[torch.Tensor, float]:
+        """The q and k norms' weights, one row per head, scaled as the family's norm scales."""
+        q, k = (m.weight.detach() for m in (attn.q_norm, attn.k_norm))
+        if self.family.gemma_norm:
+            q, k = 1.0 + q.float(), 1.0 + k.float()
+        rows = [q.expand(self.heads, -1), k.expand(self.kv_heads, -1)]
+        norm_eps = getattr(attn.q_norm, "variance_epsilon", getattr(attn.q_norm, "eps", eps))
+        return torch.cat(rows).contiguous(), float(norm_eps)
+
+    @property
+    def _projections(self) -> list[Proj]:
+        return [
+            self.lm_head,
+            *(p for layer in self.layers for p in (layer.qkv, layer.o, *layer.mlp.projections)),
+        ]
+
+    @property
+    def moe(self) -> bool:
+        return any(isinstance(layer.mlp, MoE) for layer in self.layers)
+
+    @property
+    def plain(self) -> bool:
+        """Every projection is a plain `F.linear` (no oneDNN packing, no quantized weights)."""
+        return all(isinstance(p, Linear) for p in self._projections)
+
+    @property
+    def traceable(self) -> bool:
+        """No oneDNN-packed product: TorchScript cannot record those ops (engine.cuda_graphs traces
+        this forward on a CPU for quantized models, whose kernels are plain aten ops)."""
+        return not any(isinstance(p, Packed) for p in self._projections)
+
+    @property
+    def row_multiple(self) -> int:
+        """Rows a step must be padded to a multiple of for batch invariance: 1 where every product
+        is a quantized kernel (rows independent from one row up), else `ROW_MULTIPLE`."""
+        quantized = all(isinstance(p.module, QUANTIZED_LINEARS) for p in self._projections)
+        return 1 if quantized else ROW_MULTIPLE
+
+    @property
+    def capturable(self) -> bool:
+        """No op depends on data on the host: false for rotary embeddings that rescale with the
+        longest position (transformers' "dynamic" and "longrope" read it back every call), and for
+        mixtures of experts (how many rows each expert gets is read back)."""
+        rope = getattr(self.rotary, "rope_type", "default")
+        kinds = rope.values() if isinstance(rope, dict) else [rope]
+        return not self.moe and not any("dynamic" in kind or kind == "longrope" for kind in kinds)
+
+    def forward(
+        self, ids: torch.Tensor, pos: torch.Tensor, step: StepMeta, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """ids/pos [T] (the packed row), keep [K] rows whose logits to return -> [K, V]."""
+        t = ids.shape[0]
+        hq, hkv, d = self.heads, self.kv_heads, self.head_dim
+        x = self.embed(ids)  # [T, H]
+        ropes: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
+        kinds: list[str | None] = [*self.rope_types] or [None]
+        for kind in kinds:
+            cos, sin = (
+                self.rotary(x[None], pos[None]) if kind is None else self.rotary(x[None], pos[None], kind)
+            )
+            ropes[kind] = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, R]
+        for layer in self.layers:
+            qkv = layer.qkv(layer.input_norm(x))  # [T, (Hq + 2 Hkv) D]
+            qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
+            if layer.qk_norm is not None:
+                weight, eps = layer.qk_norm
+                qk = (torch.rms_norm(qk.to(weight.dtype), (d,), None, eps) * weight).to(qkv.dtype)
+            qk = _rotate(qk, *ropes[layer.rope])
+            v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
+            self._attn_module.layer_idx = layer.index
+            out, _ = slot_attention(
+                self._attn_module,  # type: ignore[arg-type]
+                qk[:, :hq].transpose(0, 1)[None],
+                qk[:, hq:].transpose(0, 1)[None],
+                v.transpose(0, 1)[None],
+                None,
+                scaling=layer.scaling,
+                sliding_window=layer.window,
+                softcap=layer.softcap,
+                hearth_step=step,
+            )
+            out = out.view(t, hq * d)
+            if layer.attn_out_norm is None:
+                x = layer.o.add(out, x)
+            else:
+                x = x + layer.attn_out_norm(layer.o(out))
+            h = layer.mlp_norm(x)
+            if isinstance(layer.mlp, MoE):
+                x = x + layer.mlp(h)
+            elif layer.mlp_out_norm is None:
+                x = layer.mlp(h, x)
+            else:
+                x = x + layer.mlp_out_norm(layer.mlp(h))
+        logits = self.lm_head(self.norm(x[keep]))
+        if self.final_softcap is not None:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits
+
+
+class _LayerIndex:
+    """What slot attention reads of the attention module: its layer index."""
+
+    layer_idx = 0
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (rotate-half convention, as transformers'): x [T, H, D], cos/sin [T, 1, R];
+    with R < D (a partial rotary factor, Phi-4-mini) the last D - R dims pass unrotated."""
+    r = cos.shape[-1]
+    part = x if r == x.shape[-1] else x[..., :r]
+    half = r // 2
+    rotated = torch.cat((-part[..., half:], part[..., :half]), dim=-1)
+    out = torch.addcmul(part * cos, rotated, sin)
+    return out if r == x.shape[-1] else torch.cat([out, x[..., r:]], dim=-1)

@@ -1,0 +1,78 @@
+"""A top-k mixture of experts (Qwen3-MoE's sparse block) as grouped products.
+
+The router picks `top_k` experts per token (softmax in float32, top-k, optionally renormalised, as
+transformers does). Token/expert pairs are then sorted by expert, and every expert that received
+tokens runs its gated MLP once over its contiguous slice of rows: one Python iteration per expert
+hit, never per token. Each slice is padded to a multiple of `ROW_MULTIPLE` rows, so a row's bits
+do not depend on how many other tokens chose the same expert (batch invariance, as elsewhere in
+the lean forward). A token's expert outputs are weighted and summed in ascending expert order,
+the order of transformers' own `index_add_` loop.
+
+The experts' weights (3-D parameters, not linears) stay in the model's dtype under int8/int4,
+which quantize linear layers only; on CPU they are oneDNN-packed like every other product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from engine.model.attention import ROW_MULTIPLE, round_up
+from engine.model.lean.projections import Proj, plain_linear
+
+
+class MoE:
+    """`moe(h)`: the block's output [T, H] for normed hidden states h [T, H]."""
+
+    def __init__(self, block: Any, proj: Callable[..., Proj], act: str) -> None:
+        router, experts = block.gate, block.experts
+        self.top_k: int = router.top_k
+        self.renormalize: bool = bool(router.norm_topk_prob)
+        self.num_experts: int = router.num_experts
+        self.act = act
+        self.router = proj(plain_linear(router.weight.detach()))
+        gate_up, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
+        inner = gate_up.shape[1] // 2
+        self.gate = [proj(plain_linear(gate_up[e, :inner])) for e in range(self.num_experts)]
+        self.up = [proj(plain_linear(gate_up[e, inner:])) for e in range(self.num_experts)]
+        self.down = [proj(plain_linear(down[e])) for e in range(self.num_experts)]
+        block.experts = block.gate = None  # the products above own the weights now
+
+    @property
+    def projections(self) -> tuple[Proj, ...]:
+        return (self.router, *self.gate, *self.up, *self.down)
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        t, hidden = h.shape
+        k = self.top_k
+        probs = torch.softmax(self.router(h), dim=-1, dtype=torch.float32)  # [T, E]
+        weights, experts = torch.topk(probs, k, dim=-1)  # [T, k]
+        if self.renormalize:
+            weights /= weights.sum(dim=-1, keepdim=True)
+        experts, order = experts.sort(dim=-1)  # each token's experts in ascending order
+        weights = weights.gather(-1, order).to(h.dtype)
+
+        flat = experts.reshape(-1)  # [T * k] pairs, by token
+        by_expert = flat.argsort(stable=True)  # pairs grouped by expert
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        tokens = by_expert // k
+        out = h.new_empty(t * k, hidden)
+        start = 0
+        for e, count in enumerate(counts):
+            if not count:
+                continue
+            pairs = by_expert[start : start + count]
+            x = h.index_select(0, tokens[start : start + count])
+            start += count
+            pad = round_up(count, ROW_MULTIPLE) - count
+            if pad:
+                x = torch.cat([x, x.new_zeros(pad, hidden)])
+            y = self.down[e](self.up[e].mul(x, self.gate[e].act(x, self.act)))
+            out[pairs] = y[:count]
+        weighted = out.view(t, k, hidden) * weights[..., None]
+        total = weighted[:, 0]
+        for j in range(1, k):
+            total = total + weighted[:, j]
+        return total

@@ -1,0 +1,149 @@
+"""The products of the lean forward: one projection of one input, with the follow-up ops it needs.
+
+`projection(linears)` computes the concatenated outputs of several linears of the same input
+as one product: on CPU with oneDNN-packed weights (`_Packed`), whose residual add, product with
+another tensor and activation ride on the product as post-ops; else as one `F.linear`
+(`_Linear`), one quantized kernel (engine.model.packed_linear's `Int8Linear`, `Int4Linear`,
+concatenated), or the linears as they are (torchao's, on CUDA). `split` cuts one linear into
+several along its outputs (Phi-3's fused `gate_up_proj`), so each part gets its own post-ops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.model.packed_linear import QUANTIZED_LINEARS, Int4Linear, Int8Linear, concat_bias, is_plain_linear
+
+# activations of a gated MLP: transformers' name -> (oneDNN post-op, its algorithm)
+ACTIVATIONS = {"silu": ("swish", ""), "gelu_pytorch_tanh": ("gelu", "tanh"), "gelu_new": ("gelu", "tanh")}
+
+
+def _activate(x: torch.Tensor, kind: str) -> torch.Tensor:
+    return F.silu(x) if kind == "silu" else F.gelu(x, approximate="tanh")
+
+
+class Proj:
+    """A projection x [M, K] -> [M, N], with the follow-up ops the forward needs.
+
+    This base class runs any linear module (a torchao int4 one, say) and does the follow-up
+    ops separately; `_Packed` fuses them into oneDNN's product.
+    """
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual + proj(x)"""
+        return residual + self(x)
+
+    def mul(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """other * proj(x)"""
+        return other * self(x)
+
+    def act(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        """activation(proj(x)), `kind` one of `ACTIVATIONS`"""
+        return _activate(self(x), kind)
+
+
+class _Concat(Proj):
+    """Several projections of the same input whose outputs are concatenated (no fused kernel)."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        super().__init__(None)
+        self.parts = parts
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
+class Linear(Proj):
+    """Plain linears of the same input as one `F.linear` (weights concatenated when several)."""
+
+    def __init__(self, linears: list[nn.Linear]) -> None:
+        super().__init__(None)
+        weights = [m.weight.detach() for m in linears]
+        self.weight = weights[0] if len(weights) == 1 else torch.cat(weights)  # one: no copy (tied lm_head)
+        self.bias = concat_bias(linears, self.weight)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class Packed(Proj):
+    """A oneDNN-packed weight [N, K] (and bias), its follow-up ops fused as post-ops."""
+
+    def __init__(self, linears: list[nn.Linear], batch_hint: int) -> None:
+        super().__init__(None)
+        weight = torch.cat([m.weight.detach() for m in linears])
+        self.bias = concat_bias(linears, weight)
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+
+    def mul(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.weight, self.bias, "mul")
+
+    def act(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        post_op, algorithm = ACTIVATIONS[kind]
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, post_op, [], algorithm)
+
+
+def projection(linears: list[Any], batch_hint: int, packing: bool) -> Proj:
+    """One projection computing the concatenated outputs of `linears` (same input) as cheaply as we can."""
+    if all(is_plain_linear(m) for m in linears):
+        return Packed(linears, batch_hint) if packing else Linear(linears)
+    for kind in QUANTIZED_LINEARS:
+        if all(type(m) is kind for m in linears):
+            return Proj(linears[0] if len(linears) == 1 else kind.concat(linears))
+    return Proj(linears[0]) if len(linears) == 1 else _Concat(linears)
+
+
+def plain_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """An `nn.Linear` over `weight` [N, K] (and `bias`) without copying them."""
+    with torch.device("meta"):
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias, requires_grad=False)
+    return linear
+
+
+def split(linear: Any, parts: int) -> list[Any]:
+    """`linear` cut into `parts` equal linears along its outputs (plain, `Int8Linear` or `Int4Linear`);
+    a linear of another kind comes back as `_Slice`s of itself."""
+    n = linear.out_features // parts
+    cuts = [slice(i * n, (i + 1) * n) for i in range(parts)]
+    bias = linear.bias.detach() if linear.bias is not None else None
+    piece = lambda b, s: None if b is None else b[s].clone()  # noqa: E731
+    if is_plain_linear(linear):
+        return [plain_linear(linear.weight.detach()[s].clone(), piece(bias, s)) for s in cuts]
+    if type(linear) is Int8Linear:
+        return [Int8Linear(linear.qdata[s], linear.scale[s], piece(bias, s)) for s in cuts]
+    if type(linear) is Int4Linear:
+        return [
+            Int4Linear(linear.qdata[s], linear.scale_and_zero[:, s], linear.group, piece(bias, s))
+            for s in cuts
+        ]
+    return [_Slice(linear, s) for s in cuts]
+
+
+class _Slice(nn.Module):
+    """Some of the outputs of a linear module (runs the whole product)."""
+
+    def __init__(self, linear: Any, cut: slice) -> None:
+        super().__init__()
+        self.linear, self.cut = linear, cut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)[..., self.cut]
