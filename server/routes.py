@@ -6,8 +6,16 @@ from starlette.routing import BaseRoute
 
 from server.anthropic import routes as anthropic
 from server.http import health
+from server.ollama import routes as ollama
 from server.openai import chat, completions, models
 
 
 def all_routes() -> list[BaseRoute]:
-    return [*health.routes, *models.routes, *chat.routes, *completions.routes, *anthropic.routes]
+    return [
+        *health.routes,
+        *models.routes,
+        *chat.routes,
+        *completions.routes,
+        *anthropic.routes,
+        *ollama.routes,
+    ]
