@@ -53,20 +53,30 @@ def digest(cfg: ModelConfig) -> str:
 
 
 def parameter_count(engine: Engine) -> int:
-    """The model's weights, counted by module: a linear packed for the CPU (its weight no longer a
-    parameter) by its shape, a tied weight once."""
+    """The model's weights: counted by module, a tied weight once; for a model whose linears the engine
+    moved out of the module tree (the lean Llama forward), estimated from its config."""
     seen: set[int] = set()
-    total = 0
+    total, linears = 0, 0
     for module in engine.model.modules():
-        params = list(module.parameters(recurse=False))
-        if not params and hasattr(module, "in_features") and hasattr(module, "out_features"):
-            total += int(module.in_features) * int(module.out_features)
-            continue
-        for p in params:
+        linears += hasattr(module, "in_features") and hasattr(module, "out_features")
+        for p in module.parameters(recurse=False):
             if id(p) not in seen:
                 seen.add(id(p))
                 total += p.numel()
-    return total
+    return total if linears else _decoder_parameters(engine.model.config.get_text_config())
+
+
+def _decoder_parameters(cfg: Any) -> int:
+    """A decoder-only transformer's weights from its config (no biases): embeddings, attention, a gated
+    MLP and two norms per layer, the final norm, and an untied output head."""
+    hidden, vocab = int(cfg.hidden_size), int(cfg.vocab_size)
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    layer = attention + 3 * hidden * int(cfg.intermediate_size) + 2 * hidden
+    head = 0 if getattr(cfg, "tie_word_embeddings", False) else vocab * hidden
+    return vocab * hidden + int(cfg.num_hidden_layers) * layer + hidden + head
 
 
 def _size_label(count: int) -> str:
