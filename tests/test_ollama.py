@@ -116,6 +116,12 @@ def test_generate(client: ollama.Client, tokenizer: Any) -> None:
     assert raw.response and raw.prompt_eval_count == len(tokenizer("The capital of France is")["input_ids"])
 
 
+def test_logprobs(client: ollama.Client) -> None:
+    r = client.generate(model=MODEL, prompt="Hi", options={"num_predict": 3}, logprobs=True, top_logprobs=2)
+    assert r.logprobs is not None and len(r.logprobs) == r.eval_count == 3
+    assert all(entry.logprob <= 0 and len(entry.top_logprobs or ()) == 2 for entry in r.logprobs)
+
+
 def test_show(client: ollama.Client) -> None:
     r = client.show(MODEL)
     assert r.capabilities is not None and {"completion", "tools"} <= set(r.capabilities)
