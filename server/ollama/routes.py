@@ -34,6 +34,7 @@ async def chat(request: Request) -> Response:
     clock = _clock()
     body = await read_body(request, ChatRequest, "ollama.chat")
     state = app_state(request)
+    _note_options(state, body)
     cfg = resolve(state, body.model_name)
     keep = keep_alive_seconds(body.keep_alive)
     if not body.messages:
@@ -50,6 +51,7 @@ async def generate(request: Request) -> Response:
     clock = _clock()
     body = await read_body(request, GenerateRequest, "ollama.generate")
     state = app_state(request)
+    _note_options(state, body)
     cfg = resolve(state, body.model_name)
     keep = keep_alive_seconds(body.keep_alive)
     if not body.prompt and not body.images:
@@ -59,6 +61,12 @@ async def generate(request: Request) -> Response:
     engine = await _engine(state, cfg, keep, clock)
     ids = await generate_prompt(engine, body, cfg.id)
     return await answer(request, engine, ids, body, Answer(cfg.id, False, frozenset(), False, clock))
+
+
+def _note_options(state: AppState, body: GenerationRequest) -> None:
+    """Log each option Hearth does not apply (`num_gpu`, `mirostat`, ...) once."""
+    if body.options is not None:
+        state.ignored_fields.note("ollama.options", body.options.model_extra or {})
 
 
 def _clock() -> Clock:
