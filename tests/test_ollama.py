@@ -9,6 +9,7 @@ calls and results), `options` (num_predict, stop, seed, num_ctx), `keep_alive` (
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -18,6 +19,8 @@ import jsonschema
 import ollama
 import pytest
 
+from server.http.errors import APIError
+from server.ollama.keep_alive import keep_alive_seconds
 from tests.launch import MODEL, Server
 
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
@@ -289,3 +292,22 @@ def test_keep_alive_sets_the_expiry_and_zero_unloads(client: ollama.Client) -> N
     loaded = client.generate(model=MODEL, prompt="")  # an empty prompt loads it again
     assert (loaded.done_reason, loaded.response) == ("load", "")
     assert _expiry(client) is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), (300, 300.0), (1.5, 1.5), ("5m", 300.0), ("1h30m", 5400.0), ("300ms", 0.3), ("2.5s", 2.5)]
+    + [("90", 90.0), ("0", 0.0), (0, 0.0), (-1, math.inf), ("-1", math.inf), ("-1m", math.inf)],
+)
+def test_keep_alive_reads_numbers_and_go_durations(value: Any, seconds: float | None) -> None:
+    if seconds is None or math.isinf(seconds):
+        assert keep_alive_seconds(value) == seconds
+    else:
+        assert keep_alive_seconds(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["soon", "5 m", "m5", "1h-5m", "", "5d"])
+def test_keep_alive_rejects_what_is_not_a_duration(value: str) -> None:
+    with pytest.raises(APIError) as caught:
+        keep_alive_seconds(value)
+    assert caught.value.status == 400 and "keep_alive" in caught.value.message
