@@ -6,6 +6,7 @@ from starlette.routing import BaseRoute
 
 from server.anthropic import routes as anthropic
 from server.http import health
+from server.ollama import routes as ollama
 from server.openai import chat, completions, embeddings, models, tokenize
 from server.openai.responses import routes as responses
 
@@ -20,4 +21,5 @@ def all_routes() -> list[BaseRoute]:
         *embeddings.routes,
         *tokenize.routes,
         *anthropic.routes,
+        *ollama.routes,
     ]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 from starlette.datastructures import Headers
@@ -129,6 +130,19 @@ def test_anthropic_routes_answer_401_in_their_shape_and_take_x_api_key(service: 
     with anthropic.Anthropic(base_url=f"{service.url}/anthropic", api_key=KEYS[0], max_retries=0) as claude:
         reply = claude.messages.create(model=MODEL, max_tokens=4, messages=HI)
     assert reply.usage.output_tokens >= 1
+
+
+def test_ollama_routes_answer_401_in_their_shape_and_the_client_sends_the_key(service: Launched) -> None:
+    for denied in (httpx.get(f"{service.url}/api/tags"), httpx.post(f"{service.url}/api/chat", json={})):
+        assert denied.status_code == 401
+        assert set(denied.json()) == {"error"} and "API key" in denied.json()["error"]
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama.Client(host=service.url).list()
+    assert caught.value.status_code == 401
+    client = ollama.Client(host=service.url, headers={"authorization": f"Bearer {KEYS[0]}"}, timeout=120)
+    assert [m.model for m in client.list().models] == [MODEL]
+    reply = client.chat(model=MODEL, messages=HI, options={"num_predict": 2})
+    assert reply.done and reply.eval_count
 
 
 @pytest.mark.parametrize("headers", [{"x-api-key": FILE_KEY}, {"authorization": f"bearer {FILE_KEY}"}])

@@ -14,6 +14,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -200,3 +201,24 @@ def test_reasoning_tokens_are_those_before_the_close() -> None:
     assert count("abc", opened=True) == 3
     assert count("x<think>ab</think>c", opened=False) == len("<think>ab")
     assert count("plain", opened=False) == 0
+
+
+def test_ollama_think_becomes_message_thinking(thinker: Launched) -> None:
+    client = ollama.Client(host=thinker.url, timeout=300)
+    kwargs: dict[str, Any] = {
+        "model": MODEL,
+        "messages": ASK,
+        "options": {"temperature": 0, "num_predict": 5},
+    }
+    whole = client.chat(**kwargs, think=True)
+    assert whole.message.thinking and THINK_CLOSE not in whole.message.thinking
+    assert whole.done_reason == "length" and not whole.message.content  # the reasoning never closed
+    streamed = list(client.chat(**kwargs, think=True, stream=True))
+    assert "".join(p.message.thinking or "" for p in streamed) == whole.message.thinking
+    off = client.chat(**kwargs, think=False)
+    assert not off.message.thinking and off.message.content
+    generated = client.generate(
+        model=MODEL, prompt=ASK[0]["content"], think="high", options=kwargs["options"]
+    )
+    assert generated.thinking and not generated.response
+    assert "thinking" in (client.show(MODEL).capabilities or [])

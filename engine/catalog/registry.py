@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -105,6 +106,7 @@ class ModelRegistry(EngineRestarts):
         self._engines: dict[str, Served] = {}
         self._used: dict[str, float] = {}  # model id -> when it was last handed out or seen busy
         self._sizes: dict[str, int] = {}  # model id -> bytes, measured at its last load
+        self._keep_alive: dict[str, float] = {}  # model id -> idle seconds asked (keep_alive), until unloaded
         self._closed = False
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -219,6 +221,32 @@ class ModelRegistry(EngineRestarts):
         self._ensure_reaper()
         return engine
 
+    def keep_alive(self, model_id: str, seconds: float) -> None:
+        """Unload `model_id` after `seconds` without requests (0: as soon as it is idle; `math.inf`:
+        never), instead of its `idle_unload_s`, until it next unloads (Ollama's `keep_alive`)."""
+        with self._state:
+            self._keep_alive[model_id] = seconds
+        self._ensure_reaper()
+
+    def idle_limit(self, model_id: str) -> float | None:
+        """Seconds without requests after which `model_id` unloads; None: never."""
+        seconds = self._keep_alive.get(model_id)
+        if seconds is None:
+            cfg = self.catalog.resolve(model_id)
+            return None if cfg is None else cfg.idle_unload_s
+        return None if math.isinf(seconds) else seconds
+
+    def expires_in(self, model_id: str) -> float | None:
+        """Seconds until a loaded model, kept idle, unloads for idleness; None: never."""
+        limit = self.idle_limit(model_id)
+        if limit is None:
+            return None
+        return max(0.0, limit - (time.monotonic() - self._used.get(model_id, time.monotonic())))
+
+    def loaded_bytes(self, model_id: str) -> int | None:
+        """The memory a loaded model holds (measured at its load); None when it is not loaded."""
+        return self._sizes.get(model_id) if model_id in self._engines else None
+
     async def aget(self, name: str | None) -> Engine:
         """`get` in a worker thread; returns at once when the model is already loaded."""
         cfg = self.resolve(name)
@@ -239,6 +267,7 @@ class ModelRegistry(EngineRestarts):
             if engine is None or self._busy(model_id, engine, time.monotonic()):
                 return False
             del self._engines[model_id]
+            self._keep_alive.pop(model_id, None)
         engine.shutdown()
         del engine
         release_memory()
@@ -252,14 +281,15 @@ class ModelRegistry(EngineRestarts):
         unloaded = []
         for cfg in self.catalog.models:
             engine = self._engines.get(cfg.id)
-            if engine is None or cfg.idle_unload_s is None:
+            limit = self.idle_limit(cfg.id)
+            if engine is None or limit is None:
                 continue
             with self._state:
                 if _in_flight(engine):
                     self._used[cfg.id] = now  # idle time counts from the end of the last request
                     continue
                 idle = now - self._used[cfg.id]
-            if idle >= cfg.idle_unload_s and self.unload(cfg.id, f"idle for {idle:.0f} s"):
+            if idle >= limit and self.unload(cfg.id, f"idle for {idle:.0f} s"):
                 unloaded.append(cfg.id)
         return unloaded + self._make_room(None, 0)
 
@@ -334,6 +364,7 @@ class ModelRegistry(EngineRestarts):
     def _ensure_reaper(self) -> None:
         """Start the idle/budget thread once, if any model can be unloaded by time or budget."""
         wanted = self.budget_bytes is not None or any(c.idle_unload_s for c in self.catalog.models)
+        wanted = wanted or bool(self._keep_alive)
         with self._state:
             if not wanted or self._reaper is not None or self._closed:
                 return

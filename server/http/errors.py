@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from server.anthropic.errors import anthropic_error_body, is_anthropic_path
+from server.ollama.errors import is_ollama_path, ollama_error_body
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,13 @@ class APIError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
     def response(self, path: str = "") -> JSONResponse:
-        """The JSON response; for a request to an Anthropic route (`path`) in Anthropic's error shape."""
-        body = anthropic_error_body(self.status, self.message) if is_anthropic_path(path) else self.body()
+        """The JSON response; for a request to an Anthropic or Ollama route (`path`) in that API's shape."""
+        if is_anthropic_path(path):
+            body = anthropic_error_body(self.status, self.message)
+        elif is_ollama_path(path):
+            body = ollama_error_body(self.message)
+        else:
+            body = self.body()
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
