@@ -25,7 +25,9 @@ from server.anthropic.schemas import (
 )
 from server.anthropic.stream import StreamMeta, message_events
 from server.anthropic.translate import content_blocks, prompt_ids, sampling, stop_reason
-from server.generation.drive import collect, first_delta, get_engine, until_disconnected
+from server.generation.collect import collect
+from server.generation.read import get_engine
+from server.generation.submit import first_delta, until_disconnected
 from server.http.body import read_body
 from server.http.sse import EventStreamResponse
 from server.output.parser import parse_output

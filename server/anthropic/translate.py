@@ -32,9 +32,8 @@ from server.anthropic.schemas import (
     ToolUseBlock,
     ToolUseOut,
 )
-from server.generation.drive import completion_budget
+from server.generation.params import completion_budget, top_k
 from server.http.errors import APIError
-from server.openai.sampling_params import top_k
 from server.output.parser import Piece
 from server.output.reasoning import thinking_plan
 from server.output.tool_grammar import ToolSpec, answer_grammar

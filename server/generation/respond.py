@@ -1,8 +1,4 @@
-"""Answering a chat or (legacy) completions request: submit it, then one JSON object or SSE chunks.
-
-The route reads its body (`read_generation`) and renders the prompt; `respond` does the rest through
-a `Render`, which knows its API's shapes: the chunks a delta becomes, the usage chunk, the answer.
-"""
+"""Step 5: answer: one JSON object, or SSE events through a `Render` that knows its API's shapes."""
 
 from __future__ import annotations
 
@@ -11,43 +7,22 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from engine import Delta, Engine, ModelConfig, SamplingParams
-from server.generation.drive import (
-    Choices,
-    aclose,
-    chain,
-    checked,
-    collect,
-    first_delta,
-    generate_error,
-    get_engine,
-    until_disconnected,
+from engine import (
+    Delta,
+    Engine,
+    SamplingParams,
 )
-from server.http.body import read_body
+from server.generation.collect import Choices, aclose, chain, checked, collect
+from server.generation.submit import first_delta, generate_error, until_disconnected
 from server.http.sse import DONE, EventStreamResponse, encode_event
-from server.openai.sampling_params import choice_count
 from server.openai.schemas import GenerationRequest, Usage
 from server.state import app_state
-
-G = TypeVar("G", bound=GenerationRequest)
-
-
-async def read_generation(
-    request: Request, schema: type[G], where: str
-) -> tuple[G, int, ModelConfig, Engine]:
-    """The body (see `read_body`), its number of choices (400 above `--max-n`, checked before a model
-    loads), then the catalog entry of the model it names and that model's engine."""
-    state = app_state(request)
-    body = await read_body(request, schema, where)
-    n = choice_count(body.n, state.settings.max_n)
-    cfg, engine = await get_engine(state, body.model)
-    return body, n, cfg, engine
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What one HTTP request carries across layers without being passed down: its id, deadline and timings.
 
 `RequestIdMiddleware` (server/app.py) binds a `RequestContext` for each request to a context
-variable; log records read its id (`RequestIdFilter`), `server/generation/drive.py` reads its deadline
+variable; log records read its id (`RequestIdFilter`), `server/generation/` reads its deadline
 and reports every delta to it (`next_delta`, `observed`), and `MetricsMiddleware` turns its
 timings into histograms when the response is done. Outside a request everything here is a no-op.
 """

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from engine import EmbedInputError, ModelConfig, shorten
-from server.generation.drive import generate_error
+from server.generation.submit import generate_error
 from server.http.body import read_body
 from server.http.errors import APIError
 from server.ollama.keep_alive import apply_keep_alive, keep_alive_seconds

@@ -16,7 +16,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from engine import Engine, ModelConfig
-from server.generation.drive import collect, first_delta, get_engine, until_disconnected
+from server.generation.collect import collect
+from server.generation.read import get_engine
+from server.generation.submit import first_delta, until_disconnected
 from server.http.body import read_body
 from server.http.context import current
 from server.http.errors import APIError

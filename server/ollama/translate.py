@@ -20,11 +20,10 @@ import asyncio
 from typing import Any
 
 from engine import ChatTemplateError, Engine, GrammarSpec, SamplingParams, render_chat
-from server.generation.drive import completion_budget
+from server.generation.params import completion_budget, top_k
 from server.http.errors import APIError
 from server.ollama.schemas import ChatRequest, GenerateRequest, GenerationRequest, Message, Options
 from server.openai.completions import tokenize_prompt
-from server.openai.sampling_params import top_k
 from server.output.reasoning import template_kwargs, template_thinks, thinking_plan
 from server.output.tool_grammar import answer_grammar
 from server.output.tool_prompt import template_input

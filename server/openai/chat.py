@@ -11,8 +11,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine import ChatTemplateError, Engine, SamplingParams, render_chat
-from server.generation.drive import completion_budget
-from server.generation.respond import ResponseMeta, read_generation, respond
+from server.generation.params import completion_budget
+from server.generation.read import read_generation
+from server.generation.respond import ResponseMeta, respond
 from server.http.errors import APIError
 from server.openai.chat_render import ChatRender, OutputShape
 from server.openai.sampling_params import sampling_params

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import Delta
-from server.generation.drive import Choices
+from server.generation.collect import Choices
 from server.generation.respond import ResponseMeta
 from server.http.sse import encode_event
 from server.openai.logprobs import chat_logprobs

@@ -17,8 +17,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine import Delta, Engine
-from server.generation.drive import Choices, completion_budget
-from server.generation.respond import ResponseMeta, read_generation, respond
+from server.generation.collect import Choices
+from server.generation.params import completion_budget
+from server.generation.read import read_generation
+from server.generation.respond import ResponseMeta, respond
 from server.http.errors import APIError
 from server.http.sse import encode_event
 from server.openai.completion_schemas import (

@@ -28,7 +28,8 @@ from engine import (
     WrongTaskError,
     shorten,
 )
-from server.generation.drive import generate_error, resolve_model, until_disconnected
+from server.generation.read import resolve_model
+from server.generation.submit import generate_error, until_disconnected
 from server.http.body import read_body
 from server.http.context import current, note_model
 from server.http.errors import APIError

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine import Embedder, ModelConfig
-from server.generation.drive import resolve_model
+from server.generation.read import resolve_model
 from server.openai.schemas import Model, ModelList
 from server.state import AppState, app_state
 

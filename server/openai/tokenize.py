@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine import ChatTemplateError, render_chat
-from server.generation.drive import get_engine, resolve_model
+from server.generation.read import get_engine, resolve_model
 from server.http.body import read_body
 from server.http.errors import APIError
 from server.openai.embeddings import get_embedder

@@ -17,7 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from server.generation.drive import collect, completion_budget, first_delta, get_engine, until_disconnected
+from server.generation.collect import collect
+from server.generation.params import completion_budget
+from server.generation.read import get_engine
+from server.generation.submit import first_delta, until_disconnected
 from server.http.auth import presented_key
 from server.http.body import read_body
 from server.http.errors import APIError
