@@ -20,8 +20,8 @@ from engine import Delta
 from server.anthropic.errors import anthropic_error_body
 from server.anthropic.schemas import tool_use_id
 from server.anthropic.translate import stop_reason
-from server.generation.collect import aclose, chain, checked
-from server.generation.submit import generate_error
+from server.generation.collect import chain, checked
+from server.generation.submit import aclose, generate_error
 from server.http.sse import encode_event
 from server.output.parser import OutputParser, Piece, PieceKind
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from engine import (
     Delta,
     Logprob,
 )
-from server.generation.submit import delta_error
+from server.generation.submit import aclose, delta_error
 from server.http.context import observed
 from server.http.errors import APIError
 from server.openai.schemas import Usage
@@ -89,10 +88,3 @@ async def chain(first: Delta, deltas: AsyncIterator[Delta]) -> AsyncIterator[Del
             yield delta
     finally:
         await aclose(deltas)
-
-
-async def aclose(iterator: AsyncIterator[Any]) -> None:
-    """Close an async generator (aborting the engine request it drives); harmless when finished."""
-    close = getattr(iterator, "aclose", None)
-    if close is not None:
-        await close()

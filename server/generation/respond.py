@@ -18,8 +18,8 @@ from engine import (
     Engine,
     SamplingParams,
 )
-from server.generation.collect import Choices, aclose, chain, checked, collect
-from server.generation.submit import first_delta, generate_error, until_disconnected
+from server.generation.collect import Choices, chain, checked, collect
+from server.generation.submit import aclose, first_delta, generate_error, until_disconnected
 from server.http.sse import DONE, EventStreamResponse, encode_event
 from server.openai.schemas import GenerationRequest, Usage
 from server.state import app_state

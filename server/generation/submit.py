@@ -19,7 +19,6 @@ from engine import (
     FinishReason,
     QueueFullError,
 )
-from server.generation.collect import aclose
 from server.http.context import next_delta
 from server.http.errors import APIError
 
@@ -107,3 +106,10 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def aclose(iterator: AsyncIterator[Any]) -> None:
+    """Close an async generator (aborting the engine request it drives); harmless when finished."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()

@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from engine import Delta, FinishReason, Logprob
-from server.generation.collect import Choices, aclose, chain, checked
-from server.generation.submit import generate_error
+from server.generation.collect import Choices, chain, checked
+from server.generation.submit import aclose, generate_error
 from server.http.sse import EventStreamResponse
 from server.ollama.errors import ollama_error_body
 from server.output.parser import OutputParser, Piece, parse_output

@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from engine import Delta
-from server.generation.collect import aclose, chain, checked
-from server.generation.submit import generate_error
+from server.generation.collect import chain, checked
+from server.generation.submit import aclose, generate_error
 from server.http.sse import encode_event
 from server.openai.chat_render import OutputShape
 from server.openai.responses.objects import (
