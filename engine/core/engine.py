@@ -64,6 +64,7 @@ class Engine:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.config = config
+        self.quantization: str = getattr(loaded, "quantization", config.quantization)  # what runs
         self.eos_token_ids: frozenset[int] = frozenset(loaded.eos_token_ids)
         device = next(self.model.parameters()).device
         shape = kv_shape(self.model, config.max_context)

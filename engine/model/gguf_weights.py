@@ -84,7 +84,9 @@ def int4_linear(blocks: np.ndarray, kind: str, rows: np.ndarray | None = None) -
     return Int4Linear(packed, scale_and_zero.to(torch.bfloat16).contiguous(), GROUP, None)
 
 
-def int8_rows(data: np.ndarray, kind: Any, rows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def int8_rows(
+    data: np.ndarray, kind: Any, rows: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(qdata [N, K] int8, scale [N] f32): the matrix dequantized a slice of rows at a time and
     refitted to one symmetric scale per row."""
     from gguf.quants import dequantize
@@ -104,7 +106,9 @@ def int8_rows(data: np.ndarray, kind: Any, rows: np.ndarray | None = None) -> tu
     return qdata, scales
 
 
-def read_blocks(gguf_path: Path, config: Any) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, str]]:
+def read_blocks(
+    gguf_path: Path, config: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, str]]:
     """Read `gguf_path`'s weights for `config`'s model in their own blocks.
 
     Returns (tensors, layout, kinds): tensors named `<module or parameter>:<part>`; layout says
@@ -140,7 +144,8 @@ def read_blocks(gguf_path: Path, config: Any) -> tuple[dict[str, torch.Tensor], 
         rows = _row_order(processor, tensor.name, tensor.data.shape[0])
         if kind in int4_types() and not isinstance(owner, nn.Embedding):
             linear = int4_linear(tensor.data, kind, rows)
-            tensors[f"{owner_name}:qdata"], tensors[f"{owner_name}:scale_and_zero"] = linear.qdata, linear.scale_and_zero
+            tensors[f"{owner_name}:qdata"] = linear.qdata
+            tensors[f"{owner_name}:scale_and_zero"] = linear.scale_and_zero
             layout[owner_name] = "int4"
             summary[(kind, "int4")] += 1
             continue

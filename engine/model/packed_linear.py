@@ -127,7 +127,9 @@ class Int8Embedding(nn.Module):
     """An embedding table stored as int8 rows with one scale each (a GGUF model's quantized table,
     shared with its tied `Int8Linear` lm_head), times `embed_scale` where the model scales it (Gemma)."""
 
-    def __init__(self, qdata: torch.Tensor, scale: torch.Tensor, embed_scale: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, qdata: torch.Tensor, scale: torch.Tensor, embed_scale: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim = qdata.shape
         self.qdata: torch.Tensor

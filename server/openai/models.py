@@ -2,7 +2,8 @@
 
 Hearth's extensions per model: `loaded` (in memory now), `source` (where its weights come from),
 `dtype` / `device`: the ones in use while loaded, the configured ones (e.g. `auto`) otherwise,
-and `quantization`.
+and `quantization`: the one in use while loaded (e.g. `gguf:Q4_1`, a GGUF file's own blocks; see
+engine.model.gguf_native.describe), the configured one (e.g. `auto`) otherwise.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ class CatalogModel(Model):
 
 def _model(state: AppState, cfg: ModelConfig) -> CatalogModel:
     engine = state.registry.peek(cfg.id)
-    dtype, device = cfg.dtype, cfg.device
+    dtype, device, quantization = cfg.dtype, cfg.device, cfg.quantization
     if engine is not None:
         dtype, device = str(engine.runner.dtype).removeprefix("torch."), str(engine.runner.device)
+        quantization = engine.quantization
     return CatalogModel(
         id=cfg.id,
         created=state.started_at,
@@ -37,7 +39,7 @@ def _model(state: AppState, cfg: ModelConfig) -> CatalogModel:
         source=cfg.source if cfg.gguf_file is None else f"{cfg.source} ({cfg.gguf_file})",
         dtype=dtype,
         device=device,
-        quantization=cfg.quantization,
+        quantization=quantization,
     )
 
 
