@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,17 @@ def describe(kinds: dict[str, str]) -> str:
     return "gguf:" + ",".join(parts)
 
 
-def load_native(gguf: Path, meta_dir: Path, attn_implementation: str | None) -> tuple[Any, Any, str]:
-    """(model in bfloat16 on the CPU, tokenizer, `describe` summary) for the GGUF file `gguf`."""
+def load_native(
+    gguf_file: Callable[[], Path], meta_dir: Path, attn_implementation: str | None
+) -> tuple[Any, Any, str]:
+    """(model in bfloat16 on the CPU, tokenizer, `describe` summary) for the GGUF file `gguf_file()`
+    returns, called only when `meta_dir` is not complete (finding an assembled file takes seconds)."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from engine.model.gguf_weights import build_model
 
+    complete = (meta_dir / WEIGHTS).is_file()
+    gguf = meta_dir / "unused.gguf" if complete else gguf_file()
     _meta_cache(gguf, meta_dir)
     config = AutoConfig.from_pretrained(meta_dir, local_files_only=True)
     if attn_implementation is not None:

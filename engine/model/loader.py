@@ -111,12 +111,15 @@ def _load_gguf_native(
 ) -> LoadedModel:
     """A GGUF model on the CPU in its own blocks (engine.model.gguf_native); nothing dequantized is cached."""
     assert cfg.gguf_file is not None
-    if cfg.assemble:
-        gguf = assembled_gguf(cfg, cache_dir)
-    else:
-        gguf = source / cfg.gguf_file
-        if not gguf.is_file():
-            raise FileNotFoundError(f"model {cfg.id!r}: gguf_file {gguf} does not exist")
+    gguf_file = cfg.gguf_file
+
+    def gguf() -> Path:
+        if cfg.assemble:
+            return assembled_gguf(cfg, cache_dir)
+        return source / gguf_file
+
+    if not cfg.assemble and not gguf().is_file():
+        raise FileNotFoundError(f"model {cfg.id!r}: gguf_file {gguf()} does not exist")
     folder = gguf_cache_dir(cfg, source, cache_dir)
     meta = folder.with_name(f"{folder.name}-gguf{GGUF_FORMAT}")
     model, tokenizer, summary = load_native(gguf, meta, attn_implementation)
