@@ -62,13 +62,13 @@ def int4_codes(blocks: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, n
     if kind == "Q4_K":
         from gguf.quants import Q4_K
 
-        b = blocks.reshape(-1, 144)  # [N * K/256, 144]
-        d = b[:, 0:2].copy().view(np.float16).astype(np.float32)
-        dmin = b[:, 2:4].copy().view(np.float16).astype(np.float32)
-        sc, mins = Q4_K.get_scale_min(b[:, 4:16])  # [B, 8] each
+        kb = blocks.reshape(-1, 144)  # [N * K/256, 144]
+        d = kb[:, 0:2].copy().view(np.float16).astype(np.float32)
+        dmin = kb[:, 2:4].copy().view(np.float16).astype(np.float32)
+        sc, mins = Q4_K.get_scale_min(kb[:, 4:16])  # [B, 8] each
         scale = d * sc.astype(np.float32)  # [B, 8]
         zero = 8 * scale - dmin * mins.astype(np.float32)
-        qs = b[:, 16:].reshape(-1, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
+        qs = kb[:, 16:].reshape(-1, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
         q = (qs & 0x0F).reshape(n, -1)  # sub-block 2i: low nibbles of chunk i, 2i + 1: high
         return q, scale.reshape(n, -1), zero.reshape(n, -1)
     raise ValueError(f"{kind} has no int4 form")
@@ -160,7 +160,7 @@ def read_blocks(
     return tensors, layout, {kind: how for kind, how in sorted(summary)}
 
 
-def build_model(config: Any, tensors: dict[str, torch.Tensor], layout: dict[str, str]) -> nn.Module:
+def build_model(config: Any, tensors: dict[str, torch.Tensor], layout: dict[str, str]) -> Any:
     """`config`'s model (bfloat16, CPU, eval) over the tensors `read_blocks` returned.
 
     The module tree is built with empty (meta) parameters, so no full-precision copy is ever made;
@@ -191,7 +191,7 @@ def build_model(config: Any, tensors: dict[str, torch.Tensor], layout: dict[str,
     return model.eval()
 
 
-def _empty_model(config: Any) -> nn.Module:
+def _empty_model(config: Any) -> Any:
     """`config`'s model with meta parameters (real buffers: rotary frequencies, embedding scales)."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
