@@ -75,7 +75,7 @@ def _weights(gguf: Path, config: Any, path: Path) -> tuple[dict[str, Any], dict[
     if path.is_file():
         with safe_open(path, framework="pt") as f:
             meta = f.metadata()
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+            tensors = {name: _aligned(f.get_tensor(name)) for name in f.keys()}  # noqa: SIM118 (not a dict)
         return tensors, json.loads(meta["layout"]), json.loads(meta["kinds"])
     tensors, layout, kinds = read_blocks(gguf, config)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -85,6 +85,12 @@ def _weights(gguf: Path, config: Any, path: Path) -> tuple[dict[str, Any], dict[
     finally:
         tmp.unlink(missing_ok=True)
     return tensors, layout, kinds
+
+
+def _aligned(tensor: Any) -> Any:
+    """`tensor`, copied where safetensors left it off a 64-byte boundary: torch's int8 kernel crashed
+    (SIGSEGV) on a misaligned weight at 512 rows (an lm_head read from this cache)."""
+    return tensor if tensor.data_ptr() % 64 == 0 else tensor.clone()
 
 
 def _meta_cache(gguf: Path, final: Path) -> None:
