@@ -7,7 +7,10 @@ For each concurrency level C, C workers each stream one `/v1/chat/completions` r
 
 Without --url the bench starts Hearth itself on a free port and stops it afterwards: one Hearth per
 --hearth-config x --model pair, so quantized catalog entries sit in the same tables as the float32 one.
---compare also benchmarks `transformers serve --continuous-batching` on the same weights. Servers never
+--compare also benchmarks a peer: `transformers serve --continuous-batching` on the same weights, or with
+--peer llama-server, llama.cpp's `llama-server` (a build of yours: --llama-server PATH) on the model's GGUF
+file (--peer-gguf, default the catalog's), `-t 2 -np 32` by default; Hearth then keeps the catalog's
+dtype and quantization (a GGUF model's own blocks) unless --hearth-dtype says otherwise. Servers never
 run together: with --runs N each run starts every server afresh, one after the other, in an order that
 is reversed every other run (fresh processes make the runs independent samples; alternating the order
 spreads slow drifts of a shared machine over both). The last table holds the medians over the runs with
@@ -40,8 +43,18 @@ from typing import Any
 
 import httpx
 from bench_client import LevelResult, Target, requests_for, run_level, warm_up
-from bench_report import PEER, ServerRun, median_table, medians, ratio_table, table, write_csv, write_json
-from bench_servers import first_model_id, free_port, hearth_cmd, peer_cmd, server
+from bench_report import (
+    LLAMA_PEER,
+    PEER,
+    ServerRun,
+    median_table,
+    medians,
+    ratio_table,
+    table,
+    write_csv,
+    write_json,
+)
+from bench_servers import first_model_id, free_port, gguf_of, hearth_cmd, llama_cmd, peer_cmd, server
 from bench_servers import model_dir as model_dir_of
 from procinfo import cpu_info, cpu_line, hwm_mib, listening_pid, local_pid, rss_trend
 
@@ -91,7 +104,7 @@ def specs(args: argparse.Namespace) -> list[Spec]:
     if len({s.label for s in out}) < len(out):
         out = [Spec(f"{s.label} #{i + 1}", s.kind, s.config, s.model) for i, s in enumerate(out)]
     if args.compare:
-        out.append(Spec(PEER, "peer"))
+        out.append(Spec(LLAMA_PEER if args.peer == "llama-server" else PEER, "peer"))
     return out
 
 
@@ -113,7 +126,12 @@ def hearth_dtype(args: argparse.Namespace) -> str | None:
 def started(spec: Spec, args: argparse.Namespace) -> Iterator[Target]:
     """The spec's server, running (started here unless --url), as a target with its model and pid."""
     extra = {"ignore_eos": True}
-    if spec.kind == "peer":
+    if spec.kind == "peer" and args.peer == "llama-server":
+        gguf = args.peer_gguf or gguf_of(args.hearth_config[0] if args.hearth_config else None, args.model)
+        port = free_port()
+        with server("peer", llama_cmd(args, gguf.resolve(), port), port) as url:
+            yield Target(spec.label, url, first_model_id(url), extra, pid=listening_pid(port))
+    elif spec.kind == "peer":
         model_dir = (args.model_dir or model_dir_of(None)).resolve()
         port = free_port()
         cmd = peer_cmd(args, model_dir, port)
@@ -288,13 +306,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--hearth-dtype",
-        default="float32",
         help="`hearth serve --dtype` for unquantized models; 'catalog' keeps models.yaml's (default: "
-        "%(default)s, the peer's precision)",
+        "float32, the transformers peer's precision; catalog with --peer llama-server)",
     )
     p.add_argument(
         "--embeddings", action="store_true",
         help="embeddings mode (POST /v1/embeddings beside sentence-transformers): `--embeddings --help`",
+    )  # fmt: skip
+    p.add_argument(
+        "--peer", choices=("transformers", "llama-server"), default="transformers",
+        help="the --compare peer (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--llama-server", type=Path, help="--peer llama-server: the built llama-server binary")
+    p.add_argument("--peer-gguf", type=Path, help="--peer llama-server: GGUF file (default: the model's)")
+    p.add_argument("--peer-threads", type=int, default=2, help="llama-server -t (default: %(default)s)")
+    p.add_argument("--peer-parallel", type=int, default=32, help="llama-server -np (default: %(default)s)")
+    p.add_argument(
+        "--peer-ctx", type=int, default=32 * 2048,
+        help="llama-server -c, shared by the -np slots (default: %(default)s: 2,048 tokens each)",
     )  # fmt: skip
     p.add_argument("--csv", help="write every run's per-level rows to this CSV file")
     p.add_argument("--json", help="write all raw figures (runs, requests, RSS samples, medians) to this file")
@@ -311,6 +340,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--memory takes one --concurrency level and no --compare")
     if args.url and args.hearth_config:
         p.error("--hearth-config is for the Hearth the bench starts, not with --url")
+    if args.compare and args.peer == "llama-server" and not args.llama_server:
+        p.error("--peer llama-server needs --llama-server PATH (a built llama.cpp llama-server)")
     return args
 
 
@@ -323,6 +354,8 @@ def fill_defaults(args: argparse.Namespace) -> None:
     args.max_tokens = args.max_tokens or (8 if args.quick else 128)
     if args.quick and args.requests_per_level is None and args.duration is None:
         args.requests_per_level = 2
+    if args.hearth_dtype is None:
+        args.hearth_dtype = "catalog" if args.peer == "llama-server" else "float32"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,8 @@ from typing import Any
 from bench_client import LevelResult
 
 PEER = "transformers serve"
+LLAMA_PEER = "llama-server"  # --peer llama-server: llama.cpp's server on the same GGUF file
+PEERS = (PEER, LLAMA_PEER)
 
 COLUMNS = [
     ("concurrency", "conc"),
@@ -97,18 +99,19 @@ def medians(runs: Sequence[Sequence[ServerRun]]) -> dict[str, list[dict[str, Any
             entry["tok_s_max"] = max(r["tok_s"] for r in rows)
             entry["failed"] = sum(r["failed"] for r in rows)
             out[label].append(entry)
-    if PEER in out:
-        peer = {e["concurrency"]: e for e in out[PEER]}
+    name = next((label for label in PEERS if label in out), None)
+    if name is not None:
+        peer = {e["concurrency"]: e for e in out[name]}
         for label, entries in out.items():
             for e in entries:
                 p = peer.get(e["concurrency"], {})
-                e["tok_s_ratio"] = None if label == PEER else _ratio(e["tok_s"], p.get("tok_s"))
-                e["ttft_p50_ratio"] = None if label == PEER else _ratio(e["ttft_p50"], p.get("ttft_p50"))
+                e["tok_s_ratio"] = None if label == name else _ratio(e["tok_s"], p.get("tok_s"))
+                e["ttft_p50_ratio"] = None if label == name else _ratio(e["ttft_p50"], p.get("ttft_p50"))
     return out
 
 
 def median_table(meds: dict[str, list[dict[str, Any]]], runs: int) -> str:
-    ratios = PEER in meds and len(meds) > 1
+    ratios = any(label in meds for label in PEERS) and len(meds) > 1
     head = "| server | conc | tok/s | tok/s min–max | TTFT p50 (s) | TTFT p99 (s) | latency p50 (s)"
     head += " | RSS peak (MiB)"
     head += " | tok/s ÷ peer | TTFT p50 ÷ peer |" if ratios else " |"

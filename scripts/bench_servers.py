@@ -1,5 +1,6 @@
 """The servers `scripts/bench.py` measures: Hearth started on a free port, and the peer, `transformers
-serve --continuous-batching`, from `.venv-peer` (created on first use) or from `--peer-python`.
+serve --continuous-batching`, from `.venv-peer` (created on first use) or from `--peer-python`, or
+llama.cpp's `llama-server` (`--peer llama-server --llama-server PATH`, a build of your own) on a GGUF file.
 
 Each runs in its own process group with its log in the temp folder (`hearth-bench-<name>-<port>.log`),
 is ready once /health and /v1/models answer 200, and is always stopped (TERM, then KILL).
@@ -154,4 +155,27 @@ def peer_cmd(args: argparse.Namespace, model_dir: Path, port: int) -> list[str]:
         *exe, "serve", str(model_dir), "--continuous-batching",
         "--device", args.peer_device, "--dtype", args.peer_dtype,
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def gguf_of(config: Path | None, models: list[str]) -> Path:
+    """The GGUF file of the catalog model the bench starts Hearth with (assembled into the cache first
+    for a split one): what llama-server serves by default."""
+    from engine.catalog.models_file import load_catalog, resolve_source
+    from engine.model.loader import assembled_gguf
+
+    catalog = load_catalog(config or ROOT / "models.yaml")
+    name = models[0] if models else catalog.default
+    cfg = catalog.resolve(name)
+    if cfg is None or cfg.gguf_file is None:
+        raise SystemExit(f"bench: model {name!r} has no GGUF file in the catalog; pass --peer-gguf")
+    return assembled_gguf(cfg, catalog.cache_dir) if cfg.assemble else resolve_source(cfg) / cfg.gguf_file
+
+
+def llama_cmd(args: argparse.Namespace, gguf: Path, port: int) -> list[str]:
+    """llama.cpp's `llama-server` on `gguf`: --peer-threads threads, --peer-parallel slots sharing a
+    context of --peer-ctx tokens, continuous batching (its default)."""
+    return [
+        str(args.llama_server), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+        "-t", str(args.peer_threads), "-np", str(args.peer_parallel), "-c", str(args.peer_ctx),
     ]  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.launch import MODEL, ROOT, Server, launch
+from tests.launch import ROOT, Server, launch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,27 +40,25 @@ def aclient(server: Server) -> AsyncClientFactory:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(server: Server):  # type: ignore[no-untyped-def]
-    """The served model's tokenizer, read from the converted cache the server wrote."""
+def tokenizer(server: Server, smollm2_dir: Path):  # type: ignore[no-untyped-def]
+    """The served model's tokenizer (the same GGUF's, read from its dequantized cache folder)."""
     from transformers import AutoTokenizer
 
-    from engine.catalog.models_file import load_catalog, resolve_source
-    from engine.model.loader import gguf_cache_dir
-
-    catalog = load_catalog(ROOT / "models.yaml")
-    cfg = catalog.resolve(MODEL)
-    assert cfg is not None
-    return AutoTokenizer.from_pretrained(str(gguf_cache_dir(cfg, resolve_source(cfg), catalog.cache_dir)))
+    return AutoTokenizer.from_pretrained(str(smollm2_dir))
 
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    """The embedded model's converted folder (safetensors, tokenizer), for in-process engines."""
+    """The embedded model dequantized into a folder (safetensors, tokenizer), for in-process engines
+    (`quantization: none`: served by default, it runs from the GGUF file's own blocks instead)."""
+    import dataclasses
+
     from engine import load_catalog
     from engine.model.loader import load_model
 
     catalog = load_catalog(ROOT / "models.yaml")
-    return load_model(catalog.default_model, catalog.cache_dir).source_dir
+    cfg = dataclasses.replace(catalog.default_model, quantization="none")
+    return load_model(cfg, catalog.cache_dir).source_dir
 
 
 @pytest.fixture(scope="session")

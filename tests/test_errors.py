@@ -173,7 +173,7 @@ def test_models_list_and_alias(api: TestClient) -> None:
         "source": "x",
         "dtype": "auto",
         "device": "auto",
-        "quantization": "none",
+        "quantization": "auto",
     }
     assert api.get("/v1/models/t").json()["id"] == "tiny"
 

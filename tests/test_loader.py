@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def smollm_cfg() -> ModelConfig:
-    return load_catalog(REPO / "models.yaml").default_model
+    """The embedded model, dequantized (its default, its own blocks, is tested in test_gguf.py)."""
+    return dataclasses.replace(load_catalog(REPO / "models.yaml").default_model, quantization="none")
 
 
 @pytest.fixture(scope="module")

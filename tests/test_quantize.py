@@ -178,7 +178,7 @@ def test_impossible_settings_are_refused_with_what_to_use(
 
 
 def test_catalog_rejects_an_unknown_quantization() -> None:
-    with pytest.raises(ValueError, match="quantization must be none, int8 or int4"):
+    with pytest.raises(ValueError, match="quantization must be auto, none, int8, int4 or gguf"):
         ModelConfig(id="m", source="x", quantization="fp4")
 
 

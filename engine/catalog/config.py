@@ -42,7 +42,9 @@ class ModelConfig:
     assemble: bool = False  # gguf_file is written by the source package's assemble(path)
     load: str = "lazy"  # lazy (on its first request) | eager (at start-up)
     idle_unload_s: float | None = None  # unload after this long without requests; None = never
-    quantization: str = "none"  # none | int8 | int4: weight-only, through torchao (engine.quantize)
+    # auto | none | int8 | int4 | gguf. auto: gguf (the file's own blocks, engine.model.gguf_weights)
+    # for a GGUF source on a CPU with dtype auto, else none. int8/int4: weight-only, torchao (engine.quantize)
+    quantization: str = "auto"
     gpu_memory_utilization: float = 0.9  # share of free GPU memory the KV cache may take (engine.memory)
     cuda_graphs: bool = True  # on CUDA, replay decode steps from captured graphs (engine.cuda_graphs)
     cpu_graphs: bool = True  # on CPU, quantized models replay small decode steps from traces (same)
@@ -57,8 +59,10 @@ class ModelConfig:
             raise ValueError(f"model {self.id!r}: dtype must be auto, float32, bfloat16 or float16")
         if self.device not in ("auto", "cuda", "mps", "cpu"):
             raise ValueError(f"model {self.id!r}: device must be auto, cuda, mps or cpu")
-        if self.quantization not in ("none", "int8", "int4"):
-            raise ValueError(f"model {self.id!r}: quantization must be none, int8 or int4")
+        if self.quantization not in ("auto", "none", "int8", "int4", "gguf"):
+            raise ValueError(f"model {self.id!r}: quantization must be auto, none, int8, int4 or gguf")
+        if self.quantization == "gguf" and self.gguf_file is None:
+            raise ValueError(f"model {self.id!r}: quantization gguf needs a gguf_file")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"model {self.id!r}: gpu_memory_utilization must be > 0 and <= 1")
         if self.load not in ("lazy", "eager"):

@@ -46,7 +46,7 @@ class Catalog:
     def with_dtype(self, dtype: str) -> Catalog:
         """The catalog with every unquantized model's `dtype` set to `dtype` (`hearth serve --dtype`)."""
         models = tuple(
-            dataclasses.replace(cfg, dtype=dtype) if cfg.quantization == "none" else cfg
+            dataclasses.replace(cfg, dtype=dtype) if cfg.quantization in ("none", "auto") else cfg
             for cfg in self.models
         )
         return dataclasses.replace(self, models=models)

@@ -73,13 +73,14 @@ class Engine:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.config = config
+        self.quantization: str = getattr(loaded, "quantization", config.quantization)  # what runs
         self.eos_token_ids: frozenset[int] = frozenset(loaded.eos_token_ids)
         device = next(self.model.parameters()).device
         shape = kv_shape(self.model, config.max_context)
         utilization = config.gpu_memory_utilization
         slots = slots_for_device(shape, config.max_batch_size, device, utilization, config.id)
         self.max_batch_size = slots  # config.max_batch_size, or fewer where the GPU has no room
-        self.info: ModelInfo = describe(self.model, config, slots)
+        self.info: ModelInfo = describe(self.model, config, slots, self.quantization)
         graphs = config.cuda_graphs if device.type == "cuda" else config.cpu_graphs
         self.runner = ModelRunner(self.model, slots, config.max_context, graphs=graphs)
         self.scheduler = Scheduler(slots, config.max_waiting, config.prefill_chunk)

@@ -33,8 +33,9 @@ class ModelInfo:
     slots: int
 
 
-def describe(model: Any, config: ModelConfig, slots: int) -> ModelInfo:
-    """`model` (a transformers model) under `config`, run with `slots` KV slots."""
+def describe(model: Any, config: ModelConfig, slots: int, quantization: str | None = None) -> ModelInfo:
+    """`model` (a transformers model) under `config`, run with `slots` KV slots; `quantization`: what
+    runs (e.g. `gguf:Q4_1,Q8_0>int8`), when it says more than the configured value."""
     model_config = model.config
     first = next(model.parameters())
     architectures = getattr(model_config, "architectures", None) or [type(model).__name__]
@@ -48,7 +49,7 @@ def describe(model: Any, config: ModelConfig, slots: int) -> ModelInfo:
         revision=str(commit) if commit else None,
         dtype=str(first.dtype).removeprefix("torch."),
         device=str(first.device),
-        quantization=config.quantization,
+        quantization=quantization or config.quantization,
         parameters=sum(p.numel() for p in model.parameters()),
         vocab_size=int(model_config.get_text_config().vocab_size),
         max_context=config.max_context,

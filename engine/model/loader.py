@@ -23,6 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from engine.catalog.config import ModelConfig
 from engine.catalog.disk import cache_errors
 from engine.catalog.models_file import PACKAGE_PREFIX, resolve_source
+from engine.model.gguf_native import FORMAT as GGUF_FORMAT
+from engine.model.gguf_native import load_native, resolve_quantization
 from engine.model.quantize import check as quantize_check
 from engine.model.quantize import quantize
 
@@ -43,7 +45,8 @@ class LoadedModel:
     dtype: torch.dtype
     eos_token_ids: tuple[int, ...]
     load_seconds: float
-    source_dir: Path  # the folder the weights were read from (the cache folder for GGUF models)
+    source_dir: Path  # the folder the weights (or, for `gguf`, the tokenizer) were read from
+    quantization: str = "none"  # what runs: none | int8 | int4 | gguf:<block types> (gguf_native.describe)
 
 
 def load_model(cfg: ModelConfig, cache_dir: Path, *, attn_implementation: str | None = None) -> LoadedModel:
@@ -80,10 +83,13 @@ def _one_thread() -> Iterator[None]:
 def _load_model(cfg: ModelConfig, cache_dir: Path, attn_implementation: str | None) -> LoadedModel:
     start = time.perf_counter()
     device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device, cfg.quantization)
-    quantize_check(cfg.quantization, device, dtype)  # refuse before reading any weight
+    quantization = resolve_quantization(cfg.quantization, cfg.gguf_file, cfg.dtype, device.type)
+    dtype = pick_dtype(cfg.dtype, device, quantization)
+    quantize_check(quantization, device, dtype)  # refuse before reading any weight
     source = resolve_source(cfg)
     _log.info("loading %s from %s", cfg.id, source)
+    if quantization == "gguf":
+        return _load_gguf_native(cfg, source, cache_dir, attn_implementation, start)
     if cfg.gguf_file is not None:
         source = _gguf_cache(cfg, source, cache_dir)
 
@@ -96,13 +102,46 @@ def _load_model(cfg: ModelConfig, cache_dir: Path, attn_implementation: str | No
     else:
         device = next(model.parameters()).device
     model = model.eval()
-    quantize(model, cfg.quantization, device)
+    quantize(model, quantization, device)
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    return _loaded(cfg, model, tokenizer, device, dtype, start, source, quantization)
+
+
+def _load_gguf_native(
+    cfg: ModelConfig, source: Path, cache_dir: Path, attn_implementation: str | None, start: float
+) -> LoadedModel:
+    """A GGUF model on the CPU in its own blocks (engine.model.gguf_native); nothing dequantized is cached."""
+    assert cfg.gguf_file is not None
+    gguf_file = cfg.gguf_file
+
+    def gguf() -> Path:
+        if cfg.assemble:
+            return assembled_gguf(cfg, cache_dir)
+        return source / gguf_file
+
+    if not cfg.assemble and not gguf().is_file():
+        raise FileNotFoundError(f"model {cfg.id!r}: gguf_file {gguf()} does not exist")
+    folder = gguf_cache_dir(cfg, source, cache_dir)
+    meta = folder.with_name(f"{folder.name}-gguf{GGUF_FORMAT}")
+    model, tokenizer, summary = load_native(gguf, meta, attn_implementation)
+    return _loaded(cfg, model, tokenizer, torch.device("cpu"), torch.bfloat16, start, meta, summary)
+
+
+def _loaded(
+    cfg: ModelConfig,
+    model: Any,
+    tokenizer: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    start: float,
+    source: Path,
+    quantization: str,
+) -> LoadedModel:
     if cfg.chat_template is not None:
         tokenizer.chat_template = _read_template(cfg.chat_template)
-
     seconds = time.perf_counter() - start
-    _log.info("loaded %s in %.1f s (%s, %s)", cfg.id, seconds, device, str(dtype).removeprefix("torch."))
+    what = str(dtype).removeprefix("torch.") + ("" if quantization == "none" else f", {quantization}")
+    _log.info("loaded %s in %.1f s (%s, %s)", cfg.id, seconds, device, what)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -111,6 +150,7 @@ def _load_model(cfg: ModelConfig, cache_dir: Path, attn_implementation: str | No
         eos_token_ids=eos_ids(tokenizer, model.generation_config, cfg.eos_token_ids),
         load_seconds=seconds,
         source_dir=source,
+        quantization=quantization,
     )
 
 

@@ -123,6 +123,28 @@ class Int4Linear(nn.Module):
 QUANTIZED_LINEARS = (Int8Linear, Int4Linear)
 
 
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 rows with one scale each (a GGUF model's quantized table,
+    shared with its tied `Int8Linear` lm_head), times `embed_scale` where the model scales it (Gemma)."""
+
+    def __init__(
+        self, qdata: torch.Tensor, scale: torch.Tensor, embed_scale: torch.Tensor | None = None
+    ) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = qdata.shape
+        self.qdata: torch.Tensor
+        self.scale: torch.Tensor
+        self.register_buffer("qdata", qdata)  # [V, H] int8
+        self.register_buffer("scale", scale.reshape(-1))  # [V]
+        self.embed_scale = None if embed_scale is None else float(embed_scale)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.qdata[ids].float() * self.scale[ids].float().unsqueeze(-1)
+        if self.embed_scale is not None:
+            rows = rows.to(torch.bfloat16) * torch.tensor(self.embed_scale, dtype=torch.bfloat16)
+        return rows.to(torch.bfloat16)
+
+
 def concat_bias(linears: list[Any], like: torch.Tensor) -> torch.Tensor | None:
     """The concatenated biases of `linears` (zeros for those without), or None when none has one."""
     if all(m.bias is None for m in linears):

@@ -31,7 +31,7 @@ from torch import nn
 from engine.catalog.memory import release_memory
 from engine.model.packed_linear import QUANTIZED_LINEARS, Int4Linear, Int8Linear, is_plain_linear
 
-SETTINGS = ("none", "int8", "int4")
+SETTINGS = ("none", "int8", "int4", "gguf")  # gguf: a GGUF file's own blocks (engine.model.gguf_weights)
 # int4: weights per scale (must divide in_features: 576 and 1536 for SmolLM2) and how scales are
 # fitted. Measured on tests/data/perplexity.txt: group 64 costs +34 % perplexity (min-max) or
 # +20 % (HQQ), group 32 +8 % (min-max) or +6 % (HQQ).
@@ -58,6 +58,11 @@ def check(setting: str, device: torch.device, dtype: torch.dtype) -> None:
         raise QuantizationError(message) from e
     if setting == "none":
         return
+    if setting == "gguf" and device.type != "cpu":
+        raise QuantizationError(
+            f"quantization 'gguf' runs on a CPU, not {device.type}; use quantization: none (the file "
+            "dequantized to dtype) or int8/int4 there"
+        )
     if device.type not in ("cpu", "cuda"):
         raise QuantizationError(
             f"quantization {setting!r} is not supported on {device.type}; use quantization: none there"
@@ -90,7 +95,7 @@ def quantize(model: nn.Module, setting: str, device: torch.device) -> int:
     """
     dtype = next(model.parameters()).dtype
     check(setting, device, dtype)
-    if setting == "none":
+    if setting in ("none", "gguf"):  # gguf: quantized as it was read (engine.model.gguf_weights)
         return 0
     with _quiet_import():
         from torchao.quantization import quantize_

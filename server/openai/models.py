@@ -2,8 +2,10 @@
 
 Hearth's extensions per model: `loaded` (in memory now), `source` (where its weights come from),
 `dtype` / `device`: the ones in use while loaded, the configured ones (e.g. `auto`) otherwise,
-`quantization`, and `task`: what the model serves, `generate` (chat, completions, messages) or
-`embed` (/v1/embeddings), with `endpoints` naming those routes.
+`quantization` (the one in use while loaded, e.g. `gguf:Q4_1`, a GGUF file's own blocks; see
+engine.model.gguf_native.describe; the configured one, e.g. `auto`, otherwise), and `task`: what the
+model serves, `generate` (chat, completions, messages) or `embed` (/v1/embeddings), with `endpoints`
+naming those routes.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ class CatalogModel(Model):
 
 def _model(state: AppState, cfg: ModelConfig) -> CatalogModel:
     engine = state.registry.peek_served(cfg.id)
-    dtype, device = cfg.dtype, cfg.device
+    dtype, device, quantization = cfg.dtype, cfg.device, cfg.quantization
     if isinstance(engine, Embedder):
         dtype, device = str(engine.dtype).removeprefix("torch."), str(engine.device)
     elif engine is not None:
-        dtype, device = engine.info.dtype, engine.info.device
+        dtype, device, quantization = engine.info.dtype, engine.info.device, engine.info.quantization
     return CatalogModel(
         id=cfg.id,
         created=state.started_at,
@@ -47,7 +49,7 @@ def _model(state: AppState, cfg: ModelConfig) -> CatalogModel:
         source=cfg.source if cfg.gguf_file is None else f"{cfg.source} ({cfg.gguf_file})",
         dtype=dtype,
         device=device,
-        quantization=cfg.quantization,
+        quantization=quantization,
         task=cfg.task,
         endpoints=ENDPOINTS[cfg.task],
     )
