@@ -84,8 +84,9 @@ class ModelConfig:
         if self.pooling not in (None, "mean", "cls", "last"):
             raise ValueError(f"model {self.id!r}: pooling must be mean, cls or last")
         if self.task == "embed":
-            if self.quantization != "none":
-                raise ValueError(f"model {self.id!r}: quantization must be none for a task: embed model")
+            if self.quantization not in ("auto", "none"):
+                message = f"model {self.id!r}: quantization must be auto or none for a task: embed model"
+                raise ValueError(message)
             if self.device_map is not None:
                 raise ValueError(f"model {self.id!r}: device_map is not supported for a task: embed model")
             return
