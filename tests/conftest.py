@@ -10,7 +10,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.launch import ROOT, Server, launch
+from tests.launch import MODEL, ROOT, Server, launch
+
+__all__ = ["MODEL", "ROOT", "Server", "launch", "AsyncClientFactory"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
