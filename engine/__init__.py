@@ -23,7 +23,7 @@ from engine.catalog.models_file import (
 from engine.catalog.recovery import RecoveryPolicy
 from engine.catalog.registry import ModelLoadError, ModelRegistry, UnknownModelError, WrongTaskError
 from engine.core.engine import ENGINE_FAILED, Engine, EngineDeadError, QueueFullError
-from engine.core.faults import FAULTS_ENV, Faults
+from engine.core.faults import FAULTS_ENV, Faults, parse_faults
 from engine.core.prompt import ChatTemplateError, render_chat
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 from engine.embed.embedder import MAX_INPUTS as MAX_EMBED_INPUTS
@@ -37,6 +37,7 @@ __all__ = [
     "ENGINE_FAILED",
     "FAULTS_ENV",
     "Faults",
+    "parse_faults",
     "RecoveryPolicy",
     "HF_PREFIX",
     "PACKAGE_PREFIX",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -83,7 +84,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     collector = metrics.watch(registry)
     store: ResponseStore | None = None
     try:
-        store = responses_store(settings, catalog.cache_dir)
+        store, store_problem = responses_store(settings, catalog.cache_dir)
         default = registry.resolve(settings.default_model or catalog.default).id
         logger.info("loading default model %r from %s", default, settings.config_path)
         started = time.monotonic()
@@ -98,6 +99,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             default_model=default,
             started_at=int(time.time()),
             responses=store,
+            responses_problem=store_problem,
         )
         yield
         drain.start()
@@ -109,14 +111,20 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             store.close()
 
 
-def responses_store(settings: Settings, cache_dir: Path) -> ResponseStore | None:
-    """The stored responses' database (`responses.sqlite3` in the cache folder unless set); None when
-    the settings keep none."""
+def responses_store(settings: Settings, cache_dir: Path) -> tuple[ResponseStore | None, str | None]:
+    """The stored responses' database (`responses.sqlite3` in the cache folder unless set), or None and
+    why: the settings keep none, or the database cannot be opened (a full or read-only disk, a file in
+    the way). The server serves on without storing; the error names the path."""
     if settings.responses_max_count == 0:
-        return None
+        return None, "this server stores no responses (--responses-max-count 0)"
     path = settings.responses_db or cache_dir / "responses.sqlite3"
     config = StoreConfig(path, settings.responses_max_count, settings.responses_max_age_days * 86400)
-    return ResponseStore(config)
+    try:
+        return ResponseStore(config), None
+    except (OSError, sqlite3.Error) as e:
+        problem = f"the response store {path} cannot be opened ({type(e).__name__}: {e}); nothing is stored"
+        logger.error("%s", problem)
+        return None, problem
 
 
 def create_app(settings: Settings) -> Starlette:

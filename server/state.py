@@ -39,6 +39,7 @@ class AppState:
     started_at: int  # unix time, reported as each model's `created`
     ignored_fields: IgnoredFields = field(default_factory=IgnoredFields)
     responses: ResponseStore | None = None  # stored responses; None when the server keeps none
+    responses_problem: str | None = None  # why `responses` is None (settings, or a database not opened)
 
 
 def app_state(request: Request) -> AppState:

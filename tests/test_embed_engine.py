@@ -39,7 +39,7 @@ def write(tmp_path: Path, text: str) -> Path:
         (A + "    matryoshka: true\n", "field 'matryoshka': applies only to task: embed models"),
         (
             A + "    task: embed\n    quantization: int8\n",
-            "field 'quantization': must be none for a task: embed",
+            "field 'quantization': must be auto or none for a task: embed",
         ),
         ("models:\n  - {id: e, source: x, task: embed}\n", "needs at least one model with task: generate"),
         (
@@ -92,7 +92,7 @@ def test_tasks_are_kept_apart(registry: ModelRegistry) -> None:
         registry.get(EMBED)
     with pytest.raises(WrongTaskError):
         registry.get_embedder(MODEL)
-    assert not registry.is_loaded(MODEL) and not registry.is_loaded(EMBED)
+    assert registry.peek_served(MODEL) is None and registry.peek_served(EMBED) is None
 
 
 def test_pooling_comes_from_the_sentence_transformers_files(registry: ModelRegistry) -> None:

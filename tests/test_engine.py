@@ -114,7 +114,8 @@ def test_info_describes_the_loaded_model(engine: Engine) -> None:
     assert info.device == "cpu" and info.dtype in ("float32", "bfloat16")
     assert 130_000_000 < info.parameters < 140_000_000  # SmolLM2-135M
     assert info.vocab_size == engine.vocab_size and info.slots == engine.max_batch_size
-    assert info.quantization == "none" and info.revision is None  # a converted GGUF has no commit hash
+    # the embedded GGUF runs from its own blocks: Q4_1 matrices, the Q8_0 embedding as int8
+    assert info.quantization == "gguf:Q4_1,Q8_0>int8" and info.revision is None  # a GGUF has no commit hash
 
 
 def test_prompt_over_the_context_window_is_refused(engine: Engine) -> None:

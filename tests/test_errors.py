@@ -46,6 +46,9 @@ class FakeRegistry:
     def peek(self, model_id: str) -> Any:
         return None
 
+    def peek_served(self, model_id: str) -> Any:
+        return None
+
     async def aget(self, name: str) -> Any:
         raise ModelLoadError(self.resolve(name).id, "no weights in this test")
 
@@ -174,6 +177,8 @@ def test_models_list_and_alias(api: TestClient) -> None:
         "dtype": "auto",
         "device": "auto",
         "quantization": "auto",
+        "task": "generate",
+        "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/messages"],
     }
     assert api.get("/v1/models/t").json()["id"] == "tiny"
 

@@ -51,12 +51,20 @@ def test_a_response_is_its_owners_only(tmp_path: Path) -> None:
 
 
 def test_the_default_database_is_in_the_cache_folder(tmp_path: Path) -> None:
-    store = responses_store(Settings(config_path=ROOT / "models.yaml"), tmp_path)
-    assert store is not None and store.config.path == tmp_path / "responses.sqlite3"
+    store, problem = responses_store(Settings(config_path=ROOT / "models.yaml"), tmp_path)
+    assert store is not None and problem is None and store.config.path == tmp_path / "responses.sqlite3"
     assert (tmp_path / "responses.sqlite3").is_file()
-    assert (
-        responses_store(Settings(config_path=ROOT / "models.yaml", responses_max_count=0), tmp_path) is None
-    )
+    off = Settings(config_path=ROOT / "models.yaml", responses_max_count=0)
+    store, problem = responses_store(off, tmp_path)
+    assert store is None and problem == "this server stores no responses (--responses-max-count 0)"
+
+
+def test_an_unwritable_folder_serves_on_without_a_store_and_says_why(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")  # fails as root too
+    store, problem = responses_store(Settings(config_path=ROOT / "models.yaml"), blocker / "cache")
+    assert store is None and problem is not None
+    assert str(blocker / "cache" / "responses.sqlite3") in problem
     with pytest.raises(ValueError):
         Settings(config_path=ROOT / "models.yaml", responses_max_age_days=0)
 

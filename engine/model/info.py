@@ -50,8 +50,30 @@ def describe(model: Any, config: ModelConfig, slots: int, quantization: str | No
         dtype=str(first.dtype).removeprefix("torch."),
         device=str(first.device),
         quantization=quantization or config.quantization,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=count_parameters(model),
         vocab_size=int(model_config.get_text_config().vocab_size),
         max_context=config.max_context,
         slots=slots,
     )
+
+
+def count_parameters(model: Any) -> int:
+    """The model's weights, a tied one once; a packed or quantized linear or embedding (its weight held
+    as buffers, not a parameter) counts as its `in_features` x `out_features` (or table size), a table
+    shared by the embedding and the head once."""
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if not any(name == "weight" for name, _ in module.named_parameters(recurse=False)):
+            rows = getattr(module, "out_features", getattr(module, "num_embeddings", None))
+            cols = getattr(module, "in_features", getattr(module, "embedding_dim", None))
+            buffers = list(module.buffers(recurse=False))
+            key = buffers[0].data_ptr() if buffers else id(module)
+            if isinstance(rows, int) and isinstance(cols, int) and key not in seen:
+                seen.add(key)
+                total += rows * cols
+        for param in module.parameters(recurse=False):
+            if param.data_ptr() not in seen:
+                seen.add(param.data_ptr())
+                total += param.numel()
+    return total

@@ -307,7 +307,7 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 def faults_from_env(parser: argparse.ArgumentParser) -> str | None:
     """`$HEARTH_FAULTS` (tests only: engine.core.faults), checked; a bad value is a usage error."""
-    from engine.core.faults import FAULTS_ENV, parse_faults
+    from engine import FAULTS_ENV, parse_faults
 
     text = os.environ.get(FAULTS_ENV) or None
     if text is not None:

@@ -53,30 +53,8 @@ def digest(cfg: ModelConfig) -> str:
 
 
 def parameter_count(engine: Engine) -> int:
-    """The model's weights: counted by module, a tied weight once; for a model whose linears the engine
-    moved out of the module tree (the lean Llama forward), estimated from its config."""
-    seen: set[int] = set()
-    total, linears = 0, 0
-    for module in engine.model.modules():
-        linears += hasattr(module, "in_features") and hasattr(module, "out_features")
-        for p in module.parameters(recurse=False):
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
-    return total if linears else _decoder_parameters(engine.model.config.get_text_config())
-
-
-def _decoder_parameters(cfg: Any) -> int:
-    """A decoder-only transformer's weights from its config (no biases): embeddings, attention, a gated
-    MLP and two norms per layer, the final norm, and an untied output head."""
-    hidden, vocab = int(cfg.hidden_size), int(cfg.vocab_size)
-    heads = int(cfg.num_attention_heads)
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
-    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
-    layer = attention + 3 * hidden * int(cfg.intermediate_size) + 2 * hidden
-    head = 0 if getattr(cfg, "tie_word_embeddings", False) else vocab * hidden
-    return vocab * hidden + int(cfg.num_hidden_layers) * layer + hidden + head
+    """The model's weights (`ModelInfo.parameters`)."""
+    return engine.info.parameters
 
 
 def _size_label(count: int) -> str:
@@ -89,10 +67,10 @@ def _size_label(count: int) -> str:
 
 
 def details(cfg: ModelConfig, engine: Engine | None) -> dict[str, Any]:
-    family = "" if engine is None else str(getattr(engine.model.config, "model_type", "") or "")
+    family = "" if engine is None else engine.info.model_type
     level = cfg.quantization.upper() if cfg.quantization != "none" else ""
     if engine is not None and not level:
-        level = str(engine.runner.dtype).removeprefix("torch.").upper()
+        level = engine.info.dtype.upper()
     return {
         "parent_model": "",
         "format": "gguf" if cfg.gguf_file else "safetensors",
@@ -134,7 +112,7 @@ async def ps(request: Request) -> Response:
             else datetime.now(timezone.utc) + timedelta(seconds=left)
         )
         size = state.registry.loaded_bytes(model_id) or 0
-        on_gpu = engine.runner.device.type != "cpu"
+        on_gpu = not engine.info.device.startswith("cpu")
         out.append(
             {
                 **_entry(state, cfg),

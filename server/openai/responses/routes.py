@@ -38,9 +38,10 @@ from server.state import app_state
 
 
 def response_store(request: Request) -> ResponseStore:
-    store = app_state(request).responses
+    state = app_state(request)
+    store = state.responses
     if store is None:
-        message = "this server stores no responses (--responses-max-count 0)"
+        message = state.responses_problem or "this server stores no responses"
         raise APIError(404, message, param="response_id", code="response_not_found")
     return store
 
