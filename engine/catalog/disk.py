@@ -39,10 +39,13 @@ _REASONS = {
 
 @contextmanager
 def cache_errors(what: str, path: Path) -> Iterator[None]:
-    """Turn an `OSError` raised while writing `what` under `path` into a `CacheDirError`."""
+    """Turn an `OSError` of writing (a full, read-only or blocked disk) raised while writing `what` under
+    `path` into a `CacheDirError`; any other error (e.g. a missing source file) passes unchanged."""
     try:
         yield
     except CacheDirError:
         raise
     except OSError as e:
+        if e.errno not in _REASONS:
+            raise
         raise CacheDirError(what, path, e) from e

@@ -123,7 +123,8 @@ def _load_gguf_native(
         raise FileNotFoundError(f"model {cfg.id!r}: gguf_file {gguf()} does not exist")
     folder = gguf_cache_dir(cfg, source, cache_dir)
     meta = folder.with_name(f"{folder.name}-gguf{GGUF_FORMAT}")
-    model, tokenizer, summary = load_native(gguf, meta, attn_implementation)
+    with cache_errors("the GGUF conversion cache", meta.parent):
+        model, tokenizer, summary = load_native(gguf, meta, attn_implementation)
     return _loaded(cfg, model, tokenizer, torch.device("cpu"), torch.bfloat16, start, meta, summary)
 
 
