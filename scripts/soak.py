@@ -141,7 +141,8 @@ OPTIONAL_ROUTES: dict[str, tuple[str, Any, bool]] = {
         lambda m, p, n, s: {"model": m, "input": p, "max_output_tokens": max(n, 16), "stream": s},
         True,
     ),
-    "embeddings": ("/v1/embeddings", lambda m, p, n, s: {"model": m, "input": p}, False),
+    # no model: the catalog's first embedding model (a generation model would be refused)
+    "embeddings": ("/v1/embeddings", lambda m, p, n, s: {"input": p}, False),
     "ollama-chat": (
         "/api/chat",
         lambda m, p, n, s: {
@@ -170,6 +171,10 @@ def available_routes(url: str) -> list[str]:
             continue
         if status not in (404, 405):
             found.append(name)
+    if "embeddings" in found:  # load the embedding model now, before RSS is measured
+        r = httpx.post(f"{url}/v1/embeddings", json={"input": "warm up"}, timeout=300)
+        if r.status_code != 200:
+            found.remove("embeddings")  # the catalog has no embedding model
     return found
 
 
@@ -232,7 +237,7 @@ async def send_good(
     if not stream:
         r = await client.post(path, json=body)
         data = _json(r.content)
-        if r.status_code == 200 and isinstance(data, dict) and "error" not in data:
+        if r.status_code == 200 and isinstance(data, dict) and data.get("error") is None:
             tally.counts["ok"] += 1
         elif fault_error(r.status_code, data):
             tally.counts["fault_errors"] += 1
@@ -280,8 +285,8 @@ def _stream_ended(path: str, lines: list[str]) -> bool:
     Responses API's `response.completed`, Ollama's `"done": true` line)."""
     if path.startswith(("/anthropic", "/v1/messages")):
         return "event: message_stop" in lines
-    if path == "/v1/responses":
-        return "event: response.completed" in lines
+    if path == "/v1/responses":  # incomplete: cut at max_output_tokens, as asked
+        return "event: response.completed" in lines or "event: response.incomplete" in lines
     if path.startswith("/api/"):
         return bool(lines) and '"done":true' in lines[-1].replace(" ", "")
     return "data: [DONE]" in lines
