@@ -22,6 +22,7 @@ import torch
 from engine.catalog.config import ModelConfig
 from engine.catalog.memory import kv_shape, slots_for_device
 from engine.core.detokenize import IncrementalDetokenizer
+from engine.core.errors import ENGINE_FAILED, EngineDeadError, QueueFullError
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Sequence
@@ -32,17 +33,6 @@ from engine.sampling.logprobs import TokenTexts
 from engine.sampling.sampler import Sampler
 
 log = logging.getLogger("hearth.engine")
-
-
-class QueueFullError(RuntimeError):
-    """The model's wait queue is full; the caller should retry later."""
-
-
-class EngineDeadError(RuntimeError):
-    """The engine thread has stopped; no request can be served (until `Engine.restart`)."""
-
-
-ENGINE_FAILED = "engine_failed"  # `Delta.error_code` of the requests in flight when the thread died
 
 
 @dataclass(frozen=True)
