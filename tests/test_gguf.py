@@ -158,6 +158,19 @@ def test_gemma_q4_k_m_loads_its_own_blocks_at_the_files_perplexity(gemma: Loaded
     assert abs(native / dequantized - 1) < 0.02
 
 
+def test_gemma_generic_tokenizer_is_its_own_class_s(gemma: LoadedModel) -> None:
+    from transformers import AutoTokenizer
+
+    own = AutoTokenizer.from_pretrained(gemma.source_dir, local_files_only=True)  # GemmaTokenizer
+    assert type(own).__name__ == "GemmaTokenizer" and type(gemma.tokenizer) is not type(own)
+    for text in [TEXT, "<start_of_turn>user\nHi  there\t🤖 日本語<end_of_turn>\n", "<bos>x<eos>"]:
+        ids = own(text)["input_ids"]
+        assert gemma.tokenizer(text)["input_ids"] == ids
+        assert gemma.tokenizer.convert_ids_to_tokens(ids) == own.convert_ids_to_tokens(ids)
+        assert gemma.tokenizer.decode(ids) == own.decode(ids)
+    assert gemma.tokenizer.all_special_ids == own.all_special_ids
+
+
 def test_gemma_runs_its_own_blocks_on_the_lean_forward(gemma: LoadedModel) -> None:
     engine = Engine(gemma, _cfg("gemma3", max_batch_size=4))
     engine.start()
