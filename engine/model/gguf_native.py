@@ -58,14 +58,16 @@ def load_native(
     config = AutoConfig.from_pretrained(meta_dir, local_files_only=True)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
+    # The cached tokenizer.json (written by the model's own tokenizer class) read by transformers'
+    # generic fast tokenizer: the same ids, texts and special tokens (checked on both catalog models),
+    # where Gemma's own class held 264 MiB against 109 MiB for its 262k-token vocabulary. Read before
+    # the weights, so its transient peak (Gemma: ~450 MiB above what it keeps) comes before them, and
+    # trimmed after: its build leaves free memory in malloc's arenas (SmolLM2: ~30 MiB).
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(meta_dir, local_files_only=True)
+    release_memory()
     tensors, layout, kinds = _weights(gguf, config, meta_dir / WEIGHTS)
     model = build_model(config, tensors, layout)
     model.generation_config = GenerationConfig.from_pretrained(meta_dir, local_files_only=True)
-    # The cached tokenizer.json (written by the model's own tokenizer class) read by transformers'
-    # generic fast tokenizer: the same ids, texts and special tokens (checked on both catalog models),
-    # where Gemma's own class held 264 MiB against 109 MiB for its 262k-token vocabulary.
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(meta_dir, local_files_only=True)
-    release_memory()  # the tokenizer's build leaves ~30 MiB free in malloc's arenas (SmolLM2)
     return model, tokenizer, describe(kinds)
 
 
