@@ -12,6 +12,8 @@ import torch
 
 from engine.model.cpu_traces import CpuTraces
 from engine.model.lean import LeanLlama, lean_path, path_for, supported
+from engine.model.lean.moe import MoE
+from engine.model.packed_linear import Int8Linear
 from engine.model.runner import ModelRunner
 from tests.families import CONFIGS, WINDOW, build, engine_over, llama_rope, reference
 from tests.greedy import describe_divergence, engine_generate
@@ -112,6 +114,8 @@ def test_quantized_families_run_the_lean_forward_and_its_decode_traces(
         alone = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [N_TOKENS] * len(PROMPTS), False)]
         if name == "qwen3_moe":  # expert rows are read back on the host: no recording
             assert runner.graphs is None
+            moe = runner.lean.layers[0].mlp
+            assert isinstance(moe, MoE) and all(type(p.module) is Int8Linear for p in moe.gate + moe.down)
         else:
             assert isinstance(runner.graphs, CpuTraces) and runner.graphs.replays > 0
             assert runner.graphs.failed is None

@@ -146,7 +146,7 @@ def gemma() -> LoadedModel:
     return load_model(_cfg("gemma3"), CATALOG.cache_dir)
 
 
-def test_gemma_q4_k_m_runs_its_own_blocks_in_transformers_forward(gemma: LoadedModel) -> None:
+def test_gemma_q4_k_m_loads_its_own_blocks_at_the_files_perplexity(gemma: LoadedModel) -> None:
     assert gemma.quantization == "gguf:Q4_K,Q5_0>int8,Q6_K>int8,Q8_0>int8"
     model = gemma.model
     assert type(model).__name__ == "Gemma3ForCausalLM"
@@ -157,6 +157,43 @@ def test_gemma_q4_k_m_runs_its_own_blocks_in_transformers_forward(gemma: LoadedM
     native, dequantized = _perplexity(gemma), _perplexity(reference)
     print(f"perplexity: dequantized float32 {dequantized:.3f}, own blocks {native:.3f}")
     assert abs(native / dequantized - 1) < 0.02
+
+
+def test_gemma_generic_tokenizer_is_its_own_class_s(gemma: LoadedModel) -> None:
+    from transformers import AutoTokenizer
+
+    own = AutoTokenizer.from_pretrained(gemma.source_dir, local_files_only=True)  # GemmaTokenizer
+    assert type(own).__name__ == "GemmaTokenizer" and type(gemma.tokenizer) is not type(own)
+    for text in [TEXT, "<start_of_turn>user\nHi  there\t🤖 日本語<end_of_turn>\n", "<bos>x<eos>"]:
+        ids = own(text)["input_ids"]
+        assert gemma.tokenizer(text)["input_ids"] == ids
+        assert gemma.tokenizer.convert_ids_to_tokens(ids) == own.convert_ids_to_tokens(ids)
+        assert gemma.tokenizer.decode(ids) == own.decode(ids)
+    assert gemma.tokenizer.all_special_ids == own.all_special_ids
+
+
+def test_gemma_runs_its_own_blocks_on_the_lean_forward(gemma: LoadedModel) -> None:
+    engine = Engine(gemma, _cfg("gemma3", max_batch_size=4))
+    engine.start()
+    try:
+        lean = engine.runner.lean
+        assert lean is not None and lean.family.name == "Gemma 3"
+        assert engine.runner.row_multiple == 1 and engine.runner.graphs is not None  # traced, no padding
+        assert type(lean.layers[0].qkv.module) is Int8Linear  # Q5_0 q/k/v, refitted, concatenated
+        assert type(lean.layers[0].o.module) is Int4Linear  # Q4_K
+        ids = gemma.tokenizer("Question: What is the capital of France?\nAnswer:")["input_ids"]
+        text = asyncio.run(_greedy(engine, ids, 8, "gemma-lean"))
+    finally:
+        engine.shutdown()
+    assert text.startswith(" Paris\n"), text  # transformers' forward over the same blocks: " Paris\nQuestion"
+
+
+def test_gemma_answers_through_the_server(server: Server, client: openai.OpenAI) -> None:
+    prompt = "The capital of France is Paris. The capital of Germany is"
+    out = client.completions.create(model="gemma3", prompt=prompt, max_tokens=8, temperature=0)
+    assert out.choices[0].text.startswith(" Berlin."), out.choices[0].text
+    listed = {m.id: m for m in client.models.list().data}
+    assert listed["gemma3-270m"].quantization == "gguf:Q4_K,Q5_0>int8,Q6_K>int8,Q8_0>int8"  # type: ignore[attr-defined]
 
 
 def test_v1_models_says_what_runs(server: Server, client: openai.OpenAI) -> None:

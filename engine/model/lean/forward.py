@@ -118,7 +118,7 @@ class LeanLlama:
             else:
                 qkv = proj(attn.q_proj, attn.k_proj, attn.v_proj)
                 if hasattr(mlp, "experts"):
-                    dense = MoE(mlp, proj, act)
+                    dense = MoE(mlp, proj, act, quantized=isinstance(attn.q_proj, QUANTIZED_LINEARS))
                 else:
                     dense = Dense(proj(mlp.gate_proj), proj(mlp.up_proj), proj(mlp.down_proj), act)
             self.layers.append(

@@ -8,8 +8,11 @@ do not depend on how many other tokens chose the same expert (batch invariance, 
 the lean forward). A token's expert outputs are weighted and summed in ascending expert order,
 the order of transformers' own `index_add_` loop.
 
-The experts' weights (3-D parameters, not linears) stay in the model's dtype under int8/int4,
-which quantize linear layers only; on CPU they are oneDNN-packed like every other product.
+The experts' weights are 3-D parameters, not linears, so `quantization: int8/int4` (which
+quantizes linear layers) leaves them alone; when the model's linears are quantized, the experts are
+fitted here to per-row int8 (`Int8Linear.fit`, torchao's int8 fit) and run on the int8 kernel, whose
+rows are independent from one row up (no padding). Else they are oneDNN-packed like every other
+product on CPU.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import torch
 
 from engine.model.attention import ROW_MULTIPLE, round_up
 from engine.model.lean.projections import Proj, plain_linear
+from engine.model.packed_linear import Int8Linear
 
 
 class MoE:
     """`moe(h)`: the block's output [T, H] for normed hidden states h [T, H]."""
 
-    def __init__(self, block: Any, proj: Callable[..., Proj], act: str) -> None:
+    def __init__(self, block: Any, proj: Callable[..., Proj], act: str, quantized: bool = False) -> None:
+        """`quantized`: the model's linears are quantized; the experts become int8 (see above)."""
         router, experts = block.gate, block.experts
         self.top_k: int = router.top_k
         self.renormalize: bool = bool(router.norm_topk_prob)
@@ -35,9 +40,11 @@ class MoE:
         self.router = proj(plain_linear(router.weight.detach()))
         gate_up, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
         inner = gate_up.shape[1] // 2
-        self.gate = [proj(plain_linear(gate_up[e, :inner])) for e in range(self.num_experts)]
-        self.up = [proj(plain_linear(gate_up[e, inner:])) for e in range(self.num_experts)]
-        self.down = [proj(plain_linear(down[e])) for e in range(self.num_experts)]
+        expert = (lambda w: Int8Linear.fit(w, w.dtype)) if quantized else plain_linear
+        self.gate = [proj(expert(gate_up[e, :inner])) for e in range(self.num_experts)]
+        self.up = [proj(expert(gate_up[e, inner:])) for e in range(self.num_experts)]
+        self.down = [proj(expert(down[e])) for e in range(self.num_experts)]
+        self.row_multiple = 1 if quantized else ROW_MULTIPLE
         block.experts = block.gate = None  # the products above own the weights now
 
     @property
@@ -66,7 +73,7 @@ class MoE:
             pairs = by_expert[start : start + count]
             x = h.index_select(0, tokens[start : start + count])
             start += count
-            pad = round_up(count, ROW_MULTIPLE) - count
+            pad = round_up(count, self.row_multiple) - count
             if pad:
                 x = torch.cat([x, x.new_zeros(pad, hidden)])
             y = self.down[e](self.up[e].mul(x, self.gate[e].act(x, self.act)))
