@@ -148,9 +148,9 @@ def breakdown(stream: Stream, steps: int) -> tuple[float, float, int]:
     return products / steps, attention / steps, ops // steps
 
 
-def measure(runner: ModelRunner, threads: int, steps: int, context: int) -> dict[str, float]:
+def measure(runner: ModelRunner, threads: int, steps: int, context: int, mib: int = 512) -> dict[str, float]:
     """Every figure of `FIELDS` for `runner` (not yet prepared), decoding one stream."""
-    bandwidth = read_bandwidth(threads)
+    bandwidth = read_bandwidth(threads, mib)
     with torch.inference_mode():
         runner.prepare(threads)
         stream = Stream(runner, list(range(100, 100 + context)))
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=32, help="decode steps timed (default 32)")
     parser.add_argument("--context", type=int, default=64, help="prompt tokens before decoding (default 64)")
     parser.add_argument("--traces", choices=("on", "off"), default="on", help="CPU decode traces")
+    parser.add_argument("--buffer-mib", type=int, default=512, help="buffer summed for the bandwidth")
     args = parser.parse_args(argv)
     catalog = load_catalog(args.catalog)
     cfg = catalog.resolve(args.model) if args.model else catalog.default_model
@@ -194,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(cfg, **changes, device="cpu", cpu_graphs=args.traces == "on")
     threads = args.threads or cfg.threads or os.cpu_count() or 1
     engine = Engine(load_model(cfg, catalog.cache_dir), cfg)  # built, never started: we drive its runner
-    figures = measure(engine.runner, threads, args.steps, args.context)
+    figures = measure(engine.runner, threads, args.steps, args.context, args.buffer_mib)
     print(f"model: {cfg.id} ({engine.quantization}, {engine.runner.dtype})")
     for name in FIELDS:
         value = figures[name]
-        print(f"{name}: {value:.1f}" if isinstance(value, float) else f"{name}: {value}")
+        print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}")
     return 0
 
 
