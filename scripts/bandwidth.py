@@ -9,7 +9,8 @@ overhead), from `torch.profiler`'s self times of the ops over the same kind of s
 
     .venv/bin/python scripts/bandwidth.py --quantization none --dtype bfloat16
 
-Output is one `name: value` line per figure (see `FIELDS`); timings on a shared machine are noisy.
+Output is one `name: value` line per figure (see `FIELDS`). Timings on a shared machine are noisy;
+`step_cpu_ms` (the stepping thread's CPU time) is not, with `--threads 1`: compare variants there.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ FIELDS = (
     "limit_tok_s",
     "step_ms",
     "step_tok_s",
+    "step_cpu_ms",
     "of_limit_pct",
     "products_ms",
     "attention_ms",
@@ -119,13 +121,13 @@ class Stream:
         self.seq.num_computed += n
         self.seq.token_ids.append(int(logits[0].argmax()))
 
-    def decode(self, steps: int) -> list[float]:
-        """Seconds of each of `steps` decode steps (the forward and the greedy pick)."""
+    def decode(self, steps: int, clock: Any = time.perf_counter) -> list[float]:
+        """Seconds of each of `steps` decode steps (the forward and the greedy pick) on `clock`."""
         times = []
         for _ in range(steps):
-            start = time.perf_counter()
+            start = clock()
             self._step(1)
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
         return times
 
 
@@ -156,6 +158,8 @@ def measure(runner: ModelRunner, threads: int, steps: int, context: int, mib: in
         stream = Stream(runner, list(range(100, 100 + context)))
         stream.decode(8)  # warm up: traces are recorded on first use, oneDNN kernels made
         step = statistics.median(stream.decode(steps))
+        # this thread's CPU time: with 1 thread, the step's own work even on a busy machine
+        cpu = statistics.median(stream.decode(steps, time.thread_time))
         products, attention, ops = breakdown(stream, max(steps // 2, 4))
     weights = weight_bytes(runner)
     limit = weights / bandwidth
@@ -167,6 +171,7 @@ def measure(runner: ModelRunner, threads: int, steps: int, context: int, mib: in
         "limit_tok_s": 1 / limit,
         "step_ms": step * 1e3,
         "step_tok_s": 1 / step,
+        "step_cpu_ms": cpu * 1e3,
         "of_limit_pct": 100 * limit / step,
         "products_ms": products * 1e3,
         "attention_ms": attention * 1e3,

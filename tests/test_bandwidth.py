@@ -14,7 +14,7 @@ from tests.launch import ROOT
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 FIELDS = [
     "threads", "bandwidth_gb_s", "weight_mb", "limit_ms", "limit_tok_s", "step_ms", "step_tok_s",
-    "of_limit_pct", "products_ms", "attention_ms", "rest_ms", "aten_calls_per_step",
+    "step_cpu_ms", "of_limit_pct", "products_ms", "attention_ms", "rest_ms", "aten_calls_per_step",
 ]  # fmt: skip
 
 
@@ -50,7 +50,9 @@ def test_prints_the_limit_beside_the_measured_step(args: list[str], what: str) -
     assert list(out)[1:] == FIELDS
     figures = {key: float(out[key]) for key in FIELDS}
     assert figures["threads"] == 1
-    assert all(figures[key] > 0 for key in ("bandwidth_gb_s", "limit_ms", "step_ms", "products_ms"))
+    assert all(
+        figures[key] > 0 for key in ("bandwidth_gb_s", "limit_ms", "step_ms", "step_cpu_ms", "products_ms")
+    )
     weights = {"(none, torch.bfloat16)": 269, "(none, torch.float32)": 538}.get(what)
     if weights is not None:  # SmolLM2-135M's weights, the tied embedding read once (as the lm_head)
         assert abs(figures["weight_mb"] - weights) < 5
