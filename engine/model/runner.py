@@ -93,7 +93,7 @@ class ModelRunner:
                 self.graphs = CpuTraces(
                     lean.forward, self.cache, self.max_batch, lean.trace_weights, lean.min_rows
                 )
-            elif lean.plain:  # CUDA graphs take plain weights only
+            elif self.device.type == "cuda" and lean.plain:  # CUDA graphs take plain weights only
                 self.graphs = CudaGraphs(lean.forward, self.cache, self.max_batch)
 
     @torch.inference_mode()
