@@ -110,8 +110,29 @@ def test_traced_decode_steps_give_the_eager_tokens(
     assert alone == want_alone, describe_divergence("traced vs eager, alone", alone, want_alone)
 
 
-def test_plain_weights_on_a_cpu_stay_eager(smollm2_dir: Path) -> None:
-    with running_engine(smollm2_dir, "cpu", "bfloat16") as engine:
-        assert engine.runner.graphs is None  # oneDNN's packed products cannot be traced
-        [(tokens, _)] = engine_generate(engine, prompts(smollm2_dir, 1), [4])
-    assert len(tokens) == 4
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_plain_weights_trace_too_and_give_the_eager_tokens(smollm2_dir: Path, dtype: str) -> None:
+    """oneDNN-packed weights are the traces' inputs: plain models trace their small decode steps,
+    from 2 rows (1 row takes another oneDNN kernel), and their tokens are the eager engine's, alone
+    and in a shrinking batch."""
+    tokens = {}
+    for traced in (False, True):
+        cfg = ModelConfig(
+            id="smollm2", source=str(smollm2_dir), dtype=dtype, max_batch_size=6, cpu_graphs=traced
+        )
+        engine = Engine(load_model(cfg, smollm2_dir), cfg)
+        engine.start()
+        try:
+            tokens[traced] = _shrinking_batch(engine, smollm2_dir), _alone(engine, smollm2_dir)
+            graphs = engine.runner.graphs
+            if traced:
+                assert isinstance(graphs, CpuTraces) and graphs.failed is None
+                assert graphs.rows == [2, 4]
+                assert graphs.replays >= 4 * (N_TOKENS - 1)
+            else:
+                assert graphs is None
+        finally:
+            engine.shutdown()
+    (mixed, alone), (want_mixed, want_alone) = tokens[True], tokens[False]
+    assert mixed == want_mixed, describe_divergence("traced vs eager, shrinking batch", mixed, want_mixed)
+    assert alone == want_alone, describe_divergence("traced vs eager, alone", alone, want_alone)

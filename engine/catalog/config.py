@@ -47,7 +47,7 @@ class ModelConfig:
     quantization: str = "auto"
     gpu_memory_utilization: float = 0.9  # share of free GPU memory the KV cache may take (engine.memory)
     cuda_graphs: bool = True  # on CUDA, replay decode steps from captured graphs (engine.cuda_graphs)
-    cpu_graphs: bool = True  # on CPU, quantized models replay small decode steps from traces (same)
+    cpu_graphs: bool = True  # on CPU, lean-path models replay small decode steps from traces (same)
     task: str = "generate"  # generate | embed
     subfolder: str | None = None  # the model's folder inside `source`
     pooling: str | None = None  # embed: mean | cls | last; None = from the sentence-transformers files

@@ -1,9 +1,11 @@
-"""TorchScript traces of decode steps on a CPU, for quantized models (see `engine.model.decode_graphs`).
+"""TorchScript traces of decode steps on a CPU (see `engine.model.decode_graphs`).
 
 A `torch.jit.trace` of the step runs the same aten ops from TorchScript's C++ interpreter, without
 Python in between (measured on SmolLM2 int4, one stream, 2 cores: 14.6 ms a step eager, 10.4 ms
-traced). Plain weights on a CPU run oneDNN's packed products, which TorchScript cannot record, so
-they stay eager. Tracing takes a fraction of a second per bucket and compiles nothing.
+traced). Plain weights run oneDNN's packed products: a packed weight cannot be a trace's constant,
+so the trace takes them as inputs (`weights`, the forward's own tensors, recognised by identity
+while tracing), and their smallest bucket is 2 rows (`min_rows`: at 1 row oneDNN takes another
+kernel, whose bits differ). Tracing takes a fraction of a second per bucket and compiles nothing.
 `torch.jit.trace` is deprecated in favour of `torch.compile`, whose first compile of this step
 took over 10 minutes here; any tracing error falls back to eager.
 
@@ -28,21 +30,33 @@ CPU_MAX_ROWS = 4
 class CpuTraces(DecodeGraphs):
     what = "tracing"
 
-    def __init__(self, forward: Forward, cache: SlotKVCache, max_rows: int) -> None:
-        super().__init__(forward, cache, min(max_rows, CPU_MAX_ROWS))
+    def __init__(
+        self,
+        forward: Forward,
+        cache: SlotKVCache,
+        max_rows: int,
+        weights: list[torch.Tensor] | None = None,
+        min_rows: int = 1,
+    ) -> None:
+        """`weights`: tensors the forward reads that cannot be a trace's constants (oneDNN-packed
+        weights), passed to every replay as inputs; `min_rows`: see `DecodeGraphs`."""
+        super().__init__(forward, cache, min(max_rows, CPU_MAX_ROWS), min_rows=min_rows)
+        self.weights = tuple(weights or ())
 
     def _record(self, rows: int, kv: int) -> Replay:
         """Trace the step on example inputs whose rows all write and read the scratch slot 0."""
         start = time.perf_counter()
         example = torch.zeros(4 * rows, dtype=torch.long)
         example[3 * rows :] = 1
+        weights = self.weights
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation, and "output may not generalize" notes
+            # the weights are inputs by identity: the forward's own tensors become the graph's inputs
             traced = torch.jit.trace(
-                lambda inputs: self._step(rows, kv, inputs), (example,), check_trace=False
+                lambda inputs, *_: self._step(rows, kv, inputs), (example, *weights), check_trace=False
             )
         for _ in range(2):  # TorchScript profiles the first call and optimizes at the second
-            traced(example)
+            traced(example, *weights)
         seconds = time.perf_counter() - start
         log.info("traced the decode step for %d rows, kv length %d, in %.0f ms", rows, kv, seconds * 1e3)
-        return traced
+        return lambda inputs: traced(inputs, *weights)

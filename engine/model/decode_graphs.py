@@ -63,10 +63,13 @@ class DecodeGraphs:
 
     what = "recording"
 
-    def __init__(self, forward: Forward, cache: SlotKVCache, max_rows: int, pinned: bool = False) -> None:
+    def __init__(
+        self, forward: Forward, cache: SlotKVCache, max_rows: int, pinned: bool = False, min_rows: int = 1
+    ) -> None:
+        """`min_rows`: the smallest bucket (steps of fewer rows are padded to it)."""
         self.forward = forward
         self.cache = cache
-        self.rows = batch_buckets(max_rows)
+        self.rows = sorted({max(b, min_rows) for b in batch_buckets(max_rows)})
         self.kv = kv_buckets(cache.max_len)
         device = cache.k.device
         rows = self.rows[-1]

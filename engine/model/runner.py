@@ -89,10 +89,12 @@ class ModelRunner:
             pack_linears(self.model, batch_hint=self.max_batch)
         lean = self.lean
         if self.graphs_wanted and lean is not None and lean.capturable:
-            # CUDA graphs take plain weights only; CPU traces no oneDNN-packed ones (quantized only)
-            if lean.plain if self.device.type == "cuda" else lean.traceable:
-                recorder = CudaGraphs if self.device.type == "cuda" else CpuTraces
-                self.graphs = recorder(lean.forward, self.cache, self.max_batch)
+            if self.device.type == "cpu":  # packed, quantized or plain weights: all traceable
+                self.graphs = CpuTraces(
+                    lean.forward, self.cache, self.max_batch, lean.trace_weights, lean.min_rows
+                )
+            elif self.device.type == "cuda" and lean.plain:  # CUDA graphs take plain weights only
+                self.graphs = CudaGraphs(lean.forward, self.cache, self.max_batch)
 
     @torch.inference_mode()
     def run(self, plan: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:

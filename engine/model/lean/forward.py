@@ -18,7 +18,7 @@ import torch
 from engine.model.attention import ROW_MULTIPLE, StepMeta, slot_attention
 from engine.model.lean.families import activation, family_of
 from engine.model.lean.moe import MoE
-from engine.model.lean.projections import Linear, Packed, Proj, projection, split
+from engine.model.lean.projections import Linear, Packed, Proj, projection, split, trace_weights
 from engine.model.packed_linear import QUANTIZED_LINEARS, packing_available
 
 
@@ -176,10 +176,18 @@ class LeanLlama:
         return all(isinstance(p, Linear) for p in self._projections)
 
     @property
-    def traceable(self) -> bool:
-        """No oneDNN-packed product: TorchScript cannot record those ops (engine.cuda_graphs traces
-        this forward on a CPU for quantized models, whose kernels are plain aten ops)."""
-        return not any(isinstance(p, Packed) for p in self._projections)
+    def trace_weights(self) -> list[torch.Tensor]:
+        """What a TorchScript trace of this forward (engine.model.cpu_traces) takes as inputs besides
+        the step's: the oneDNN-packed weights, which cannot be a trace's constants."""
+        return trace_weights(self._projections)
+
+    @property
+    def min_rows(self) -> int:
+        """The fewest rows a product may run with and give each row the bits it gets in any multiple
+        of 4 rows: 1 for the quantized kernels; 2 for oneDNN's packed products, which take another
+        kernel for 1 row (measured on AVX-512: float32 rows of a K = 1536 product always differ,
+        bfloat16 ones now and then; 2 rows matched 4 in every trial, in both)."""
+        return 2 if any(isinstance(p, Packed) for p in self._projections) else 1
 
     @property
     def row_multiple(self) -> int:

@@ -6,11 +6,18 @@ another tensor and activation ride on the product as post-ops; else as one `F.li
 (`_Linear`), one quantized kernel (engine.model.packed_linear's `Int8Linear`, `Int4Linear`,
 concatenated), or the linears as they are (torchao's, on CUDA). `split` cuts one linear into
 several along its outputs (Phi-3's fused `gate_up_proj`), so each part gets its own post-ops.
+
+Packed products are traceable (engine.model.cpu_traces) with two provisions: TorchScript's tracer
+cannot record `_linear_pointwise`'s empty list of post-op scalars, so while tracing the call goes
+through a scripted copy of it (`_packed`), which the trace keeps as a call; and a packed weight
+cannot be a trace's constant, so the traces take the weights (`trace_weights`) as inputs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +83,19 @@ class Linear(Proj):
         return F.linear(x, self.weight, self.bias)
 
 
+def _packed(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post_op: str, algorithm: str
+) -> torch.Tensor:
+    """oneDNN's packed product with a unary post-op ("none", "swish", "gelu"): x [M, K] -> [M, N]."""
+    scalars = torch.jit.annotate(list[Optional[Union[int, float, complex]]], [])  # noqa: UP007, UP045 (TorchScript)
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, scalars, algorithm)
+
+
+@functools.cache
+def _scripted_packed() -> Callable[..., torch.Tensor]:
+    return torch.jit.script(_packed)
+
+
 class Packed(Proj):
     """A oneDNN-packed weight [N, K] (and bias), its follow-up ops fused as post-ops."""
 
@@ -85,8 +105,12 @@ class Packed(Proj):
         self.bias = concat_bias(linears, weight)
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
 
+    def _unary(self, x: torch.Tensor, post_op: str, algorithm: str) -> torch.Tensor:
+        product = _scripted_packed() if torch.jit.is_tracing() else _packed
+        return product(x, self.weight, self.bias, post_op, algorithm)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return self._unary(x, "none", "")
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
@@ -95,8 +119,12 @@ class Packed(Proj):
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.weight, self.bias, "mul")
 
     def act(self, x: torch.Tensor, kind: str) -> torch.Tensor:
-        post_op, algorithm = ACTIVATIONS[kind]
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, post_op, [], algorithm)
+        return self._unary(x, *ACTIVATIONS[kind])
+
+
+def trace_weights(projections: list[Proj]) -> list[torch.Tensor]:
+    """The tensors a trace of a forward over `projections` must take as inputs: packed weights."""
+    return [p.weight for p in projections if isinstance(p, Packed)]
 
 
 def projection(linears: list[Any], batch_hint: int, packing: bool) -> Proj:
