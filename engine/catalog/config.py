@@ -32,7 +32,10 @@ class ModelConfig:
     device: str = "auto"  # auto | cuda | mps | cpu
     device_map: str | None = None  # e.g. "auto": accelerate spreads the weights over the devices
     max_context: int = 4096  # prompt + completion tokens per sequence
-    max_batch_size: int = 32  # running sequences (KV slots)
+    max_batch_size: int = 32  # running sequences at most (the KV cache is sized by kv_cache_tokens)
+    # the KV cache's budget in tokens, shared by all sequences; None = from the device (engine.catalog.memory)
+    kv_cache_tokens: int | None = None
+    prefix_cache: bool = True  # keep finished sequences' KV blocks for later prompts (engine.core.blocks)
     max_waiting: int = 256  # queued requests beyond the running ones
     prefill_chunk: int = 256  # prompt tokens processed per engine step
     chat_template: str | None = None  # overrides the tokenizer's template
@@ -74,6 +77,8 @@ class ModelConfig:
         for name in ("max_context", "max_batch_size", "prefill_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model {self.id!r}: {name} must be >= 1")
+        if self.kv_cache_tokens is not None and self.kv_cache_tokens < 1:
+            raise ValueError(f"model {self.id!r}: kv_cache_tokens must be >= 1 (or null: from the device)")
         if self.max_waiting < 0:
             raise ValueError(f"model {self.id!r}: max_waiting must be >= 0")
         self._check_task()

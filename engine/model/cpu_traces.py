@@ -7,8 +7,8 @@ they stay eager. Tracing takes a fraction of a second per bucket and compiles no
 `torch.jit.trace` is deprecated in favour of `torch.compile`, whose first compile of this step
 took over 10 minutes here; any tracing error falls back to eager.
 
-Only buckets of up to `CPU_MAX_ROWS` rows are traced: each traced row copies its slot's keys and
-values out of the cache (gathered attention), a cost that grows with the batch, while the Python
+Only buckets of up to `CPU_MAX_ROWS` rows are traced: each traced row copies its keys and values
+out of the cache's blocks (gathered attention), a cost that grows with the batch, while the Python
 overhead a trace saves per step does not.
 """
 
@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from engine.core.kv_cache import SlotKVCache
+from engine.core.kv_cache import PagedKVCache
 from engine.model.decode_graphs import DecodeGraphs, Forward, Replay, log
 
 CPU_MAX_ROWS = 4
@@ -28,14 +28,13 @@ CPU_MAX_ROWS = 4
 class CpuTraces(DecodeGraphs):
     what = "tracing"
 
-    def __init__(self, forward: Forward, cache: SlotKVCache, max_rows: int) -> None:
-        super().__init__(forward, cache, min(max_rows, CPU_MAX_ROWS))
+    def __init__(self, forward: Forward, cache: PagedKVCache, max_rows: int, max_len: int) -> None:
+        super().__init__(forward, cache, min(max_rows, CPU_MAX_ROWS), max_len)
 
     def _record(self, rows: int, kv: int) -> Replay:
-        """Trace the step on example inputs whose rows all write and read the scratch slot 0."""
+        """Trace the step on example inputs whose rows all write and read the scratch block 0."""
         start = time.perf_counter()
-        example = torch.zeros(4 * rows, dtype=torch.long)
-        example[3 * rows :] = 1
+        example = self.example(rows, kv)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation, and "output may not generalize" notes
             traced = torch.jit.trace(
