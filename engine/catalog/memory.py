@@ -64,11 +64,15 @@ def kv_shape(model: Any) -> KVShape:
     )
 
 
-def fit_tokens(shape: KVShape, config: ModelConfig, device_bytes: int, on_gpu: bool) -> int:
+def fit_tokens(
+    shape: KVShape, config: ModelConfig, device_bytes: int, on_gpu: bool, trained: int = 4096
+) -> int:
     """The cache's budget in tokens (a whole number of blocks) for `config` on a device whose
-    free memory (GPU: after the weights) or available RAM (CPU) is `device_bytes`."""
+    free memory (GPU: after the weights) or available RAM (CPU) is `device_bytes`; `trained` is
+    the model's own context (the default of `max_context`)."""
     where = f"model {config.id!r}"
-    seq_tokens = blocks_for(config.max_context) * BLOCK_SIZE
+    context = config.max_context or trained
+    seq_tokens = blocks_for(context) * BLOCK_SIZE
     if on_gpu:
         allowed = int(device_bytes * config.gpu_memory_utilization)
         share = config.gpu_memory_utilization
@@ -91,20 +95,26 @@ def fit_tokens(shape: KVShape, config: ModelConfig, device_bytes: int, on_gpu: b
                 f"{what} allows {allowed / GIB:.2f} GiB; lower kv_cache_tokens"
             )
     tokens = tokens // BLOCK_SIZE * BLOCK_SIZE
-    if tokens < seq_tokens:
+    if tokens < seq_tokens and (config.max_context is not None or tokens < BLOCK_SIZE):
         raise KVBudgetError(
             f"{where}: {field} holds fewer tokens than one sequence of max_context "
-            f"{config.max_context}; raise kv_cache_tokens (or gpu_memory_utilization) or lower max_context"
+            f"{context}; raise kv_cache_tokens (or gpu_memory_utilization) or lower max_context"
         )
     return tokens
 
 
-def kv_tokens_for_device(shape: KVShape, config: ModelConfig, device: torch.device) -> int:
+def kv_tokens_for_device(shape: KVShape, config: ModelConfig, device: torch.device, trained: int) -> int:
     """`fit_tokens` against the device: the GPU's free memory on CUDA, else the RAM available."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return fit_tokens(shape, config, free, on_gpu=True)
-    return fit_tokens(shape, config, available_ram(), on_gpu=False)
+        return fit_tokens(shape, config, free, on_gpu=True, trained=trained)
+    return fit_tokens(shape, config, available_ram(), on_gpu=False, trained=trained)
+
+
+def trained_context(model: Any) -> int:
+    """The model's own context window (`max_position_embeddings`; 4096 when it says none)."""
+    n = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else 4096
 
 
 def available_ram() -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from engine.catalog.config import ModelConfig
-from engine.catalog.memory import kv_shape, kv_tokens_for_device
+from engine.catalog.memory import kv_shape, kv_tokens_for_device, trained_context
 from engine.core.blocks import BLOCK_SIZE
 from engine.core.detokenize import IncrementalDetokenizer
 from engine.core.errors import ENGINE_FAILED, EngineDeadError, QueueFullError
@@ -63,11 +63,14 @@ class Engine:
     def __init__(self, loaded: Any, config: ModelConfig) -> None:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.config = config
         self.quantization: str = getattr(loaded, "quantization", config.quantization)  # what runs
         self.eos_token_ids: frozenset[int] = frozenset(loaded.eos_token_ids)
         device = next(self.model.parameters()).device
-        self.kv_cache_tokens = kv_tokens_for_device(kv_shape(self.model), config, device)
+        trained = trained_context(self.model)
+        self.kv_cache_tokens = kv_tokens_for_device(kv_shape(self.model), config, device, trained)
+        if config.max_context is None:  # the model's own window, within the budget
+            config = replace(config, max_context=min(trained, self.kv_cache_tokens))
+        self.config = config
         self.num_blocks = self.kv_cache_tokens // BLOCK_SIZE + 1  # and the scratch block
         self.max_batch_size = config.max_batch_size
         self.info: ModelInfo = describe(
@@ -75,7 +78,7 @@ class Engine:
         )
         graphs = config.cuda_graphs if device.type == "cuda" else config.cpu_graphs
         self.runner = ModelRunner(
-            self.model, self.max_batch_size, config.max_context, self.num_blocks, graphs=graphs
+            self.model, self.max_batch_size, self.max_context, self.num_blocks, graphs=graphs
         )
         self.scheduler = self._scheduler()
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, sorted(self.eos_token_ids))
@@ -100,6 +103,7 @@ class Engine:
 
     @property
     def max_context(self) -> int:
+        assert self.config.max_context is not None  # resolved in __init__
         return self.config.max_context
 
     @property

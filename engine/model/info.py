@@ -37,6 +37,7 @@ class ModelInfo:
 def describe(
     model: Any, config: ModelConfig, slots: int, quantization: str | None = None, kv_cache_tokens: int = 0
 ) -> ModelInfo:
+    assert config.max_context is not None, "describe() takes the engine's resolved config"
     """`model` (a transformers model) under `config`, running `slots` sequences at most over a KV
     cache of `kv_cache_tokens`; `quantization`: what runs (e.g. `gguf:Q4_1,Q8_0>int8`), when it says
     more than the configured value."""
