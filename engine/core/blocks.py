@@ -42,8 +42,8 @@ class _Block:
 class BlockPool:
     """Blocks 1..num_blocks-1 for sequences, with reference counts and the prefix cache.
 
-    `caching` off: no block is ever looked up by hash (blocks are still shared between the n
-    choices of a request and with running sequences, by block table).
+    `caching` off: no block is ever looked up by hash (the n choices of one request still share
+    their prompt's blocks, by block table: engine.core.scheduler).
     """
 
     def __init__(self, num_blocks: int, caching: bool = True) -> None:

@@ -194,11 +194,13 @@ class Scheduler:
 
     def _donor(self, seq: Sequence) -> tuple[Sequence | None, int]:
         """The running sequence whose tokens share the longest prefix with `seq`'s, and that length
-        (at most all but `seq`'s last token)."""
+        (at most all but `seq`'s last token); only its parent when the prefix cache is off."""
         prompt = seq.token_ids[:-1]
         best: Sequence | None = None
         best_len = 0
-        for other in self.running:
+        # without the prefix cache, requests share nothing: only the n choices of one request do
+        lenders = self.running if self.blocks.caching else [s for s in self.running if s is seq.parent]
+        for other in lenders:
             if other is seq or not prompt or other.token_ids[0] != prompt[0]:
                 continue
             n = common_prefix(other.token_ids[: other.num_prompt], prompt)
