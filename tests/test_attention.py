@@ -83,9 +83,9 @@ def test_gather_reads_a_block_table_in_order() -> None:
     cache.k.copy_(torch.arange(cache.k.numel(), dtype=torch.float32).view(cache.k.shape))
     out = gather(cache.k[0], torch.tensor([[3, 1], [0, 4]]))  # [2 rows, 2 heads, 2 blocks' positions, 4]
     assert out.shape == (2, 2, 2 * BLOCK_SIZE, 4)
-    assert torch.equal(out[0, 1, :BLOCK_SIZE], cache.k[0, 3, 1])
+    assert torch.equal(out[0, 1, :BLOCK_SIZE], cache.k[0, 1, 3])
     assert torch.equal(out[0, 1, BLOCK_SIZE:], cache.k[0, 1, 1])
-    assert torch.equal(out[1, 0, BLOCK_SIZE:], cache.k[0, 4, 0])
+    assert torch.equal(out[1, 0, BLOCK_SIZE:], cache.k[0, 0, 4])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

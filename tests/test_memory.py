@@ -65,5 +65,5 @@ def test_kv_shape_is_what_the_runner_allocates() -> None:
     shape = kv_shape(model)
     runner = ModelRunner(model, max_batch=3, max_context=100, num_blocks=9)
     k = runner.cache.k
-    assert k.shape == (2, 9, 2, BLOCK_SIZE, 16)
+    assert k.shape == (2, 2, 9, BLOCK_SIZE, 16)
     assert (k.numel() + runner.cache.v.numel()) * k.element_size() == 9 * BLOCK_SIZE * shape.token_bytes

@@ -153,13 +153,29 @@ def blocked_pv(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def gather(cache: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-    """cache [blocks, Hkv, BLOCK_SIZE, D], tables [R, N] -> [R, Hkv, N * BLOCK_SIZE, D]: each row's
-    keys (or values) in position order, in one copy."""
+def gather(cache: torch.Tensor, tables: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """cache [Hkv, blocks, BLOCK_SIZE, D], tables [R, N] -> [R, Hkv, N * BLOCK_SIZE, D]: each row's
+    keys (or values) in position order, in one copy of whole blocks (into `out`, a flat buffer of
+    the size, when given), as a view whose first two dims are swapped: each (row, head) matrix
+    [N * BLOCK_SIZE, D] is contiguous."""
     rows, n = tables.shape
-    heads = torch.arange(cache.shape[1], device=tables.device)
-    out = cache[tables[:, None, :], heads[None, :, None]]  # [R, Hkv, N, BLOCK_SIZE, D]
-    return out.view(rows, cache.shape[1], n * BLOCK_SIZE, cache.shape[3])
+    hkv, _, size, d = cache.shape
+    flat = tables.reshape(-1)
+    if out is None:
+        got = cache.index_select(1, flat)  # [Hkv, R * N, BLOCK_SIZE, D]
+    else:
+        got = torch.index_select(cache, 1, flat, out=out.view(hkv, rows * n, size, d))
+    return got.view(hkv, rows, n * size, d).transpose(0, 1)
+
+
+def _gather_kv(
+    step: StepMeta, kc: torch.Tensor, vc: torch.Tensor, tables: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values [R, Hkv, L, D] of the rows of `tables` [R, N] (see `gather`)."""
+    buffers = step.cache.gather_buffers(kc[:, :1].numel() * tables.numel())
+    if buffers is None:
+        return gather(kc, tables), gather(vc, tables)
+    return gather(kc, tables, buffers[0]), gather(vc, tables, buffers[1])
 
 
 def slot_attention(
@@ -177,9 +193,9 @@ def slot_attention(
     """transformers attention interface: query [1, Hq, T, D], key/value [1, Hkv, T, D]."""
     step: StepMeta = kwargs["hearth_step"]
     layer = int(module.layer_idx)  # type: ignore[arg-type]
-    kc, vc = step.cache.k[layer], step.cache.v[layer]  # [blocks, Hkv, BLOCK_SIZE, D]
-    kc[step.write_blocks, :, step.write_offsets] = key[0].transpose(0, 1)
-    vc[step.write_blocks, :, step.write_offsets] = value[0].transpose(0, 1)
+    kc, vc = step.cache.k[layer], step.cache.v[layer]  # [Hkv, blocks, BLOCK_SIZE, D]
+    kc[:, step.write_blocks, step.write_offsets] = key[0]
+    vc[:, step.write_blocks, step.write_offsets] = value[0]
 
     _, hq, t, d = query.shape
     hkv = key.shape[1]
@@ -190,8 +206,7 @@ def slot_attention(
 
     n_dec = step.decode_tokens
     if n_dec:
-        k = gather(kc, step.decode_tables)  # [n_dec, Hkv, L, D]
-        v = gather(vc, step.decode_tables)
+        k, v = _gather_kv(step, kc, vc, step.decode_tables)  # [n_dec, Hkv, L, D]
         rows = round_up(g, ROW_MULTIPLE) if q.device.type == "cpu" else g  # same shape class as prefill
         qd = query.new_zeros(n_dec, hkv, rows, d)
         qd[:, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
@@ -206,7 +221,7 @@ def slot_attention(
         if rows != c * g:
             qc = torch.cat([qc, qc.new_zeros(hkv, rows - c * g, d)], dim=1)
         bias = step.prefill_bias(i, g, sliding_window, q.dtype)  # [rows, L]
-        kp, vp = gather(kc, chunk.table[None])[0], gather(vc, chunk.table[None])[0]  # [Hkv, L, D]
+        kp, vp = (t[0] for t in _gather_kv(step, kc, vc, chunk.table[None]))  # [Hkv, L, D]
         o = attend(qc, kp, vp, bias, scale, softcap)  # [Hkv, rows, D]
         out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import AttentionInterface
 
-from engine.core.blocks import BLOCK_SIZE
+from engine.core.blocks import BLOCK_SIZE, blocks_for
 from engine.core.kv_cache import PagedKVCache
 from engine.core.sequence import Sequence
 from engine.model.attention import KV_BLOCK, ROW_MULTIPLE, PrefillChunk, StepMeta, round_up, slot_attention
@@ -43,11 +43,12 @@ class ModelRunner:
         model: Any,
         max_batch: int,
         max_context: int,
-        num_blocks: int,
+        num_blocks: int | None = None,
         lean: bool = True,
         graphs: bool = True,
     ) -> None:
-        """`num_blocks`: the KV cache's blocks (engine.core.kv_cache), the scratch block included;
+        """`num_blocks`: the KV cache's blocks (engine.core.kv_cache), the scratch block included
+        (default: `max_batch` sequences of `max_context`);
         `graphs`: replay decode steps from recordings where they apply (engine.model.decode_graphs)."""
         use_slot_attention(model)
         model.requires_grad_(False)  # inference only; a traced graph takes weights as constants
@@ -69,7 +70,7 @@ class ModelRunner:
         self.row_multiple = ROW_MULTIPLE  # see LeanLlama.row_multiple
         self.cache = PagedKVCache(
             num_layers=cfg.num_hidden_layers,
-            num_blocks=num_blocks,
+            num_blocks=num_blocks or max_batch * blocks_for(max_context) + 1,
             kv_heads=cfg.num_key_value_heads,
             head_dim=head_dim,
             dtype=self.dtype,
