@@ -71,7 +71,6 @@ def _prefill(cache: PagedKVCache, seq: int, start: int, q: torch.Tensor, kv: tor
 
 def _random_cache(dtype: torch.dtype) -> PagedKVCache:
     cache = PagedKVCache(1, 1 + SLOTS * PER_SEQ, HKV, D, dtype, torch.device("cpu"))
-    cache.ensure_clean(SLOTS * PER_SEQ)
     cache.k.normal_()
     cache.v.normal_()
     return cache
@@ -79,7 +78,6 @@ def _random_cache(dtype: torch.dtype) -> PagedKVCache:
 
 def test_gather_reads_a_block_table_in_order() -> None:
     cache = PagedKVCache(1, 5, 2, 4, torch.float32, torch.device("cpu"))
-    cache.ensure_clean(4)
     cache.k.copy_(torch.arange(cache.k.numel(), dtype=torch.float32).view(cache.k.shape))
     out = gather(cache.k[0], torch.tensor([[3, 1], [0, 4]]))  # [2 rows, 2 heads, 2 blocks' positions, 4]
     assert out.shape == (2, 2, 2 * BLOCK_SIZE, 4)
@@ -128,7 +126,6 @@ def test_bfloat16_decode_matches_the_float32_products() -> None:
     rows = [(1, 40), (3, 500), (4, 129)]
     want = _decode(cache, rows, q, kv)
     half = PagedKVCache(1, 1 + SLOTS * PER_SEQ, HKV, D, torch.bfloat16, torch.device("cpu"))
-    half.ensure_clean(SLOTS * PER_SEQ)
     half.k.copy_(cache.k)
     half.v.copy_(cache.v)
     got = _decode(half, rows, q.bfloat16(), kv.bfloat16())

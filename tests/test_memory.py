@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.catalog.config import ModelConfig
-from engine.catalog.memory import GIB, KVBudgetError, KVShape, fit_tokens
+from engine.catalog.memory import CPU_KV_TOKENS, GIB, KVBudgetError, KVShape, fit_tokens
 from engine.core.blocks import BLOCK_SIZE
 
 # A 1B Llama-style model: 16 layers, 8 KV heads of 64, bf16: 32 KiB a token.
@@ -28,7 +28,8 @@ def test_the_gpu_budget_is_gpu_memory_utilization_of_the_free_memory() -> None:
 
 def test_the_cpu_budget_is_a_share_of_the_ram_within_the_sequences_asked_for() -> None:
     cfg = _cfg(max_context=4096, max_batch_size=8)
-    assert fit_tokens(SHAPE, cfg, 100 * GIB, on_gpu=False) == 8 * 4096  # capped by the batch
+    assert fit_tokens(SHAPE, cfg, 100 * GIB, on_gpu=False) == CPU_KV_TOKENS == 16384  # capped
+    assert fit_tokens(SHAPE, _cfg(max_context=1024, max_batch_size=2), 100 * GIB, on_gpu=False) == 2048
     assert fit_tokens(SHAPE, cfg, 2 * GIB, on_gpu=False) == 6544  # a tenth of the RAM, in whole blocks
     assert fit_tokens(SHAPE, cfg, GIB, on_gpu=False) == 4096  # one sequence at least
     assert fit_tokens(SHAPE, _cfg(kv_cache_tokens=5000), 2 * GIB, on_gpu=False) == 5000 // 16 * 16

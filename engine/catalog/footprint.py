@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from engine.catalog.config import ModelConfig
+from engine.catalog.memory import CPU_KV_TOKENS
 from engine.catalog.models_file import resolve_source
 from engine.core.blocks import BLOCK_SIZE
 
@@ -39,9 +40,9 @@ def estimate_bytes(cfg: ModelConfig, cache_dir: Path) -> int | None:
         per_token = 2 * int(text["num_hidden_layers"]) * kv_heads * head_dim
     except (KeyError, TypeError, ValueError):
         return int(weights)
-    # at most: an unset budget is max_batch_size sequences of max_context (fewer where RAM is short)
+    # at most: an unset budget is CPU_KV_TOKENS or max_batch_size sequences of max_context, at least one
     context = cfg.max_context or int(text.get("max_position_embeddings") or 4096)
-    tokens = cfg.kv_cache_tokens or cfg.max_batch_size * context
+    tokens = cfg.kv_cache_tokens or max(min(cfg.max_batch_size * context, CPU_KV_TOKENS), context)
     kv = per_token * (tokens + BLOCK_SIZE) * itemsize  # and the scratch block
     return int(weights + kv)
 

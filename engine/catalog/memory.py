@@ -3,8 +3,9 @@
 The cache is `kv_cache_tokens` positions in blocks (engine.core.kv_cache), shared by every
 running sequence. Unset, the budget is what `gpu_memory_utilization` (vLLM's name) of the GPU's
 *free* memory, measured after the weights are loaded, holds; on a CPU it is
-`CPU_KV_SHARE` of the available RAM, at most `max_batch_size` sequences of `max_context`
-tokens and at least one. A budget smaller than one sequence of `max_context` tokens, or larger
+`CPU_KV_SHARE` of the available RAM, at most `CPU_KV_TOKENS` and `max_batch_size` sequences of
+`max_context` tokens, and at least one (the cache is allocated and zeroed at load, so that memory
+is held from the start). A budget smaller than one sequence of `max_context` tokens, or larger
 than the device holds, fails the load with a message that names the field to change.
 """
 
@@ -31,6 +32,7 @@ log = logging.getLogger("hearth.engine")
 
 GIB = 1024**3
 CPU_KV_SHARE = 0.1  # of the RAM available at load time, for a CPU cache without kv_cache_tokens
+CPU_KV_TOKENS = 16384  # at most, for a CPU cache without kv_cache_tokens
 
 
 class KVBudgetError(RuntimeError):
@@ -85,7 +87,7 @@ def fit_tokens(
         tokens = allowed // shape.token_bytes
         if not on_gpu:
             share = int(device_bytes * CPU_KV_SHARE) // shape.token_bytes
-            tokens = max(min(share, config.max_batch_size * seq_tokens), seq_tokens)
+            tokens = max(min(share, config.max_batch_size * seq_tokens, CPU_KV_TOKENS), seq_tokens)
         field = "the KV cache budget (kv_cache_tokens unset)"
     else:
         field = f"kv_cache_tokens {tokens}"
@@ -130,8 +132,7 @@ def available_ram() -> int:
 
 
 def engine_bytes(engine: Engine | Embedder) -> int:
-    """Memory a loaded model holds at most: `weight_bytes` plus its whole KV cache (on a CPU the
-    cache's pages are touched only as blocks are first used, so the process's RSS starts lower)."""
+    """Memory a loaded model holds: `weight_bytes` plus its whole KV cache (allocated at load)."""
     return weight_bytes(engine) + kv_bytes(engine)
 
 

@@ -5,10 +5,9 @@ sequence's blocks are gathered by one `index_select` into keys of whole contiguo
 scratch block that padding tokens write to and padded block tables point at; which sequence holds
 which block is `engine.core.blocks`' business.
 
-The tensors come from `torch.empty`, so untouched pages cost no memory on a CPU; blocks are
-zeroed lazily, before a step first uses them, so no garbage (NaN) ever meets a zero attention
-weight. Blocks are handed out lowest first until each has been used once, so one high-water mark
-says which blocks are clean.
+The cache is zeroed when it is made: no garbage (NaN) ever meets a zero attention weight, and on a
+CPU its pages are all touched at load, so the process's memory does not grow as the prefix cache
+fills (a growing cache would look like a leak, and would surprise whoever sized the machine).
 """
 
 from __future__ import annotations
@@ -29,19 +28,10 @@ class PagedKVCache:
         device: torch.device,
     ) -> None:
         shape = (num_layers, kv_heads, num_blocks, BLOCK_SIZE, head_dim)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.num_blocks = num_blocks
-        self._clean = 0  # blocks [0, _clean) hold finite values
         self._gathered: list[torch.Tensor] = []  # CPU: the buffers keys and values are gathered into
-        self.ensure_clean(0)
-
-    def ensure_clean(self, block: int) -> None:
-        """Make blocks [0, block] safe to read (written or zeroed)."""
-        if block >= self._clean:
-            self.k[:, :, self._clean : block + 1].zero_()
-            self.v[:, :, self._clean : block + 1].zero_()
-            self._clean = block + 1
 
     def gather_buffers(self, numel: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """On a CPU, two reused flat buffers of at least `numel` elements to gather keys and values
@@ -57,6 +47,5 @@ class PagedKVCache:
     def copy_block(self, src: int, dst: int) -> None:
         """Copy block `src`'s keys and values into block `dst` (a shared prompt's last, partial
         block: the copy-on-write of the prefix cache)."""
-        self.ensure_clean(max(src, dst))
         self.k[:, :, dst] = self.k[:, :, src]
         self.v[:, :, dst] = self.v[:, :, src]

@@ -105,7 +105,6 @@ class DecodeGraphs:
         if rows is None or kv is None:
             return None
         pad, width, size = rows - n, kv // BLOCK_SIZE, input_size(rows, kv)
-        self.cache.ensure_clean(max(max(t) for t in tables))
         lens = [p + 1 for p in pos]
         flat = [b for t in tables for b in (*t[:width], *[0] * (width - len(t)))]
         host = self._host[:size]

@@ -146,7 +146,6 @@ class ModelRunner:
             if start + n == s.num_tokens:
                 logit_rows.append(len(ids) - 1)
                 sampled.append(s)
-        self.cache.ensure_clean(max(max(t) for t in [*tables, *(c[3] for c in chunks)]))
 
         # Logits only for rows that sample, padded to a multiple of `row_multiple` rows (a step
         # that only prefills the middle of a prompt still computes throwaway rows).
