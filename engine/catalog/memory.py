@@ -16,7 +16,7 @@ import gc
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -111,6 +111,17 @@ def kv_tokens_for_device(shape: KVShape, config: ModelConfig, device: torch.devi
         free, _total = torch.cuda.mem_get_info(device)
         return fit_tokens(shape, config, free, on_gpu=True, trained=trained)
     return fit_tokens(shape, config, available_ram(), on_gpu=False, trained=trained)
+
+
+def kv_budget(model: Any, config: ModelConfig) -> tuple[int, ModelConfig]:
+    """(The KV cache's budget in tokens, `config` with `max_context` resolved: the model's own
+    window within the budget when unset) for a loaded model."""
+    device = next(model.parameters()).device
+    trained = trained_context(model)
+    tokens = kv_tokens_for_device(kv_shape(model), config, device, trained)
+    if config.max_context is None:
+        config = replace(config, max_context=min(trained, tokens))
+    return tokens, config
 
 
 def trained_context(model: Any) -> int:

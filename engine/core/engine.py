@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from engine.catalog.config import ModelConfig
-from engine.catalog.memory import kv_shape, kv_tokens_for_device, trained_context
+from engine.catalog.memory import kv_budget
 from engine.core.blocks import BLOCK_SIZE
 from engine.core.detokenize import IncrementalDetokenizer
 from engine.core.errors import ENGINE_FAILED, EngineDeadError, QueueFullError
@@ -66,10 +66,7 @@ class Engine:
         self.quantization: str = getattr(loaded, "quantization", config.quantization)  # what runs
         self.eos_token_ids: frozenset[int] = frozenset(loaded.eos_token_ids)
         device = next(self.model.parameters()).device
-        trained = trained_context(self.model)
-        self.kv_cache_tokens = kv_tokens_for_device(kv_shape(self.model), config, device, trained)
-        if config.max_context is None:  # the model's own window, within the budget
-            config = replace(config, max_context=min(trained, self.kv_cache_tokens))
+        self.kv_cache_tokens, config = kv_budget(self.model, config)  # and max_context resolved
         self.config = config
         self.num_blocks = self.kv_cache_tokens // BLOCK_SIZE + 1  # and the scratch block
         self.max_batch_size = config.max_batch_size
@@ -139,8 +136,7 @@ class Engine:
         assert not self.alive, "restart() of a running engine"
         with self._lock:  # generate() sees dead_reason set until the new thread is ready
             old, self.scheduler = self.scheduler, self._scheduler()
-            for counter in ("hit_tokens", "miss_tokens", "preemptions"):  # counters never go down
-                setattr(self.scheduler, counter, getattr(old, counter))
+            self.scheduler.carry_counters(old)
             self.sampler = Sampler(self.max_batch_size + 1, TokenTexts(self.tokenizer), self.grammars)
             self._inbox = queue.SimpleQueue()
             self._detoks = {}
@@ -408,11 +404,4 @@ class Engine:
                                index=seq.index, error_code=ENGINE_FAILED))  # fmt: skip
 
     def _update_gauges(self) -> None:
-        sched = self.scheduler
-        self._stats.running = len(sched.running)
-        self._stats.waiting = len(sched.waiting)
-        self._stats.kv_blocks_used = sched.blocks.used_count
-        self._stats.kv_blocks_total = sched.blocks.capacity
-        self._stats.prefix_hit_tokens = sched.hit_tokens
-        self._stats.prefix_miss_tokens = sched.miss_tokens
-        self._stats.preemptions = sched.preemptions
+        self._stats = replace(self._stats, **self.scheduler.figures())

@@ -66,6 +66,24 @@ class Scheduler:
         self.hit_tokens = 0  # prompt tokens admitted from the cache (shared), and computed
         self.miss_tokens = 0
 
+    def figures(self) -> dict[str, int]:
+        """The `EngineStats` fields the scheduler knows: gauges and its counters."""
+        blocks = self.blocks
+        return {
+            "running": len(self.running),
+            "waiting": len(self.waiting),
+            "kv_blocks_used": blocks.used_count,
+            "kv_blocks_total": blocks.capacity,
+            "prefix_hit_tokens": self.hit_tokens,
+            "prefix_miss_tokens": self.miss_tokens,
+            "preemptions": self.preemptions,
+        }
+
+    def carry_counters(self, old: Scheduler) -> None:
+        """Continue `old`'s counters (an engine restart: counters never go down)."""
+        self.hit_tokens, self.miss_tokens = old.hit_tokens, old.miss_tokens
+        self.preemptions = old.preemptions
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
