@@ -2,9 +2,12 @@
 
 C clients send requests one after another for --duration seconds: chat (streamed or not), legacy
 completions and Anthropic messages with a few dozen tokens each; about 20 % of them stream and hang up
-after a few chunks, about 5 % are bad requests that must get a 4xx in the documented shape. Before
-the load it records greedy answers to three fixed prompts and the server's thread count; during it,
-the server's RSS at the end of the warm-up (the first 10 % of the duration). Afterwards it checks:
+after a few chunks, about 5 % are bad requests that must get a 4xx in the documented shape
+(`scripts/soak_requests.py`). Before the load it records greedy answers to three fixed prompts, pays
+the server's one-time costs (`scripts/soak_warmup.py`: worker pools, and every concurrency 1..C at a
+short and a long context, so each decode trace is recorded) and counts its threads; during it, the
+server's RSS at the end of the warm-up (the first 10 % of the duration) and at each tenth; after it,
+the RSS right after the load and after idle, so a jump is placed in time. Afterwards it checks:
 
 - every good request succeeded and every bad one got its 4xx;
 - `/v1/stats` shows 0 running and 0 waiting sequences (within a few seconds);
@@ -20,7 +23,7 @@ as `fault errors`, not as lost; every other outcome must be as without faults, a
 answers after the restarts must be the same as before them.
 
 Every POST route is exercised: chat, completions and Anthropic messages, and the routes in
-`OPTIONAL_ROUTES` (Responses, embeddings, Ollama) when the server has them (found at start).
+`soak_requests.OPTIONAL_ROUTES` (Responses, embeddings, Ollama) when the server has them (found at start).
 
 Without --url it starts Hearth on a free port (the helpers of `scripts/bench_servers.py`) and stops it after.
 With --url the server's pid is found from its listening port (a local server run by this user) or
@@ -31,13 +34,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,270 +48,15 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_servers import first_model_id, free_port, hearth_cmd, server  # noqa: E402
 from procinfo import local_pid, rss_mib, thread_names, threads  # noqa: E402
-
-GREEDY_PROMPTS = ["What is the capital of France?", "List three fruits.", "Write a haiku about rain."]
-PROMPTS = [
-    "Tell me a story about a lighthouse keeper.",
-    "Explain how a bicycle works.",
-    "What should I cook tonight?",
-    "Describe the water cycle.",
-    "Write a short poem about autumn.",
-    "Why is the sky blue?",
-]
-
-
-@dataclass
-class Tally:
-    """What the load did, by outcome; `errors` keeps the first few failures' descriptions."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    errors: list[str] = field(default_factory=list)
-
-    def fail(self, what: str) -> None:
-        self.counts["failed"] += 1
-        if len(self.errors) < 10:
-            self.errors.append(what)
-
-
-# ---------------------------------------------------------------- requests
-
-
-def chat_body(model: str, prompt: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        **extra,
-    }
-
-
-async def greedy_answers(client: httpx.AsyncClient, model: str) -> list[str]:
-    out = []
-    for prompt in GREEDY_PROMPTS:
-        for _ in range(10):  # an injected fault may hit it (--faults): retry once the engine is back
-            r = await client.post("/v1/chat/completions", json=chat_body(model, prompt, 24, temperature=0))
-            if not fault_error(r.status_code, _json(r.content)):
-                break
-            await asyncio.sleep(2)
-        r.raise_for_status()
-        out.append(r.json()["choices"][0]["message"]["content"])
-    return out
-
-
-def bad_request(model: str, rng: random.Random) -> tuple[str, str, Any]:
-    """(method, path, body) of a request that must get a 4xx; a `bytes` body is sent as is."""
-    hi = [{"role": "user", "content": "hi"}]
-    return rng.choice(
-        [
-            ("POST", "/v1/chat/completions", {"model": model, "messages": hi, "temperature": "hot"}),
-            ("POST", "/v1/chat/completions", {"model": "no-such-model", "messages": hi}),
-            ("POST", "/v1/chat/completions", b'{"model": "x", "messages": ['),
-            ("POST", "/v1/chat/completions", chat_body(model, "word " * 5000, 8)),
-            ("POST", "/v1/completions", {"model": model, "prompt": [10**9], "max_tokens": 4}),
-            ("POST", "/anthropic/v1/messages", {"model": model, "messages": hi, "max_tokens": 0}),
-            ("GET", "/v1/no-such-route", None),
-            ("DELETE", "/v1/chat/completions", None),
-        ]
-    )
-
-
-def error_shape_ok(path: str, data: Any) -> bool:
-    if path.startswith(("/anthropic/", "/v1/messages")):
-        return isinstance(data, dict) and data.get("type") == "error" and "message" in data.get("error", {})
-    return isinstance(data, dict) and set(data.get("error", {})) >= {"message", "type", "param", "code"}
-
-
-async def send_bad(client: httpx.AsyncClient, tally: Tally, model: str, rng: random.Random) -> None:
-    method, path, body = bad_request(model, rng)
-    content = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
-    r = await client.request(method, path, content=content, headers={"content-type": "application/json"})
-    try:
-        data = r.json()
-    except ValueError:
-        data = None
-    if 400 <= r.status_code < 500 and error_shape_ok(path, data):
-        tally.counts["expected_4xx"] += 1
-    else:
-        tally.fail(f"bad request {method} {path}: {r.status_code} {r.text[:200]}")
-
-
-# Routes other helpers add: (path, body(model, prompt, max_tokens, stream), can stream). Each is used
-# only when the server has it (`available_routes`); a new route is one line here.
-OPTIONAL_ROUTES: dict[str, tuple[str, Any, bool]] = {
-    "responses": (
-        "/v1/responses",
-        lambda m, p, n, s: {"model": m, "input": p, "max_output_tokens": max(n, 16), "stream": s},
-        True,
-    ),
-    # no model: the catalog's first embedding model (a generation model would be refused)
-    "embeddings": ("/v1/embeddings", lambda m, p, n, s: {"input": p}, False),
-    "ollama-chat": (
-        "/api/chat",
-        lambda m, p, n, s: {
-            "model": m,
-            "messages": [{"role": "user", "content": p}],
-            "stream": s,
-            "options": {"num_predict": n},
-        },  # fmt: skip
-        True,
-    ),
-    "ollama-generate": (
-        "/api/generate",
-        lambda m, p, n, s: {"model": m, "prompt": p, "stream": s, "options": {"num_predict": n}},
-        True,
-    ),
-}
-
-
-def available_routes(url: str) -> list[str]:
-    """The `OPTIONAL_ROUTES` the server has: a POST of `{}` is not answered 404 or 405."""
-    found = []
-    for name, (path, _, _) in OPTIONAL_ROUTES.items():
-        try:
-            status = httpx.post(f"{url}{path}", json={}, timeout=30).status_code
-        except httpx.HTTPError:
-            continue
-        if status not in (404, 405):
-            found.append(name)
-    if "embeddings" in found:  # load the embedding model now, before RSS is measured
-        r = httpx.post(f"{url}/v1/embeddings", json={"input": "warm up"}, timeout=300)
-        if r.status_code != 200:
-            found.remove("embeddings")  # the catalog has no embedding model
-    return found
-
-
-def fault_error(status: int, data: Any) -> bool:
-    """A documented answer to an injected fault: 500 `engine_failed` (OpenAI shape; Anthropic's says
-    so in its message) or 503 `model_unavailable` (the engine restarting)."""
-    if not isinstance(data, dict):
-        return False
-    error = data.get("error")
-    if not isinstance(error, dict):
-        return False
-    if status == 500:
-        return error.get("code") == "engine_failed" or "engine is being restarted" in str(
-            error.get("message")
-        )
-    return status == 503 and (
-        error.get("code") == "model_unavailable" or error.get("type") == "overloaded_error"
-    )
-
-
-def good_request(
-    model: str, rng: random.Random, max_tokens: int, extra_routes: Sequence[str] = ()
-) -> tuple[str, dict[str, Any], bool]:
-    """(path, body, stream) of a normal request."""
-    prompt = rng.choice(PROMPTS)
-    n = rng.randint(max(1, max_tokens // 4), max_tokens)
-    temperature = rng.choice([0, 0.7, 1.0])
-    stream = rng.random() < 0.5
-    kind = rng.random()
-    if extra_routes and rng.random() < 0.25:
-        path, make, can_stream = OPTIONAL_ROUTES[rng.choice(list(extra_routes))]
-        return path, make(model, prompt, n, stream and can_stream), stream and can_stream
-    if kind < 0.6:
-        extra = {"stream_options": {"include_usage": True}} if stream else {}
-        return (
-            "/v1/chat/completions",
-            chat_body(model, prompt, n, temperature=temperature, stream=stream, **extra),
-            stream,
-        )
-    if kind < 0.8:
-        return (
-            "/v1/completions",
-            {"model": model, "prompt": prompt, "max_tokens": n, "stream": stream},
-            stream,
-        )
-    body = chat_body(model, prompt, n, temperature=min(temperature, 1.0), stream=stream)
-    return "/anthropic/v1/messages", body, stream
-
-
-async def send_good(
-    client: httpx.AsyncClient,
-    tally: Tally,
-    model: str,
-    rng: random.Random,
-    max_tokens: int,
-    extra_routes: Sequence[str] = (),
-) -> None:
-    path, body, stream = good_request(model, rng, max_tokens, extra_routes)
-    tally.counts[f"route {path}"] += 1
-    if not stream:
-        r = await client.post(path, json=body)
-        data = _json(r.content)
-        if r.status_code == 200 and isinstance(data, dict) and data.get("error") is None:
-            tally.counts["ok"] += 1
-        elif fault_error(r.status_code, data):
-            tally.counts["fault_errors"] += 1
-        else:
-            tally.fail(f"POST {path}: {r.status_code} {r.text[:200]}")
-        return
-    async with client.stream("POST", path, json=body) as r:
-        if r.status_code != 200:
-            text = await r.aread()
-            if fault_error(r.status_code, _json(text)):
-                tally.counts["fault_errors"] += 1
-            else:
-                tally.fail(f"POST {path} (stream): {r.status_code} {text[:200]!r}")
-            return
-        lines = [line async for line in r.aiter_lines()]
-    errors = [line for line in lines if line.startswith(("event: error", 'data: {"error"'))]
-    if errors and all("engine_failed" in e or "engine is being restarted" in e for e in _payloads(lines)):
-        tally.counts["fault_errors"] += 1
-    elif not errors and _stream_ended(path, lines):
-        tally.counts["ok"] += 1
-    else:
-        tally.fail(f"POST {path} (stream) ended badly: {(errors or lines[-3:])}")
-
-
-def _json(content: bytes) -> Any:
-    try:
-        return json.loads(content)
-    except ValueError:
-        return None
-
-
-def _payloads(lines: list[str]) -> list[str]:
-    """The data lines of a stream's error events."""
-    out, error_event = [], False
-    for line in lines:
-        if line.startswith("event:"):
-            error_event = line == "event: error"
-        elif line.startswith("data:") and (error_event or line.startswith('data: {"error"')):
-            out.append(line)
-    return out
-
-
-def _stream_ended(path: str, lines: list[str]) -> bool:
-    """Whether a stream ended as its API ends one (OpenAI `[DONE]`, Anthropic `message_stop`, the
-    Responses API's `response.completed`, Ollama's `"done": true` line)."""
-    if path.startswith(("/anthropic", "/v1/messages")):
-        return "event: message_stop" in lines
-    if path == "/v1/responses":  # incomplete: cut at max_output_tokens, as asked
-        return "event: response.completed" in lines or "event: response.incomplete" in lines
-    if path.startswith("/api/"):
-        return bool(lines) and '"done":true' in lines[-1].replace(" ", "")
-    return "data: [DONE]" in lines
-
-
-async def send_and_hang_up(client: httpx.AsyncClient, tally: Tally, model: str, rng: random.Random) -> None:
-    """Stream a long answer and close the connection after a few chunks."""
-    body = chat_body(model, rng.choice(PROMPTS), 256, stream=True, ignore_eos=True)
-    keep = rng.randint(1, 6)
-    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        if r.status_code != 200:
-            if fault_error(r.status_code, _json(await r.aread())):
-                tally.counts["fault_errors"] += 1
-            else:
-                tally.fail(f"disconnecting stream: {r.status_code}")
-            return
-        seen = 0
-        async for line in r.aiter_lines():
-            seen += line.startswith("data:")
-            if seen >= keep:
-                break
-    tally.counts["disconnects"] += 1
-
+from soak_requests import (  # noqa: E402
+    Tally,
+    available_routes,
+    greedy_answers,
+    send_and_hang_up,
+    send_bad,
+    send_good,
+)
+from soak_warmup import warm_up  # noqa: E402
 
 # ---------------------------------------------------------------- the load
 
@@ -361,22 +108,6 @@ async def load(opts: Options, tally: Tally, on_tick: Any) -> None:
         await asyncio.gather(ticks(), *(worker(client, i) for i in range(opts.concurrency)))
 
 
-async def prime(opts: Options) -> None:
-    """Bursts of concurrent requests, so that the server's pools of worker threads (which grow on demand
-    and then stay) are full before the threads are counted: prompt rendering, then generation."""
-    width = max(opts.concurrency, 32)
-    async with httpx.AsyncClient(base_url=opts.url, timeout=300.0) as client:
-        for _ in range(2):
-            await asyncio.gather(
-                *(
-                    client.post("/anthropic/v1/messages/count_tokens", json=chat_body(opts.model, p, 1))
-                    for p in PROMPTS * (width // len(PROMPTS) + 1)
-                )
-            )
-            bodies = [chat_body(opts.model, p, 2, stream=i % 2 == 1) for i, p in enumerate(PROMPTS * width)]
-            await asyncio.gather(*(client.post("/v1/chat/completions", json=b) for b in bodies[:width]))
-
-
 def idle_stats(url: str, wait: float) -> dict[str, tuple[int, int]]:
     """(running, waiting) per model still busy after up to `wait` seconds; empty when all are idle."""
     deadline = time.monotonic() + wait
@@ -413,11 +144,11 @@ def soak(opts: Options, rss_limit: float, thread_margin: int) -> bool:
             return await greedy_answers(client, opts.model)
 
     before = asyncio.run(answers())
-    asyncio.run(prime(opts))
+    asyncio.run(warm_up(opts.url, opts.model, opts.concurrency, opts.max_tokens))
     pid = opts.pid
     threads_before = threads(pid) if pid else None
     names_before = thread_names(pid) if pid else Counter()
-    rss: dict[str, float] = {}
+    rss: dict[str, float] = {"primed": rss_mib(pid)} if pid else {}  # MiB, at the moments named
     stats_before = httpx.get(f"{opts.url}/v1/stats", timeout=10).json().get(opts.model, {})
 
     timeline: list[float] = []  # RSS (MiB) at each tenth of the load
@@ -437,6 +168,8 @@ def soak(opts: Options, rss_limit: float, thread_margin: int) -> bool:
     start = time.monotonic()
     asyncio.run(load(opts, tally, on_tick))
     wall = time.monotonic() - start
+    if pid:
+        rss["load_end"] = rss_mib(pid)
 
     busy = idle_stats(opts.url, wait=15)
     stats_after = httpx.get(f"{opts.url}/v1/stats", timeout=10).json().get(opts.model, {})
@@ -462,7 +195,7 @@ def soak(opts: Options, rss_limit: float, thread_margin: int) -> bool:
     for error in tally.errors:
         print(f"  failure: {error}")
     if pid:
-        rss_end = rss_mib(pid)
+        rss_end = rss["idle"] = rss_mib(pid)
         threads_end = settle_threads(pid, threads_before or 0, thread_margin, wait=10)
         growth = (rss_end / rss["warm"] - 1) * 100 if "warm" in rss else float("nan")
         checks += [
@@ -478,7 +211,9 @@ def soak(opts: Options, rss_limit: float, thread_margin: int) -> bool:
               f"{threads_end} at the end (margin {thread_margin})")  # fmt: skip
         print(f"RSS: {rss.get('warm', float('nan')):.1f} MiB after warm-up, {rss_end:.1f} MiB at the end "
               f"({growth:+.2f} %, limit {rss_limit:g} %)")  # fmt: skip
-        print(f"RSS by tenths of the load (MiB): {' '.join(f'{v:.0f}' for v in timeline)}")
+        print(f"RSS (MiB): {rss['primed']:.0f} before the load; by tenths of it: "
+              f"{' '.join(f'{v:.0f}' for v in timeline)}; {rss['load_end']:.0f} right after it, "
+              f"{rss['idle']:.0f} after idle and the greedy answers")  # fmt: skip
     else:
         print("threads, RSS: not checked (no server pid; pass --pid)")
     print(

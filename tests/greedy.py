@@ -157,3 +157,20 @@ def describe_divergence(name: str, got: list[list[int]], want: list[list[int]]) 
                 f"{name} prompt {p}: first divergence at token {i}: got {g[i : i + 4]}, want {w[i : i + 4]}"
             )
     return "\n".join(lines)
+
+
+def chat_ids(engine: Engine, question: str) -> list[int]:
+    """One user question through the engine's chat template, as token ids."""
+    out: Any = engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return list(out)
+
+
+async def greedy_text(engine: Engine, ids: list[int], max_tokens: int, rid: str) -> str:
+    """The engine's greedy answer to `ids` (request id `rid`); fails on an error delta."""
+    text = ""
+    async for delta in engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=max_tokens), rid):
+        assert delta.error is None, delta.error
+        text += delta.text
+    return text

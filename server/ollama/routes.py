@@ -9,7 +9,7 @@ unloads it (`done_reason` "load" / "unload"), as Ollama does.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,14 +31,11 @@ from server.ollama.translate import chat_prompt, generate_prompt, sampling
 from server.output.reasoning import opens_thinking
 from server.state import AppState, app_state
 
+Body = TypeVar("Body", bound=GenerationRequest)
+
 
 async def chat(request: Request) -> Response:
-    clock = _clock()
-    body = await read_body(request, ChatRequest, "ollama.chat")
-    state = app_state(request)
-    _note_options(state, body)
-    cfg = resolve(state, body.model_name)
-    keep = keep_alive_seconds(body.keep_alive)
+    clock, body, state, cfg, keep = await _read(request, ChatRequest, "ollama.chat")
     if not body.messages:
         return await load_or_unload(
             state, cfg, keep, clock, {"message": {"role": "assistant", "content": ""}}
@@ -50,12 +47,7 @@ async def chat(request: Request) -> Response:
 
 
 async def generate(request: Request) -> Response:
-    clock = _clock()
-    body = await read_body(request, GenerateRequest, "ollama.generate")
-    state = app_state(request)
-    _note_options(state, body)
-    cfg = resolve(state, body.model_name)
-    keep = keep_alive_seconds(body.keep_alive)
+    clock, body, state, cfg, keep = await _read(request, GenerateRequest, "ollama.generate")
     if not body.prompt and not body.images:
         return await load_or_unload(state, cfg, keep, clock, {"response": ""})
     if body.images:
@@ -63,6 +55,18 @@ async def generate(request: Request) -> Response:
     engine = await _engine(state, cfg, keep, clock)
     ids = await generate_prompt(engine, body, cfg.id)
     return await answer(request, engine, ids, body, Answer(cfg.id, False, frozenset(), False, clock))
+
+
+async def _read(
+    request: Request, schema: type[Body], what: str
+) -> tuple[Clock, Body, AppState, ModelConfig, float | None]:
+    """The start both routes share: the clock, the validated body, the app state, the resolved model
+    and the `keep_alive` in seconds; options Hearth does not apply are noted in the log."""
+    clock = _clock()
+    body = await read_body(request, schema, what)
+    state = app_state(request)
+    _note_options(state, body)
+    return clock, body, state, resolve(state, body.model_name), keep_alive_seconds(body.keep_alive)
 
 
 def _note_options(state: AppState, body: GenerationRequest) -> None:
