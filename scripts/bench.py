@@ -364,6 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench_embed import main as embeddings
 
         return embeddings([a for a in argv if a != "--embeddings"])
+    if "--multiturn" in argv:  # its own options: scripts/bench_multiturn.py
+        from bench_multiturn import main as multiturn
+
+        return multiturn([a for a in argv if a != "--multiturn"])
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_exit)  # so `finally` stops the servers on TERM too
     info = cpu_info()

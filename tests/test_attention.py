@@ -14,70 +14,92 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.core.kv_cache import SlotKVCache
-from engine.model.attention import KV_BLOCK, PrefillChunk, StepMeta, round_up, slot_attention
+from engine.core.blocks import BLOCK_SIZE
+from engine.core.kv_cache import PagedKVCache
+from engine.model.attention import KV_BLOCK, PrefillChunk, StepMeta, gather, round_up, slot_attention
 
 HQ, HKV, D, MAX_LEN, SLOTS = 9, 3, 64, 1024, 6
+PER_SEQ = MAX_LEN // BLOCK_SIZE  # blocks of one sequence
 
 
 class _Layer0:
     layer_idx = 0
 
 
+def _table(seq: int) -> list[int]:
+    """Sequence `seq`'s blocks: a run of PER_SEQ blocks, in reverse (tables need not be ordered)."""
+    return list(range(1 + (seq + 1) * PER_SEQ - 1, seq * PER_SEQ, -1))
+
+
+def _keys(cache: PagedKVCache, seq: int, start: int, end: int) -> torch.Tensor:
+    """Sequence `seq`'s cached keys and values at positions [start, end): [2, end - start, Hkv, D]."""
+    table = torch.tensor(_table(seq))[None]
+    k, v = gather(cache.k[0], table)[0], gather(cache.v[0], table)[0]  # [Hkv, L, D]
+    return torch.stack([k[:, start:end], v[:, start:end]]).transpose(1, 2)
+
+
 def _decode(
-    cache: SlotKVCache, rows: list[tuple[int, int]], q: torch.Tensor, kv: torch.Tensor
+    cache: PagedKVCache, rows: list[tuple[int, int]], q: torch.Tensor, kv: torch.Tensor
 ) -> torch.Tensor:
-    """Attention output [n, Hq, D] for decode rows (slot, position) with queries q [n, Hq, D] and
-    new keys/values kv [2, n, Hkv, D], in the slot-row layout the eager runner uses."""
-    slots = torch.tensor([s for s, _ in rows])
+    """Attention output [n, Hq, D] for decode rows (sequence, position) with queries q [n, Hq, D]
+    and new keys/values kv [2, n, Hkv, D]."""
     pos = torch.tensor([p for _, p in rows])
-    lens = torch.zeros(max(s for s, _ in rows) + 1, dtype=torch.long)
-    lens[slots] = pos + 1
-    kv_len = round_up(int(lens.max()), KV_BLOCK)
-    step = StepMeta(cache, slots, pos, len(rows), slots, lens, len(lens), kv_len, prefills=[])
+    kv_len = round_up(int(pos.max()) + 1, KV_BLOCK)
+    tables = torch.tensor([_table(s)[: kv_len // BLOCK_SIZE] for s, _ in rows])
+    blocks = torch.tensor([_table(s)[p // BLOCK_SIZE] for s, p in rows])
+    step = StepMeta(cache, blocks, pos % BLOCK_SIZE, pos, len(rows), tables, pos + 1, kv_len, prefills=[])
     query = q.transpose(0, 1)[None]  # [1, Hq, n, D]
     key, value = (t.transpose(0, 1)[None] for t in kv)  # [1, Hkv, n, D]
     out, _ = slot_attention(_Layer0(), query, key, value, None, hearth_step=step)  # type: ignore[arg-type]
     return out[0]
 
 
-def _prefill(cache: SlotKVCache, slot: int, start: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-    """Attention output [c, Hq, D] of a prefill chunk of slot `slot` at positions start.. (q [c, Hq, D])."""
+def _prefill(cache: PagedKVCache, seq: int, start: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """Attention output [c, Hq, D] of a prefill chunk of sequence `seq` from `start` (q [c, Hq, D])."""
     c = q.shape[0]
-    slots, pos = torch.full((c,), slot), torch.arange(start, start + c)
-    chunk = PrefillChunk(token_start=0, count=c, slot=slot, start_pos=start)
+    pos = torch.arange(start, start + c)
+    table = _table(seq)
+    chunk = PrefillChunk(0, c, torch.tensor(table[: round_up(start + c, KV_BLOCK) // BLOCK_SIZE]), start)
+    blocks = torch.tensor([table[p // BLOCK_SIZE] for p in pos.tolist()])
     none = torch.zeros(0, dtype=torch.long)
-    step = StepMeta(cache, slots, pos, 0, none, none, 0, 0, prefills=[chunk])
+    step = StepMeta(cache, blocks, pos % BLOCK_SIZE, pos, 0, none.view(0, 0), none, 0, prefills=[chunk])
     query = q.transpose(0, 1)[None]
     key, value = (t.transpose(0, 1)[None] for t in kv)
     out, _ = slot_attention(_Layer0(), query, key, value, None, hearth_step=step)  # type: ignore[arg-type]
     return out[0]
 
 
-def _random_cache(dtype: torch.dtype) -> SlotKVCache:
-    cache = SlotKVCache(1, SLOTS, HKV, MAX_LEN, D, dtype, torch.device("cpu"))
-    cache.ensure_clean(range(SLOTS), MAX_LEN)
+def _random_cache(dtype: torch.dtype) -> PagedKVCache:
+    cache = PagedKVCache(1, 1 + SLOTS * PER_SEQ, HKV, D, dtype, torch.device("cpu"))
     cache.k.normal_()
     cache.v.normal_()
     return cache
+
+
+def test_gather_reads_a_block_table_in_order() -> None:
+    cache = PagedKVCache(1, 5, 2, 4, torch.float32, torch.device("cpu"))
+    cache.k.copy_(torch.arange(cache.k.numel(), dtype=torch.float32).view(cache.k.shape))
+    out = gather(cache.k[0], torch.tensor([[3, 1], [0, 4]]))  # [2 rows, 2 heads, 2 blocks' positions, 4]
+    assert out.shape == (2, 2, 2 * BLOCK_SIZE, 4)
+    assert torch.equal(out[0, 1, :BLOCK_SIZE], cache.k[0, 1, 3])
+    assert torch.equal(out[0, 1, BLOCK_SIZE:], cache.k[0, 1, 1])
+    assert torch.equal(out[1, 0, BLOCK_SIZE:], cache.k[0, 0, 4])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_token_gets_the_same_bits_decoded_or_prefilled(dtype: torch.dtype) -> None:
     torch.manual_seed(2)
     cache = _random_cache(dtype)
-    slot = 3
+    seq = 3
     for p in (9, 100, 600):  # the token's position; 600: more than one of the flash kernel's key blocks
         q, kv = torch.randn(1, HQ, D, dtype=dtype), torch.randn(2, 1, HKV, D, dtype=dtype)
-        decoded = _decode(cache, [(slot, p)], q, kv)[0]
+        decoded = _decode(cache, [(seq, p)], q, kv)[0]
         for c in (1, 2, 7, p + 1):  # the last: the whole prompt in one chunk
             start = p - c + 1
-            earlier = torch.stack([cache.k[0, slot, :, start:p], cache.v[0, slot, :, start:p]]).transpose(
-                1, 2
-            )
+            earlier = _keys(cache, seq, start, p)
             chunk_kv = torch.cat([earlier, kv], dim=1)  # the cached keys/values, then the token's own
             chunk_q = torch.cat([torch.randn(c - 1, HQ, D, dtype=dtype), q])
-            prefilled = _prefill(cache, slot, start, chunk_q, chunk_kv)[-1]
+            prefilled = _prefill(cache, seq, start, chunk_q, chunk_kv)[-1]
             assert torch.equal(prefilled, decoded), f"{dtype}: position {p}, chunk of {c}"
 
 
@@ -87,7 +109,7 @@ def test_a_decode_row_keeps_its_bits_beside_other_rows(dtype: torch.dtype) -> No
     cache = _random_cache(dtype)
     q = torch.randn(4, HQ, D, dtype=dtype)
     kv = torch.randn(2, 4, HKV, D, dtype=dtype)
-    mine = (2, 100)  # slot 2 at position 100: a key length of 128 alone
+    mine = (2, 100)  # sequence 2 at position 100: a key length of 128 alone
     alone = _decode(cache, [mine], q[:1], kv[:, :1])
     for others in ([(1, 700)], [(4, 30), (5, 333)], [(1, 1000), (3, 64), (5, 5)]):
         rows = [*others[:1], mine, *others[1:]]  # not first: its row index changes too
@@ -103,8 +125,7 @@ def test_bfloat16_decode_matches_the_float32_products() -> None:
     q, kv = torch.randn(3, HQ, D), torch.randn(2, 3, HKV, D)
     rows = [(1, 40), (3, 500), (4, 129)]
     want = _decode(cache, rows, q, kv)
-    half = SlotKVCache(1, SLOTS, HKV, MAX_LEN, D, torch.bfloat16, torch.device("cpu"))
-    half.ensure_clean(range(SLOTS), MAX_LEN)
+    half = PagedKVCache(1, 1 + SLOTS * PER_SEQ, HKV, D, torch.bfloat16, torch.device("cpu"))
     half.k.copy_(cache.k)
     half.v.copy_(cache.v)
     got = _decode(half, rows, q.bfloat16(), kv.bfloat16())

@@ -162,3 +162,19 @@ def test_bench_embeddings_quick_puts_hearth_beside_sentence_transformers(
     for r in rows:
         assert r["failed"] == 0 and r["sentences_s"] > 0 and r["wall"] > 0
     assert "| hearth | 4 | 2 |" in done.stdout
+
+
+def test_bench_multiturn_quick_reports_prompt_tokens_per_turn(server: Server, tmp_path: Path) -> None:
+    """Two users, two turns against the session's server: the second turn sends the first turn's
+    conversation again, and the prefix cache computes less of it than was sent."""
+    out_json = tmp_path / "multiturn.json"
+    done = run_script(
+        "scripts/bench.py", "--multiturn", "--quick", "--url", server.url, "--json", str(out_json)
+    )
+    assert "| turn | requests | TTFT p50 s | TTFT p99 s | prompt tokens | computed |" in done.stdout
+    [turns] = json.loads(out_json.read_text())["servers"].values()
+    assert [(t["turn"], t["requests"]) for t in turns] == [(1, 2), (2, 2)]
+    first, second = turns
+    assert second["prompt_tokens"] > first["prompt_tokens"]  # the history grows
+    assert 0 < second["computed_tokens"] < second["prompt_tokens"] / 2  # most of it came from the cache
+    assert all(t["ttft_p50"] > 0 for t in turns)

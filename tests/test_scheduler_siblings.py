@@ -1,7 +1,8 @@
-"""The n choices of one request in the scheduler: siblings wait for the parent's prefill, then copy it."""
+"""The n choices of one request in the scheduler: siblings wait for the parent's prefill, then share it."""
 
 from __future__ import annotations
 
+from engine.core.blocks import BLOCK_SIZE
 from engine.core.request import Delta, SamplingParams, Status
 from engine.core.scheduler import Scheduler
 from engine.core.sequence import Sequence
@@ -19,8 +20,10 @@ def _family(prompt: list[int], n: int) -> list[Sequence]:
     return seqs
 
 
-def test_siblings_wait_for_the_parent_prefill_without_blocking_others_then_copy_its_kv() -> None:
-    sched = Scheduler(num_slots=4, max_waiting=8, prefill_budget=1)  # 4 per step while nobody decodes
+def test_siblings_wait_for_the_parent_prefill_without_blocking_others_then_share_its_kv() -> None:
+    sched = Scheduler(
+        max_batch=4, num_blocks=16, max_waiting=8, prefill_budget=1
+    )  # 4 per step while nobody decodes
     parent, sib = _family(list(range(1, 11)), 2)
     other = Sequence("o", [7, 8], SamplingParams(max_tokens=4), _emit)
     sched.waiting.extend([parent, sib, other])
@@ -42,16 +45,18 @@ def test_siblings_wait_for_the_parent_prefill_without_blocking_others_then_copy_
     plan = sched.schedule()
     assert (sib, 1) in plan and sib.status is Status.RUNNING
     assert sib.num_computed == sib.cached_tokens == 9  # all but the last prompt token
-    assert sched.take_copies() == [(parent.slot, sib.slot, 9)]
+    # the prompt's 10 tokens fill part of one block: the sibling gets a copy of it (copy-on-write)
+    assert sched.take_copies() == [(parent.block_table[0], sib.block_table[0])]
     assert sched.take_copies() == []
 
 
-def test_sibling_of_a_finished_parent_reuses_its_freed_slot() -> None:
-    sched = Scheduler(num_slots=1, max_waiting=8, prefill_budget=100)
-    parent, sib = _family([1, 2, 3, 4], 2)
+def test_sibling_of_a_finished_parent_reuses_its_cached_blocks() -> None:
+    sched = Scheduler(max_batch=1, num_blocks=16, max_waiting=8, prefill_budget=100)
+    parent, sib = _family(list(range(1, 2 * BLOCK_SIZE + 4)), 2)  # 2 full blocks and 3 tokens
     sched.waiting.extend([parent, sib])
-    assert sched.schedule() == [(parent, 4)]
-    parent.num_computed = 4
+    assert sched.schedule() == [(parent, 2 * BLOCK_SIZE + 3)]
+    parent.num_computed = 2 * BLOCK_SIZE + 3
+    sched.computed(parent)
     sched.finish(parent)
-    assert sched.schedule() == [(sib, 1)]
-    assert sib.num_computed == 3 and sched.take_copies() == []
+    assert sched.schedule() == [(sib, 3)]  # the rest of the prompt after the cached full blocks
+    assert sib.num_computed == 2 * BLOCK_SIZE and sched.take_copies() == []

@@ -31,8 +31,13 @@ class ModelConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cuda | mps | cpu
     device_map: str | None = None  # e.g. "auto": accelerate spreads the weights over the devices
-    max_context: int = 4096  # prompt + completion tokens per sequence
-    max_batch_size: int = 32  # running sequences (KV slots)
+    # prompt + completion tokens per sequence; None = the model's max_position_embeddings, capped
+    # by the KV cache's budget (resolved when the engine loads: `Engine.config` holds the number)
+    max_context: int | None = None
+    max_batch_size: int = 32  # running sequences at most (the KV cache is sized by kv_cache_tokens)
+    # the KV cache's budget in tokens, shared by all sequences; None = from the device (engine.catalog.memory)
+    kv_cache_tokens: int | None = None
+    prefix_cache: bool = True  # keep finished sequences' KV blocks for later prompts (engine.core.blocks)
     max_waiting: int = 256  # queued requests beyond the running ones
     prefill_chunk: int = 256  # prompt tokens processed per engine step
     chat_template: str | None = None  # overrides the tokenizer's template
@@ -72,8 +77,11 @@ class ModelConfig:
         if self.assemble and (self.gguf_file is None or not self.source.startswith("package:")):
             raise ValueError(f"model {self.id!r}: assemble needs a package: source and a gguf_file")
         for name in ("max_context", "max_batch_size", "prefill_chunk"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"model {self.id!r}: {name} must be >= 1")
+        if self.kv_cache_tokens is not None and self.kv_cache_tokens < 1:
+            raise ValueError(f"model {self.id!r}: kv_cache_tokens must be >= 1 (or null: from the device)")
         if self.max_waiting < 0:
             raise ValueError(f"model {self.id!r}: max_waiting must be >= 0")
         self._check_task()

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from engine.catalog.config import ModelConfig
+from engine.catalog.memory import CPU_KV_TOKENS
 from engine.catalog.models_file import resolve_source
-from engine.model.attention import KV_BLOCK, round_up
+from engine.core.blocks import BLOCK_SIZE
 
 _BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8}
 _QUANTIZED = {"int8": 0.55, "int4": 0.3}  # of the unquantized size (embeddings and norms stay)
@@ -36,10 +37,13 @@ def estimate_bytes(cfg: ModelConfig, cache_dir: Path) -> int | None:
         heads = int(text["num_attention_heads"])
         head_dim = int(text.get("head_dim") or int(text["hidden_size"]) // heads)
         kv_heads = int(text.get("num_key_value_heads") or heads)
-        per_slot = 2 * int(text["num_hidden_layers"]) * kv_heads * head_dim
+        per_token = 2 * int(text["num_hidden_layers"]) * kv_heads * head_dim
     except (KeyError, TypeError, ValueError):
         return int(weights)
-    kv = per_slot * round_up(cfg.max_context, KV_BLOCK) * itemsize * (cfg.max_batch_size + 1)
+    # at most: an unset budget is CPU_KV_TOKENS or max_batch_size sequences of max_context, at least one
+    context = cfg.max_context or int(text.get("max_position_embeddings") or 4096)
+    tokens = cfg.kv_cache_tokens or max(min(cfg.max_batch_size * context, CPU_KV_TOKENS), context)
+    kv = per_token * (tokens + BLOCK_SIZE) * itemsize  # and the scratch block
     return int(weights + kv)
 
 

@@ -1,12 +1,12 @@
-"""The KV cache's share of GPU memory: how many slots fit, or why none does.
+"""The KV cache's budget: how many tokens' keys and values it holds, or why it cannot.
 
-On CUDA the slot cache is allocated up front ([layers, slots, kv heads, max_len, head dim] for
-keys and for values), so it must fit beside the weights. `gpu_memory_utilization` (vLLM's
-name) is the fraction of the GPU's *free* memory, measured after the weights are loaded, that
-the cache may take. When fewer slots than `max_batch_size` fit, the engine runs with fewer
-(and says so); when not even one sequence of `max_context` tokens fits, loading fails with a
-message that says what to change. On the CPU the cache's pages are only touched as they fill,
-so no budget is applied there.
+The cache is `kv_cache_tokens` positions in blocks (engine.core.kv_cache), shared by every
+running sequence. Unset, the budget is what `gpu_memory_utilization` (vLLM's name) of the GPU's
+*free* memory, measured after the weights are loaded, holds; on a CPU it is
+`CPU_KV_SHARE` of the available RAM, at most `CPU_KV_TOKENS` and `max_batch_size` sequences of
+`max_context` tokens, and at least one (the cache is allocated and zeroed at load, so that memory
+is held from the start). A budget smaller than one sequence of `max_context` tokens, or larger
+than the device holds, fails the load with a message that names the field to change.
 """
 
 from __future__ import annotations
@@ -14,99 +14,136 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.model.attention import KV_BLOCK, round_up
+from engine.core.blocks import BLOCK_SIZE, blocks_for
 
 if TYPE_CHECKING:
+    from engine.catalog.config import ModelConfig
     from engine.core.engine import Engine
     from engine.embed.embedder import Embedder
 
 log = logging.getLogger("hearth.engine")
 
 GIB = 1024**3
+CPU_KV_SHARE = 0.1  # of the RAM available at load time, for a CPU cache without kv_cache_tokens
+CPU_KV_TOKENS = 16384  # at most, for a CPU cache without kv_cache_tokens
 
 
 class KVBudgetError(RuntimeError):
-    """Not even one sequence's KV cache fits in the allowed share of GPU memory."""
+    """The KV cache budget does not hold one full-length sequence, or does not fit the device."""
 
 
 @dataclass(frozen=True)
 class KVShape:
-    """What one slot of the cache holds: keys and values of `max_len` positions in every layer."""
+    """What one position of the cache holds: keys and values in every layer."""
 
     num_layers: int
     kv_heads: int
-    max_len: int
     head_dim: int
     dtype: torch.dtype
 
     @property
-    def slot_bytes(self) -> int:
+    def token_bytes(self) -> int:
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.kv_heads * self.max_len * self.head_dim * itemsize
+        return 2 * self.num_layers * self.kv_heads * self.head_dim * itemsize
 
 
-def kv_shape(model: Any, max_context: int) -> KVShape:
-    """The slot shape of `model`'s cache (as `engine.model.runner.ModelRunner` allocates it)."""
+def kv_shape(model: Any) -> KVShape:
+    """The per-token shape of `model`'s cache (as `engine.model.runner.ModelRunner` allocates it)."""
     cfg = model.config.get_text_config()
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return KVShape(
         num_layers=cfg.num_hidden_layers,
         kv_heads=cfg.num_key_value_heads,
-        max_len=round_up(max_context, KV_BLOCK),
         head_dim=head_dim,
         dtype=next(model.parameters()).dtype,
     )
 
 
-def fit_slots(shape: KVShape, wanted: int, free_bytes: int, utilization: float, model_id: str) -> int:
-    """How many sequence slots (at most `wanted`) fit in `utilization` of `free_bytes`.
-
-    One more slot than that is allocated: the scratch slot that padding tokens write to.
-    """
-    budget = int(free_bytes * utilization)
-    fitting = budget // shape.slot_bytes - 1  # minus the scratch slot
-    if fitting < 1:
-        need = 2 * shape.slot_bytes / GIB
-        raise KVBudgetError(
-            f"model {model_id!r}: the KV cache for one sequence of {shape.max_len} tokens (plus the "
-            f"scratch slot) needs {need:.2f} GiB, but gpu_memory_utilization {utilization:g} of the "
-            f"{free_bytes / GIB:.2f} GiB free after loading the weights allows {budget / GIB:.2f} GiB. "
-            "Lower max_context, raise gpu_memory_utilization (at most 1.0), pick a smaller dtype, "
-            "or free the GPU of other processes."
-        )
-    if fitting < wanted:
-        log.warning(
-            "model %s: the KV cache fits %d of the %d sequence slots asked for (max_batch_size) in "
-            "%.2f GiB (gpu_memory_utilization %g); running with %d",
-            model_id,
-            fitting,
-            wanted,
-            budget / GIB,
-            utilization,
-            fitting,
-        )
-    return min(fitting, wanted)
-
-
-def slots_for_device(
-    shape: KVShape, wanted: int, device: torch.device, utilization: float, model_id: str
+def fit_tokens(
+    shape: KVShape, config: ModelConfig, device_bytes: int, on_gpu: bool, trained: int = 4096
 ) -> int:
-    """`fit_slots` against the device's free memory on CUDA; `wanted` elsewhere."""
-    if device.type != "cuda":
-        return wanted
-    free, _total = torch.cuda.mem_get_info(device)
-    return fit_slots(shape, wanted, free, utilization, model_id)
+    """The cache's budget in tokens (a whole number of blocks) for `config` on a device whose
+    free memory (GPU: after the weights) or available RAM (CPU) is `device_bytes`; `trained` is
+    the model's own context (the default of `max_context`)."""
+    where = f"model {config.id!r}"
+    context = config.max_context or trained
+    seq_tokens = blocks_for(context) * BLOCK_SIZE
+    if on_gpu:
+        allowed = int(device_bytes * config.gpu_memory_utilization)
+        share = config.gpu_memory_utilization
+        what = f"gpu_memory_utilization {share:g} of the {device_bytes / GIB:.2f} GiB free"
+    else:
+        allowed = device_bytes
+        what = f"the {device_bytes / GIB:.2f} GiB of RAM available"
+    tokens = config.kv_cache_tokens
+    if tokens is None:
+        tokens = allowed // shape.token_bytes
+        if not on_gpu:
+            share = int(device_bytes * CPU_KV_SHARE) // shape.token_bytes
+            tokens = max(min(share, config.max_batch_size * seq_tokens, CPU_KV_TOKENS), seq_tokens)
+        field = "the KV cache budget (kv_cache_tokens unset)"
+    else:
+        field = f"kv_cache_tokens {tokens}"
+        if tokens * shape.token_bytes > allowed:
+            raise KVBudgetError(
+                f"{where}: {field} needs {tokens * shape.token_bytes / GIB:.2f} GiB of KV cache, but "
+                f"{what} allows {allowed / GIB:.2f} GiB; lower kv_cache_tokens"
+            )
+    tokens = tokens // BLOCK_SIZE * BLOCK_SIZE
+    if tokens < seq_tokens and (config.max_context is not None or tokens < BLOCK_SIZE):
+        raise KVBudgetError(
+            f"{where}: {field} holds fewer tokens than one sequence of max_context "
+            f"{context}; raise kv_cache_tokens (or gpu_memory_utilization) or lower max_context"
+        )
+    return tokens
+
+
+def kv_tokens_for_device(shape: KVShape, config: ModelConfig, device: torch.device, trained: int) -> int:
+    """`fit_tokens` against the device: the GPU's free memory on CUDA, else the RAM available."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return fit_tokens(shape, config, free, on_gpu=True, trained=trained)
+    return fit_tokens(shape, config, available_ram(), on_gpu=False, trained=trained)
+
+
+def kv_budget(model: Any, config: ModelConfig) -> tuple[int, ModelConfig]:
+    """(The KV cache's budget in tokens, `config` with `max_context` resolved: the model's own
+    window within the budget when unset) for a loaded model."""
+    device = next(model.parameters()).device
+    trained = trained_context(model)
+    tokens = kv_tokens_for_device(kv_shape(model), config, device, trained)
+    if config.max_context is None:
+        config = replace(config, max_context=min(trained, tokens))
+    return tokens, config
+
+
+def trained_context(model: Any) -> int:
+    """The model's own context window (`max_position_embeddings`; 4096 when it says none)."""
+    n = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else 4096
+
+
+def available_ram() -> int:
+    """Bytes of RAM available to new allocations: Linux's MemAvailable, else the free pages."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def engine_bytes(engine: Engine | Embedder) -> int:
-    """Memory a loaded model holds at most: `weight_bytes` plus its whole KV cache (on a CPU the
-    cache's pages are touched only as sequences grow, so the process's RSS starts lower)."""
+    """Memory a loaded model holds: `weight_bytes` plus its whole KV cache (allocated at load)."""
     return weight_bytes(engine) + kv_bytes(engine)
 
 

@@ -18,7 +18,7 @@ from engine.catalog.config import ModelConfig
 PACKAGE_PREFIX = "package:"
 HF_PREFIX = "hf:"
 _log = logging.getLogger("hearth.catalog")
-_TOP_KEYS = ("default", "cache_dir", "memory_budget_gb", "idle_unload_s", "models")
+_TOP_KEYS = ("default", "cache_dir", "memory_budget_gb", "idle_unload_s", "kv_cache_tokens", "models")
 # What a hub download of a plain (not GGUF) model fetches: config, weights, tokenizer.
 _HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
@@ -80,7 +80,7 @@ def load_catalog(path: str | Path) -> Catalog:
     Relative `source` paths and `.jinja` chat templates are made absolute against the file's
     folder, and `~` is expanded. `cache_dir: null` means `$HEARTH_CACHE_DIR`, else `~/.cache/hearth`.
     A top-level `idle_unload_s` is the default of every model that does not set its own (a model's
-    `idle_unload_s: null` means never).
+    `idle_unload_s: null` means never); a top-level `kv_cache_tokens` likewise.
     Raises `CatalogError` (a `ValueError`) with a one-line message, or `OSError` if unreadable.
     """
     path = Path(path)
@@ -106,7 +106,13 @@ def load_catalog(path: str | Path) -> Catalog:
     if not isinstance(models_node, yaml.SequenceNode) or not models_node.value:
         raise where.error(models_node, "'models' must be a non-empty list")
     idle = _top_number(loader, where, top, "idle_unload_s")
-    models = tuple(_read_model(loader, where, node, base, idle) for node in models_node.value)
+    kv_tokens = _top_number(loader, where, top, "kv_cache_tokens")
+    if kv_tokens is not None and kv_tokens != int(kv_tokens):
+        raise where.error(top["kv_cache_tokens"][1], "'kv_cache_tokens' must be an integer")
+    defaults: dict[str, Any] = {"idle_unload_s": idle}
+    if kv_tokens is not None:
+        defaults["kv_cache_tokens"] = int(kv_tokens)
+    models = tuple(_read_model(loader, where, node, base, defaults) for node in models_node.value)
     _check_unique_names(where, models, models_node.value)
 
     generators = [m for m in models if m.task == "generate"]
@@ -222,7 +228,7 @@ def _top_number(
 
 
 def _read_model(
-    loader: yaml.SafeLoader, where: _Where, node: yaml.Node, base: Path, idle_unload_s: float | None
+    loader: yaml.SafeLoader, where: _Where, node: yaml.Node, base: Path, defaults: dict[str, Any]
 ) -> ModelConfig:
     entry = _mapping(where, node, "each model")
     id_node = entry["id"][1] if "id" in entry else node
@@ -245,7 +251,8 @@ def _read_model(
         values["chat_template"] = str(base / Path(template).expanduser())
         if not Path(values["chat_template"]).is_file():
             raise here.error(entry["chat_template"][1], "file not found", field="chat_template")
-    values.setdefault("idle_unload_s", idle_unload_s)
+    for key, default in defaults.items():  # the top level's defaults
+        values.setdefault(key, default)
     try:
         return ModelConfig(**values)
     except ValueError as e:
@@ -264,6 +271,10 @@ def _convert(loader: yaml.SafeLoader, where: _Where, key: str, kind: str, node: 
         "str": (lambda v: isinstance(v, str) and v != "", "must be a non-empty string"),
         "str | None": (lambda v: v is None or isinstance(v, str), "must be a string or null"),
         "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "must be an integer"),
+        "int | None": (
+            lambda v: v is None or isinstance(v, int) and not isinstance(v, bool),
+            "must be an integer or null",
+        ),
         "bool": (lambda v: isinstance(v, bool), "must be true or false"),
         "bool | None": (lambda v: v is None or isinstance(v, bool), "must be true, false or null"),
         "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "must be a number"),

@@ -285,7 +285,7 @@ class ModelRegistry(EngineRestarts):
             raise ModelLoadError(
                 model_id,
                 f"it needs about {need / GB:.2f} GB (weights and KV cache), more than memory_budget_gb "
-                f"{budget / GB:.2f}; lower its max_context or max_batch_size, quantize it, or raise the "
+                f"{budget / GB:.2f}; lower its kv_cache_tokens or max_context, quantize it, or raise the "
                 "budget",
             )
 

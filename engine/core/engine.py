@@ -3,7 +3,7 @@
 The asyncio side talks to the thread through typed commands on a thread-safe inbox
 (`_Add`, `_Abort`); the thread hands each request's `Delta`s back to its asyncio queue with
 `loop.call_soon_threadsafe`. A request whose consumer goes away (client disconnect, task
-cancelled) sends `_Abort`, and its slot is freed before the next step.
+cancelled) sends `_Abort`, and its KV blocks are freed before the next step.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from engine.catalog.config import ModelConfig
-from engine.catalog.memory import kv_shape, slots_for_device
+from engine.catalog.memory import kv_budget
+from engine.core.blocks import BLOCK_SIZE
 from engine.core.detokenize import IncrementalDetokenizer
 from engine.core.errors import ENGINE_FAILED, EngineDeadError, QueueFullError
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
@@ -63,20 +64,23 @@ class Engine(Worker):
     def __init__(self, loaded: Any, config: ModelConfig) -> None:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.config = config
         self.quantization: str = getattr(loaded, "quantization", config.quantization)  # what runs
         self.eos_token_ids: frozenset[int] = frozenset(loaded.eos_token_ids)
         device = next(self.model.parameters()).device
-        shape = kv_shape(self.model, config.max_context)
-        utilization = config.gpu_memory_utilization
-        slots = slots_for_device(shape, config.max_batch_size, device, utilization, config.id)
-        self.max_batch_size = slots  # config.max_batch_size, or fewer where the GPU has no room
-        self.info: ModelInfo = describe(self.model, config, slots, self.quantization)
+        self.kv_cache_tokens, config = kv_budget(self.model, config)  # and max_context resolved
+        self.config = config
+        self.num_blocks = self.kv_cache_tokens // BLOCK_SIZE + 1  # and the scratch block
+        self.max_batch_size = config.max_batch_size
+        self.info: ModelInfo = describe(
+            self.model, config, self.max_batch_size, self.quantization, self.kv_cache_tokens
+        )
         graphs = config.cuda_graphs if device.type == "cuda" else config.cpu_graphs
-        self.runner = ModelRunner(self.model, slots, config.max_context, graphs=graphs)
-        self.scheduler = Scheduler(slots, config.max_waiting, config.prefill_chunk)
+        self.runner = ModelRunner(
+            self.model, self.max_batch_size, self.max_context, self.num_blocks, graphs=graphs
+        )
+        self.scheduler = self._scheduler()
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, sorted(self.eos_token_ids))
-        self.sampler = Sampler(slots + 1, TokenTexts(self.tokenizer), self.grammars)
+        self.sampler = Sampler(self.max_batch_size + 1, TokenTexts(self.tokenizer), self.grammars)
         self._inbox: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
         self._detoks: dict[str, IncrementalDetokenizer] = {}
         self._stats = EngineStats()
@@ -89,8 +93,15 @@ class Engine(Worker):
         self.on_death: Callable[[str], None] | None = None  # called on the dying thread (the registry's)
         self.fault: Callable[[], None] | None = None  # before each step with work (engine.core.faults)
 
+    def _scheduler(self) -> Scheduler:
+        cfg = self.config
+        return Scheduler(
+            self.max_batch_size, self.num_blocks, cfg.max_waiting, cfg.prefill_chunk, caching=cfg.prefix_cache
+        )
+
     @property
     def max_context(self) -> int:
+        assert self.config.max_context is not None  # resolved in __init__
         return self.config.max_context
 
     @property
@@ -109,15 +120,15 @@ class Engine(Worker):
 
     def restart(self) -> None:
         """After the thread died: a fresh thread, scheduler and sampler on the same weights and
-        runner (its lean forward owns the weights; its KV cache slots are rewritten before read).
+        runner (its lean forward owns the weights; its KV blocks are rewritten before read).
         Returns once the thread runs; `dead_reason` is cleared by the thread itself."""
         if self._thread is not None:
             self._thread.join(timeout=10)  # the dying thread calls on_death just before it ends
         assert not self.alive, "restart() of a running engine"
-        slots = self.max_batch_size
         with self._lock:  # generate() sees dead_reason set until the new thread is ready
-            self.scheduler = Scheduler(slots, self.config.max_waiting, self.config.prefill_chunk)
-            self.sampler = Sampler(slots + 1, TokenTexts(self.tokenizer), self.grammars)
+            old, self.scheduler = self.scheduler, self._scheduler()
+            self.scheduler.carry_counters(old)
+            self.sampler = Sampler(self.max_batch_size + 1, TokenTexts(self.tokenizer), self.grammars)
             self._inbox = queue.SimpleQueue()
             self._detoks = {}
             self._pending = 0
@@ -185,9 +196,10 @@ class Engine(Worker):
             finally:
                 self._ready.set()
             log.info(
-                "engine for %s running (%d slots, %d threads)",
+                "engine for %s running (%d sequences at most, a KV cache of %d tokens, %d threads)",
                 self.config.id,
                 self.max_batch_size,
+                self.kv_cache_tokens,
                 threads,
             )
             with torch.inference_mode():
@@ -245,8 +257,8 @@ class Engine(Worker):
         with self._lock:  # admitted sequences count as running before their first delta is out
             self._update_gauges()
         try:
-            for src, dst, n_tokens in self.scheduler.take_copies():
-                self.runner.cache.copy_prefix(src, dst, n_tokens)
+            for src, dst in self.scheduler.take_copies():
+                self.runner.cache.copy_block(src, dst)
             logits, due = self.runner.run(plan)
         except Exception as exc:
             log.exception("step failed for %d sequences", len(plan))
@@ -256,6 +268,7 @@ class Engine(Worker):
         prompt_tokens = sum(n for seq, n in plan if seq.remaining > 1)
         for seq, n in plan:
             seq.num_computed += n
+            self.scheduler.computed(seq)
         sampled = self._sample(logits, due)
         for seq, token, logprob in sampled:
             self._publish(seq, token, logprob)
@@ -326,7 +339,7 @@ class Engine(Worker):
             self._release(seq)
 
     def _release(self, seq: Sequence, aborted: bool = False, failed: bool = False) -> None:
-        was_running = seq.slot is not None
+        was_running = seq.row is not None
         self.scheduler.finish(seq)
         self._detoks.pop(seq.request_id, None)
         with self._lock:
@@ -376,5 +389,4 @@ class Engine(Worker):
                                index=seq.index, error_code=ENGINE_FAILED))  # fmt: skip
 
     def _update_gauges(self) -> None:
-        self._stats.running = len(self.scheduler.running)
-        self._stats.waiting = len(self.scheduler.waiting)
+        self._stats = replace(self._stats, **self.scheduler.figures())

@@ -1,52 +1,51 @@
-"""Pre-allocated KV memory: one fixed slot per running sequence, written in place.
+"""Pre-allocated paged KV memory: fixed-size blocks that sequences fill through their block tables.
 
-Layout per layer: `k[layer]: [num_slots, kv_heads, max_len, head_dim]`. Slot 0 is a scratch
-slot that padding tokens write to; sequences get slots 1..num_slots-1. A slot keeps its
-tokens after its sequence finishes, so a later request with the same prefix can take the
-slot over and skip recomputing it (see `engine.core.slots`).
+Layout per layer: `k[layer]: [kv_heads, num_blocks, BLOCK_SIZE, head_dim]` (heads first, so that a
+sequence's blocks are gathered by one `index_select` into keys of whole contiguous heads). Block 0 is the
+scratch block that padding tokens write to and padded block tables point at; which sequence holds
+which block is `engine.core.blocks`' business.
 
-The tensors come from `torch.empty`, so untouched pages cost no memory; positions are
-zeroed lazily, the first time a step reads them, so no garbage (NaN) ever meets a zero
-attention weight.
+The cache is zeroed when it is made: no garbage (NaN) ever meets a zero attention weight, and on a
+CPU its pages are all touched at load, so the process's memory does not grow as the prefix cache
+fills (a growing cache would look like a leak, and would surprise whoever sized the machine).
 """
 
 from __future__ import annotations
 
 import torch
 
+from engine.core.blocks import BLOCK_SIZE
 
-class SlotKVCache:
+
+class PagedKVCache:
     def __init__(
         self,
         num_layers: int,
-        num_slots: int,
+        num_blocks: int,
         kv_heads: int,
-        max_len: int,
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
-        shape = (num_layers, num_slots, kv_heads, max_len, head_dim)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.max_len = max_len
-        self.num_slots = num_slots
-        self._clean = [0] * num_slots  # positions [0, _clean[s]) hold finite values
+        shape = (num_layers, kv_heads, num_blocks, BLOCK_SIZE, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.num_blocks = num_blocks
+        self._gathered: list[torch.Tensor] = []  # CPU: the buffers keys and values are gathered into
 
-    def ensure_clean(self, slots: range | list[int], length: int) -> None:
-        """Make positions [0, length) of each slot safe to read (written or zeroed)."""
-        for s in slots:
-            start = self._clean[s]
-            if start < length:
-                self.k[:, s, :, start:length].zero_()
-                self.v[:, s, :, start:length].zero_()
-                self._clean[s] = length
+    def gather_buffers(self, numel: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """On a CPU, two reused flat buffers of at least `numel` elements to gather keys and values
+        into (a fresh multi-MB tensor per layer costs more in page faults than the copy itself);
+        None on other devices (a CUDA graph allocates from its own pool)."""
+        if self.k.device.type != "cpu":
+            return None
+        if not self._gathered or self._gathered[0].numel() < numel:
+            self._gathered = [torch.empty(numel, dtype=self.k.dtype) for _ in range(2)]
+        k, v = self._gathered
+        return k[:numel], v[:numel]
 
-    def copy_prefix(self, src: int, dst: int, n_tokens: int) -> None:
-        """Copy the keys and values of positions [0, n_tokens) from slot `src` into slot `dst`.
-
-        Used to share a prompt's prefill between the n choices of one request.
-        """
-        self.k[:, dst, :, :n_tokens] = self.k[:, src, :, :n_tokens]
-        self.v[:, dst, :, :n_tokens] = self.v[:, src, :, :n_tokens]
-        self._clean[dst] = max(self._clean[dst], n_tokens)
+    def copy_block(self, src: int, dst: int) -> None:
+        """Copy block `src`'s keys and values into block `dst` (a shared prompt's last, partial
+        block: the copy-on-write of the prefix cache)."""
+        self.k[:, :, dst] = self.k[:, :, src]
+        self.v[:, :, dst] = self.v[:, :, src]

@@ -110,3 +110,8 @@ class EngineStats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     cached_tokens: int = 0
+    kv_blocks_used: int = 0  # gauge: KV blocks held by running sequences (engine.core.blocks)
+    kv_blocks_total: int = 0  # gauge: the cache's blocks (kv_cache_tokens / block size)
+    prefix_hit_tokens: int = 0  # prompt tokens admitted from the prefix cache
+    prefix_miss_tokens: int = 0  # prompt tokens that had to be computed
+    preemptions: int = 0  # sequences preempted (recomputed later) when the KV cache ran out

@@ -1,4 +1,4 @@
-"""One request's state inside the engine: its tokens, its slot, how far its KV cache reaches."""
+"""One request's state inside the engine: its tokens, its KV blocks, how far its KV cache reaches."""
 
 from __future__ import annotations
 
@@ -22,13 +22,17 @@ class Sequence:
     """A request being served. The engine thread alone mutates it.
 
     `token_ids` holds the prompt followed by every generated token; `num_computed` counts
-    the leading tokens whose keys and values are in the slot's cache. A step feeds
-    `token_ids[num_computed : num_computed + n]`; when that reaches the end of `token_ids`
-    the step's logits for the last token produce the next token.
+    the leading tokens whose keys and values are in the cache, in the blocks of `block_table`
+    (engine.core.blocks); `row` is the sequence's row in per-sequence state (the sampler's
+    penalty counts) while it runs, and `fresh_row` says that row still holds an older
+    sequence's. A step feeds `token_ids[num_computed : num_computed + n]`; when that reaches
+    the end of `token_ids` the step's logits for the last token produce the next token.
 
     A request for n choices is n sequences: `index` is the choice, and siblings (index > 0)
-    name the first one as `parent`, whose prompt KV they copy instead of computing (see
-    `engine.core.scheduler`). A seeded sibling draws from its own stream derived from the seed.
+    name the first one as `parent`, whose prompt KV they share instead of computing (see
+    `engine.core.scheduler`). A preempted sequence (its blocks taken back when the cache ran
+    out) waits again with its generated tokens kept, and recomputes them when readmitted.
+    A seeded sibling draws from its own stream derived from the seed.
     """
 
     def __init__(
@@ -48,9 +52,13 @@ class Sequence:
         self.index = index
         self.parent = parent
         self.status = Status.WAITING
-        self.slot: int | None = None
+        self.row: int | None = None
+        self.fresh_row = False
+        self.block_table: list[int] = []
+        self.num_registered = 0  # leading blocks of block_table in the prefix cache
         self.num_computed = 0
         self.cached_tokens = 0
+        self.preemptions = 0
         self.arrival = time.monotonic()
         self.first_token_at: float | None = None
         self.generator: torch.Generator | None = None

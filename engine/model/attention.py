@@ -1,16 +1,15 @@
-"""Attention over the slot KV cache, plugged into transformers' attention interface.
+"""Attention over the paged KV cache, plugged into transformers' attention interface.
 
 One engine step runs every scheduled token of every sequence as one packed row
 (`input_ids: [1, T]`): decode tokens first (one per decoding sequence, plus padding that
 rounds T up to a multiple of 4), then prefill chunks. The model's own layers do the
 projections, norms and rotary embeddings; this function writes the new keys and values
-into their slots and attends over each sequence's cached prefix.
+into their blocks (engine.core.kv_cache) and attends over each sequence's cached prefix.
 
-Decode tokens have two layouts. The eager one (`StepMeta.gather` off) scatters each query into
-its slot's row and attends over slots [0, view_slots); its shapes follow the step. The gathered
-one (`gather` on, used by the recorded decode graphs, engine.cuda_graphs) copies each decoding
-row's slot out of the cache, so its shapes depend only on the number of rows and
-`decode_kv_len`: a recorded graph replays for any choice of slots.
+Each decode row, and each prefill chunk, reads its keys and values gathered out of the cache
+through its block table (padded with the scratch block 0 to the step's key length), so a decode
+step's shapes depend only on the number of rows and `decode_kv_len`: a recorded graph
+(engine.model.decode_graphs) replays for any placement of the blocks.
 
 `torch.nn.functional.scaled_dot_product_attention` runs the products (flash or memory-efficient
 kernels), except on CPU in float32: written out there (scores, float32 softmax, blocked `probs @ V`).
@@ -18,7 +17,7 @@ kernels), except on CPU in float32: written out there (scores, float32 softmax, 
 Batch invariance: greedy output must not depend on which other requests share the batch.
 CPU BLAS kernels give a row different bits depending on where it sits in a matrix, so every
 product here keeps the same shape class for a given row: query rows are padded to a
-multiple of 4 per (slot, kv head), key lengths are rounded up to whole `KV_BLOCK`s, and
+multiple of 4 per (row, kv head), key lengths are rounded up to whole `KV_BLOCK`s, and
 `probs @ V` is summed block by block in a fixed order, so padding only ever adds exact zeros.
 """
 
@@ -30,10 +29,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from engine.core.kv_cache import SlotKVCache
+from engine.core.blocks import BLOCK_SIZE
+from engine.core.kv_cache import PagedKVCache
 
-KV_BLOCK = 64
+KV_BLOCK = 64  # key lengths are multiples of this (a whole number of the cache's blocks)
 ROW_MULTIPLE = 4
+assert KV_BLOCK % BLOCK_SIZE == 0
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -42,11 +43,12 @@ def round_up(n: int, multiple: int) -> int:
 
 @dataclass
 class PrefillChunk:
-    """`count` prompt tokens at positions [start_pos, start_pos + count) of one slot."""
+    """`count` prompt tokens at positions [start_pos, start_pos + count) of one sequence, whose
+    block table (padded with 0 to `kv_len // BLOCK_SIZE` blocks) is `table`."""
 
     token_start: int  # index of the chunk's first token in the packed row
     count: int
-    slot: int
+    table: torch.Tensor  # [kv_len // BLOCK_SIZE]
     start_pos: int
 
     @property
@@ -58,29 +60,24 @@ class PrefillChunk:
 class StepMeta:
     """Everything attention needs to know about one packed step. Built once, read by every layer."""
 
-    cache: SlotKVCache
-    write_slots: torch.Tensor  # [T] slot of each token
-    write_pos: torch.Tensor  # [T] position of each token
+    cache: PagedKVCache
+    write_blocks: torch.Tensor  # [T] block each token's keys and values go to
+    write_offsets: torch.Tensor  # [T] position in that block
+    write_pos: torch.Tensor  # [T] position of each token in its sequence
     decode_tokens: int  # the first `decode_tokens` tokens are decode tokens (incl. padding)
-    decode_slots: torch.Tensor  # [decode_tokens]
-    # kv length per slot row [view_slots] (0 for rows not decoding); gathered: per decode token
-    decode_lens: torch.Tensor
-    view_slots: int  # decode attention reads slots [0, view_slots) (not used when gathered)
+    decode_tables: torch.Tensor  # [decode_tokens, decode_kv_len // BLOCK_SIZE] block tables
+    decode_lens: torch.Tensor  # [decode_tokens] kv length of each decode token (1 for padding)
     decode_kv_len: int  # multiple of KV_BLOCK
     prefills: list[PrefillChunk]
-    gather: bool = False  # decode attention copies each token's slot out of the cache (see module doc)
     _bias: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
 
     def decode_bias(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
-        """Additive mask [rows, 1, 1, decode_kv_len]: 0 where a row may look, -inf elsewhere.
-
-        Rows are slots [0, view_slots), or the decode tokens when gathered.
-        """
+        """Additive mask [decode_tokens, 1, 1, decode_kv_len]: 0 where a row may look, -inf elsewhere."""
         key = ("decode", window, dtype)
         if key not in self._bias:
             j = torch.arange(self.decode_kv_len, device=self.decode_lens.device)[None, :]
             lens = self.decode_lens[:, None]
-            ok = (j < lens) | (lens == 0)  # idle rows see zeros: finite garbage, never used
+            ok = j < lens
             if window is not None:
                 ok &= j >= lens - window
             self._bias[key] = _additive(ok, dtype)[:, None, None, :]
@@ -156,6 +153,31 @@ def blocked_pv(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def gather(cache: torch.Tensor, tables: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """cache [Hkv, blocks, BLOCK_SIZE, D], tables [R, N] -> [R, Hkv, N * BLOCK_SIZE, D]: each row's
+    keys (or values) in position order, in one copy of whole blocks (into `out`, a flat buffer of
+    the size, when given), as a view whose first two dims are swapped: each (row, head) matrix
+    [N * BLOCK_SIZE, D] is contiguous."""
+    rows, n = tables.shape
+    hkv, _, size, d = cache.shape
+    flat = tables.reshape(-1)
+    if out is None:
+        got = cache.index_select(1, flat)  # [Hkv, R * N, BLOCK_SIZE, D]
+    else:
+        got = torch.index_select(cache, 1, flat, out=out.view(hkv, rows * n, size, d))
+    return got.view(hkv, rows, n * size, d).transpose(0, 1)
+
+
+def _gather_kv(
+    step: StepMeta, kc: torch.Tensor, vc: torch.Tensor, tables: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values [R, Hkv, L, D] of the rows of `tables` [R, N] (see `gather`)."""
+    buffers = step.cache.gather_buffers(kc[:, :1].numel() * tables.numel())
+    if buffers is None:
+        return gather(kc, tables), gather(vc, tables)
+    return gather(kc, tables, buffers[0]), gather(vc, tables, buffers[1])
+
+
 def slot_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -171,9 +193,9 @@ def slot_attention(
     """transformers attention interface: query [1, Hq, T, D], key/value [1, Hkv, T, D]."""
     step: StepMeta = kwargs["hearth_step"]
     layer = int(module.layer_idx)  # type: ignore[arg-type]
-    kc, vc = step.cache.k[layer], step.cache.v[layer]  # [S, Hkv, Lmax, D]
-    kc[step.write_slots, :, step.write_pos] = key[0].transpose(0, 1)
-    vc[step.write_slots, :, step.write_pos] = value[0].transpose(0, 1)
+    kc, vc = step.cache.k[layer], step.cache.v[layer]  # [Hkv, blocks, BLOCK_SIZE, D]
+    kc[:, step.write_blocks, step.write_offsets] = key[0]
+    vc[:, step.write_blocks, step.write_offsets] = value[0]
 
     _, hq, t, d = query.shape
     hkv = key.shape[1]
@@ -183,23 +205,14 @@ def slot_attention(
     out = query.new_empty(t, hq, d)
 
     n_dec = step.decode_tokens
-    if n_dec and step.gather:
-        length = step.decode_kv_len
-        k = kc[:, :, :length].index_select(0, step.decode_slots)  # [n_dec, Hkv, L, D]
-        v = vc[:, :, :length].index_select(0, step.decode_slots)
-        rows = round_up(g, ROW_MULTIPLE) if q.device.type == "cpu" else g  # as the eager layout, on CPU
+    if n_dec:
+        k, v = _gather_kv(step, kc, vc, step.decode_tables)  # [n_dec, Hkv, L, D]
+        rows = round_up(g, ROW_MULTIPLE) if q.device.type == "cpu" else g  # same shape class as prefill
         qd = query.new_zeros(n_dec, hkv, rows, d)
         qd[:, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
         bias = step.decode_bias(sliding_window, q.dtype)
         o = attend(qd, k, v, bias, scale, softcap)  # [n_dec, Hkv, rows, D]
         out[:n_dec] = o[:, :, :g].reshape(n_dec, hq, d)
-    elif n_dec:
-        n, length = step.view_slots, step.decode_kv_len
-        q4 = query.new_zeros(n, hkv, round_up(g, ROW_MULTIPLE), d)
-        q4[step.decode_slots, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
-        bias = step.decode_bias(sliding_window, q.dtype)
-        o = attend(q4, kc[:n, :, :length], vc[:n, :, :length], bias, scale, softcap)  # [n, Hkv, G4, D]
-        out[:n_dec] = o[step.decode_slots, :, :g].reshape(n_dec, hq, d)
 
     for i, chunk in enumerate(step.prefills):
         c, s0 = chunk.count, chunk.token_start
@@ -207,11 +220,9 @@ def slot_attention(
         qc = q[s0 : s0 + c].reshape(c, hkv, g, d).permute(1, 0, 2, 3).reshape(hkv, c * g, d)
         if rows != c * g:
             qc = torch.cat([qc, qc.new_zeros(hkv, rows - c * g, d)], dim=1)
-        length = chunk.kv_len
         bias = step.prefill_bias(i, g, sliding_window, q.dtype)  # [rows, L]
-        o = attend(
-            qc, kc[chunk.slot, :, :length], vc[chunk.slot, :, :length], bias, scale, softcap
-        )  # [Hkv, rows, D]
+        kp, vp = (t[0] for t in _gather_kv(step, kc, vc, chunk.table[None]))  # [Hkv, L, D]
+        o = attend(qc, kp, vp, bias, scale, softcap)  # [Hkv, rows, D]
         out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
 
     return out.unsqueeze(0), None

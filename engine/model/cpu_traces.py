@@ -9,8 +9,8 @@ kernel, whose bits differ). Tracing takes a fraction of a second per bucket and 
 `torch.jit.trace` is deprecated in favour of `torch.compile`, whose first compile of this step
 took over 10 minutes here; any tracing error falls back to eager.
 
-Only buckets of up to `CPU_MAX_ROWS` rows are traced: each traced row copies its slot's keys and
-values out of the cache (gathered attention), a cost that grows with the batch, while the Python
+Only buckets of up to `CPU_MAX_ROWS` rows are traced: each traced row copies its keys and values
+out of the cache's blocks (gathered attention), a cost that grows with the batch, while the Python
 overhead a trace saves per step does not.
 """
 
@@ -21,7 +21,7 @@ import warnings
 
 import torch
 
-from engine.core.kv_cache import SlotKVCache
+from engine.core.kv_cache import PagedKVCache
 from engine.model.decode_graphs import DecodeGraphs, Forward, Replay, log
 
 CPU_MAX_ROWS = 4
@@ -33,21 +33,21 @@ class CpuTraces(DecodeGraphs):
     def __init__(
         self,
         forward: Forward,
-        cache: SlotKVCache,
+        cache: PagedKVCache,
         max_rows: int,
+        max_len: int,
         weights: list[torch.Tensor] | None = None,
         min_rows: int = 1,
     ) -> None:
         """`weights`: tensors the forward reads that cannot be a trace's constants (oneDNN-packed
         weights), passed to every replay as inputs; `min_rows`: see `DecodeGraphs`."""
-        super().__init__(forward, cache, min(max_rows, CPU_MAX_ROWS), min_rows=min_rows)
+        super().__init__(forward, cache, min(max_rows, CPU_MAX_ROWS), max_len, min_rows=min_rows)
         self.weights = tuple(weights or ())
 
     def _record(self, rows: int, kv: int) -> Replay:
-        """Trace the step on example inputs whose rows all write and read the scratch slot 0."""
+        """Trace the step on example inputs whose rows all write and read the scratch block 0."""
         start = time.perf_counter()
-        example = torch.zeros(4 * rows, dtype=torch.long)
-        example[3 * rows :] = 1
+        example = self.example(rows, kv)
         weights = self.weights
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation, and "output may not generalize" notes
@@ -71,6 +71,6 @@ def slim(graph: torch.Graph) -> None:
     recording. Constant propagation, pooling, common subexpressions and dead code leave ~40 % of
     them (measured: ~45 -> ~29 MiB a bucket, the same logits)."""
     torch._C._jit_pass_constant_propagation(graph)
-    torch._C._jit_pass_constant_pooling(graph)
+    torch._C._jit_pass_constant_pooling(graph)  # type: ignore[attr-defined]
     torch._C._jit_pass_cse(graph)
     torch._C._jit_pass_dce(graph)

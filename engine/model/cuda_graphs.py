@@ -12,32 +12,32 @@ from typing import Any
 
 import torch
 
-from engine.core.kv_cache import SlotKVCache
-from engine.model.decode_graphs import DecodeGraphs, Forward, Replay, log
+from engine.core.kv_cache import PagedKVCache
+from engine.model.decode_graphs import DecodeGraphs, Forward, Replay, input_size, log
 
 
 class CudaGraphs(DecodeGraphs):
     what = "CUDA graph capture"
 
-    def __init__(self, forward: Forward, cache: SlotKVCache, max_rows: int) -> None:
-        super().__init__(forward, cache, max_rows, pinned=True)
+    def __init__(self, forward: Forward, cache: PagedKVCache, max_rows: int, max_len: int) -> None:
+        super().__init__(forward, cache, max_rows, max_len, pinned=True)
         self._pool: Any = None  # the memory pool every graph shares
 
     def _record(self, rows: int, kv: int) -> Replay:
         start = time.perf_counter()
-        inputs = self._inputs[: 4 * rows].clone()
-        self._inputs[: 3 * rows].zero_()  # warm-up and capture: every row writes and reads slot 0
-        self._inputs[3 * rows : 4 * rows].fill_(1)
+        size = input_size(rows, kv)
+        inputs = self._inputs[:size].clone()
+        self._inputs[:size] = self.example(rows, kv)  # warm-up and capture: every row uses block 0
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up: kernels pick their algorithms outside the capture
-            self._step(rows, kv, self._inputs[: 4 * rows])
+            self._step(rows, kv, self._inputs[:size])
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            logits = self._step(rows, kv, self._inputs[: 4 * rows])
+            logits = self._step(rows, kv, self._inputs[:size])
         self._pool = graph.pool()
-        self._inputs[: 4 * rows] = inputs
+        self._inputs[:size] = inputs
         seconds = time.perf_counter() - start
         log.info(
             "captured a CUDA graph for %d decode rows, kv length %d, in %.0f ms", rows, kv, seconds * 1e3

@@ -4,13 +4,15 @@
 At one stream, a decode step is hundreds of small ops; issuing them from Python costs about as
 much as running them (on a GPU far more). A `DecodeGraphs` records the lean forward
 (engine.model.lean) of a decode-only step once per bucket and replays it:
-- a bucket is (rows, kv length): rows 1, 2, 4, 8, then multiples of 8 up to the slot count;
-  kv lengths 256, 512, ... doubling up to the cache's length. A step takes the smallest
-  bucket that holds it; padding rows write to the scratch slot 0 and read its first position.
-- decode attention runs gathered (engine.model.attention), so a recording's shapes depend only
-  on its bucket, never on which slots the sequences hold.
-- inputs (token, position, slot and kv length of each row) are copied from one host buffer into
-  static device buffers, in one copy; logits come back in the recording's own output buffer,
+- a bucket is (rows, kv length): rows 1, 2, 4, 8, then multiples of 8 up to `max_batch_size`;
+  kv lengths 256, 512, ... doubling up to `max_context`. A step takes the smallest bucket that
+  holds it; padding rows write to the scratch block 0 and read its first position.
+- decode attention gathers each row's keys and values through its block table
+  (engine.model.attention), so a recording's shapes depend only on its bucket, never on which
+  blocks the sequences hold.
+- inputs (token, position and kv length of each row, then the rows' block tables padded with
+  block 0 to kv length / BLOCK_SIZE entries) are copied from one host buffer into a static
+  device buffer, in one copy; logits come back in the recording's own output buffer,
   read before the next replay (the engine samples every step before the next one).
 - recordings are made lazily, the first time a bucket is needed.
 
@@ -25,7 +27,8 @@ from collections.abc import Callable
 
 import torch
 
-from engine.core.kv_cache import SlotKVCache
+from engine.core.blocks import BLOCK_SIZE
+from engine.core.kv_cache import PagedKVCache
 from engine.model.attention import StepMeta
 
 log = logging.getLogger("hearth.engine")
@@ -33,7 +36,7 @@ log = logging.getLogger("hearth.engine")
 MIN_KV = 256
 
 Forward = Callable[[torch.Tensor, torch.Tensor, StepMeta, torch.Tensor], torch.Tensor]
-Replay = Callable[[torch.Tensor], torch.Tensor]  # the bucket's inputs [4 * rows] -> logits [rows, V]
+Replay = Callable[[torch.Tensor], torch.Tensor]  # the bucket's inputs (`input_size`) -> logits [rows, V]
 
 
 def batch_buckets(max_rows: int) -> list[int]:
@@ -52,31 +55,44 @@ def kv_buckets(max_len: int) -> list[int]:
     return [*sizes, max_len]
 
 
+def input_size(rows: int, kv: int) -> int:
+    """Values in the inputs of a (rows, kv length) bucket: token, position and kv length of each
+    row, then each row's block table of kv / BLOCK_SIZE entries."""
+    return rows * (3 + kv // BLOCK_SIZE)
+
+
 def _fit(buckets: list[int], n: int) -> int | None:
     return next((b for b in buckets if b >= n), None)
 
 
 class DecodeGraphs:
-    """`run(ids, pos, slots)` -> logits [n, V] of a decode-only step, or None when it fits no bucket.
+    """`run(ids, pos, tables)` -> logits [n, V] of a decode-only step, or None when it fits no bucket.
 
     Subclasses say how a bucket is recorded (`_record`) and what a failure is called (`what`)."""
 
     what = "recording"
 
     def __init__(
-        self, forward: Forward, cache: SlotKVCache, max_rows: int, pinned: bool = False, min_rows: int = 1
+        self,
+        forward: Forward,
+        cache: PagedKVCache,
+        max_rows: int,
+        max_len: int,
+        pinned: bool = False,
+        min_rows: int = 1,
     ) -> None:
         """`min_rows`: the smallest bucket (steps of fewer rows are padded to it)."""
         self.forward = forward
         self.cache = cache
         self.rows = sorted({max(b, min_rows) for b in batch_buckets(max_rows)})
-        self.kv = kv_buckets(cache.max_len)
+        self.kv = kv_buckets(max_len)
         device = cache.k.device
+        size = input_size(self.rows[-1], self.kv[-1])
+        # the inputs of a bucket at the start of one host buffer and of one device buffer,
+        # copied in one go
+        self._host = torch.zeros(size, dtype=torch.long, pin_memory=pinned)
+        self._inputs = torch.zeros(size, dtype=torch.long, device=device)
         rows = self.rows[-1]
-        # the inputs of a bucket of r rows: 4 x r values (token ids, positions, slots, kv lengths)
-        # at the start of one host buffer and of one device buffer, copied in one go
-        self._host = torch.zeros(4 * rows, dtype=torch.long, pin_memory=pinned)
-        self._inputs = torch.zeros(4 * rows, dtype=torch.long, device=device)
         self._keep = torch.arange(rows, device=device)
         self._replays: dict[tuple[int, int], Replay] = {}
         self.replays = 0
@@ -87,7 +103,7 @@ class DecodeGraphs:
         """The (rows, kv length) buckets recorded so far."""
         return set(self._replays)
 
-    def run(self, ids: list[int], pos: list[int], slots: list[int]) -> torch.Tensor | None:
+    def run(self, ids: list[int], pos: list[int], tables: list[list[int]]) -> torch.Tensor | None:
         if self.failed is not None:
             return None
         n = len(ids)
@@ -95,12 +111,14 @@ class DecodeGraphs:
         kv = _fit(self.kv, max(pos) + 1)
         if rows is None or kv is None:
             return None
-        pad = rows - n
-        self.cache.ensure_clean([*slots, 0], kv)  # rows read whole buckets; padding reads slot 0
+        pad, width, size = rows - n, kv // BLOCK_SIZE, input_size(rows, kv)
         lens = [p + 1 for p in pos]
-        host = self._host[: 4 * rows]
-        host.copy_(torch.tensor([*ids, *[0] * pad, *pos, *[0] * pad, *slots, *[0] * pad, *lens, *[1] * pad]))
-        self._inputs[: 4 * rows].copy_(host, non_blocking=True)
+        flat = [b for t in tables for b in (*t[:width], *[0] * (width - len(t)))]
+        host = self._host[:size]
+        host.copy_(
+            torch.tensor([*ids, *[0] * pad, *pos, *[0] * pad, *lens, *[1] * pad, *flat, *[0] * (pad * width)])
+        )
+        self._inputs[:size].copy_(host, non_blocking=True)
         replay = self._replays.get((rows, kv))
         if replay is None:
             try:
@@ -109,27 +127,33 @@ class DecodeGraphs:
                 log.warning("%s failed (%.300r); decode steps run eagerly from now on", self.what, exc)
                 self.failed = repr(exc)
                 return None
-        logits = replay(self._inputs[: 4 * rows])
+        logits = replay(self._inputs[:size])
         self.replays += 1
         return logits[:n]
 
     def _step(self, rows: int, kv: int, inputs: torch.Tensor) -> torch.Tensor:
-        """The recorded computation: the forward over `inputs` (ids, positions, slots, kv lengths
-        of `rows` rows, [4 * rows]), for one bucket."""
-        ids, pos, slots, lens = inputs.view(4, rows)
+        """The recorded computation: the forward over `inputs` (ids, positions, kv lengths of
+        `rows` rows, then their block tables: `input_size(rows, kv)`), for one bucket."""
+        ids, pos, lens = inputs[: 3 * rows].view(3, rows)
+        tables = inputs[3 * rows : input_size(rows, kv)].view(rows, kv // BLOCK_SIZE)
         step = StepMeta(  # built inside the recording: its masks are computed by the graph
             cache=self.cache,
-            write_slots=slots,
+            write_blocks=tables.gather(1, torch.div(pos, BLOCK_SIZE, rounding_mode="floor")[:, None])[:, 0],
+            write_offsets=torch.remainder(pos, BLOCK_SIZE),
             write_pos=pos,
             decode_tokens=rows,
-            decode_slots=slots,
+            decode_tables=tables,
             decode_lens=lens,
-            view_slots=0,
             decode_kv_len=kv,
             prefills=[],
-            gather=True,
         )
         return self.forward(ids, pos, step, self._keep[:rows]).float()
+
+    def example(self, rows: int, kv: int) -> torch.Tensor:
+        """Inputs for a recording: every row writes and reads the scratch block 0."""
+        inputs = torch.zeros(input_size(rows, kv), dtype=torch.long, device=self._inputs.device)
+        inputs[2 * rows : 3 * rows] = 1  # kv lengths
+        return inputs
 
     def _record(self, rows: int, kv: int) -> Replay:
         raise NotImplementedError

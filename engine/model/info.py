@@ -14,8 +14,8 @@ class ModelInfo:
 
     `dtype` and `device` are the ones in use (e.g. `bfloat16`, `cpu`), not the configured `auto`;
     `revision` is the checkpoint's commit hash when its config has one (a hub download), else None;
-    `slots` is the number of sequences the engine runs at once (`max_batch_size`, or fewer where the
-    GPU has no room).
+    `slots` is the number of sequences the engine runs at once at most (`max_batch_size`);
+    `kv_cache_tokens` the KV cache's budget they share (engine.catalog.memory).
     """
 
     id: str
@@ -31,11 +31,16 @@ class ModelInfo:
     vocab_size: int
     max_context: int
     slots: int
+    kv_cache_tokens: int = 0
 
 
-def describe(model: Any, config: ModelConfig, slots: int, quantization: str | None = None) -> ModelInfo:
-    """`model` (a transformers model) under `config`, run with `slots` KV slots; `quantization`: what
-    runs (e.g. `gguf:Q4_1,Q8_0>int8`), when it says more than the configured value."""
+def describe(
+    model: Any, config: ModelConfig, slots: int, quantization: str | None = None, kv_cache_tokens: int = 0
+) -> ModelInfo:
+    assert config.max_context is not None, "describe() takes the engine's resolved config"
+    """`model` (a transformers model) under `config`, running `slots` sequences at most over a KV
+    cache of `kv_cache_tokens`; `quantization`: what runs (e.g. `gguf:Q4_1,Q8_0>int8`), when it says
+    more than the configured value."""
     model_config = model.config
     first = next(model.parameters())
     architectures = getattr(model_config, "architectures", None) or [type(model).__name__]
@@ -54,6 +59,7 @@ def describe(model: Any, config: ModelConfig, slots: int, quantization: str | No
         vocab_size=int(model_config.get_text_config().vocab_size),
         max_context=config.max_context,
         slots=slots,
+        kv_cache_tokens=kv_cache_tokens,
     )
 
 

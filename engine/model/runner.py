@@ -1,7 +1,7 @@
 """The only place that touches the model, the device and the KV cache.
 
 `ModelRunner.run(plan)` packs one step's tokens into a single row, runs the model with the
-slot attention (engine.attention), and returns the logits of the last token of every sequence
+paged attention (engine.model.attention), and returns the logits of the last token of every sequence
 that is due a new token. The model runs through the lean forward (engine.model.lean) where it
 supports the model, else through transformers' own (the log says which); decode-only steps replay
 recorded graphs of the lean forward (engine.model.decode_graphs): CUDA graphs on a GPU, TorchScript
@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from transformers import AttentionInterface
 
-from engine.core.kv_cache import SlotKVCache
+from engine.core.blocks import BLOCK_SIZE, blocks_for
+from engine.core.kv_cache import PagedKVCache
 from engine.core.sequence import Sequence
 from engine.model.attention import KV_BLOCK, ROW_MULTIPLE, PrefillChunk, StepMeta, round_up, slot_attention
 from engine.model.cpu_traces import CpuTraces
@@ -38,9 +39,17 @@ def use_slot_attention(model: Any) -> None:
 
 class ModelRunner:
     def __init__(
-        self, model: Any, max_batch: int, max_context: int, lean: bool = True, graphs: bool = True
+        self,
+        model: Any,
+        max_batch: int,
+        max_context: int,
+        num_blocks: int | None = None,
+        lean: bool = True,
+        graphs: bool = True,
     ) -> None:
-        """`graphs`: replay decode steps from recordings where they apply (engine.model.decode_graphs)."""
+        """`num_blocks`: the KV cache's blocks (engine.core.kv_cache), the scratch block included
+        (default: `max_batch` sequences of `max_context`);
+        `graphs`: replay decode steps from recordings where they apply (engine.model.decode_graphs)."""
         use_slot_attention(model)
         model.requires_grad_(False)  # inference only; a traced graph takes weights as constants
         self.model = model
@@ -59,11 +68,10 @@ class ModelRunner:
         self.max_context = max_context
         self.max_batch = max_batch
         self.row_multiple = ROW_MULTIPLE  # see LeanLlama.row_multiple
-        self.cache = SlotKVCache(
+        self.cache = PagedKVCache(
             num_layers=cfg.num_hidden_layers,
-            num_slots=max_batch + 1,
+            num_blocks=num_blocks or max_batch * blocks_for(max_context) + 1,
             kv_heads=cfg.num_key_value_heads,
-            max_len=round_up(max_context, KV_BLOCK),
             head_dim=head_dim,
             dtype=self.dtype,
             device=self.device,
@@ -89,12 +97,13 @@ class ModelRunner:
             pack_linears(self.model, batch_hint=self.max_batch)
         lean = self.lean
         if self.graphs_wanted and lean is not None and lean.capturable:
+            max_len = round_up(self.max_context, KV_BLOCK)
             if self.device.type == "cpu":  # packed, quantized or plain weights: all traceable
                 self.graphs = CpuTraces(
-                    lean.forward, self.cache, self.max_batch, lean.trace_weights, lean.min_rows
+                    lean.forward, self.cache, self.max_batch, max_len, lean.trace_weights, lean.min_rows
                 )
             elif self.device.type == "cuda" and lean.plain:  # CUDA graphs take plain weights only
-                self.graphs = CudaGraphs(lean.forward, self.cache, self.max_batch)
+                self.graphs = CudaGraphs(lean.forward, self.cache, self.max_batch, max_len)
 
     @torch.inference_mode()
     def run(self, plan: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
@@ -105,72 +114,77 @@ class ModelRunner:
             logits = self.graphs.run(
                 [s.token_ids[-1] for s in decode],
                 [s.num_computed for s in decode],
-                [s.slot or 0 for s in decode],
+                [s.block_table for s in decode],
             )
             if logits is not None:
                 return logits, decode
         ids: list[int] = []
-        slots: list[int] = []
         pos: list[int] = []
+        tables: list[list[int]] = []
         for s in decode:
-            assert s.slot is not None
             ids.append(s.token_ids[-1])
-            slots.append(s.slot)
             pos.append(s.num_computed)
+            tables.append(s.block_table)
         total = len(decode) + sum(n for _, n in prefill)
         pad = round_up(total, self.row_multiple) - total
         ids += [0] * pad
-        slots += [0] * pad
         pos += [0] * pad
+        tables += [[0]] * pad
         n_dec = len(ids)
+        lens = [p + 1 for p in pos]
+        decode_kv_len = round_up(max(lens), KV_BLOCK) if n_dec else 0
+        width = decode_kv_len // BLOCK_SIZE
+        blocks = [t[p // BLOCK_SIZE] for t, p in zip(tables, pos, strict=True)]
 
-        chunks: list[PrefillChunk] = []
+        chunks: list[tuple[int, int, int, list[int]]] = []  # token start, count, start position, table
         logit_rows = list(range(len(decode)))
         sampled = list(decode)
         for s, n in prefill:
-            assert s.slot is not None
             start = s.num_computed
-            chunks.append(PrefillChunk(token_start=len(ids), count=n, slot=s.slot, start_pos=start))
+            chunks.append((len(ids), n, start, s.block_table))
             ids += s.token_ids[start : start + n]
-            slots += [s.slot] * n
             pos += range(start, start + n)
+            blocks += [s.block_table[p // BLOCK_SIZE] for p in range(start, start + n)]
             if start + n == s.num_tokens:
                 logit_rows.append(len(ids) - 1)
                 sampled.append(s)
-
-        lens = [0] * (max(slots[:n_dec], default=0) + 1)
-        for slot, p in zip(slots[:n_dec], pos[:n_dec], strict=True):
-            lens[slot] = max(lens[slot], p + 1)
-        view = len(lens) if n_dec else 0
-        decode_kv_len = round_up(max(lens), KV_BLOCK) if n_dec else 0
-        if n_dec:
-            self.cache.ensure_clean(range(view), decode_kv_len)
-        for c in chunks:
-            self.cache.ensure_clean([c.slot], c.kv_len)
 
         # Logits only for rows that sample, padded to a multiple of `row_multiple` rows (a step
         # that only prefills the middle of a prompt still computes throwaway rows).
         keep = logit_rows or [0]
         keep = keep + [keep[-1]] * (round_up(len(keep), self.row_multiple) - len(keep))
         # One host-to-device copy for every index the step needs; the pieces are views.
-        t, n_lens = len(ids), len(lens)
-        packed = torch.tensor([*ids, *slots, *pos, *lens, *keep])
+        t = len(ids)
+        flat = [b for tb in tables for b in (*tb[:width], *[0] * (width - len(tb)))]
+        widths = [round_up(start + n, KV_BLOCK) // BLOCK_SIZE for _, n, start, _ in chunks]
+        for (_, _, _, tb), w in zip(chunks, widths, strict=True):
+            flat += [*tb[:w], *[0] * (w - len(tb))]
+        offsets = [p % BLOCK_SIZE for p in pos]
+        packed = torch.tensor([*ids, *pos, *blocks, *offsets, *lens, *keep, *flat])
         if self.device.type == "cuda":
             packed = packed.pin_memory()
         packed = packed.to(self.device, non_blocking=True)
-        ids_t, slots_t, pos_t = packed[:t], packed[t : 2 * t], packed[2 * t : 3 * t]
+        ids_t, pos_t, blocks_t, offsets_t = packed[: 4 * t].view(4, t)
+        lens_t = packed[4 * t : 4 * t + n_dec]
+        at = 4 * t + n_dec + len(keep)
+        keep_t = packed[4 * t + n_dec : at]
+        decode_tables = packed[at : at + n_dec * width].view(n_dec, width)
+        at += n_dec * width
+        prefills: list[PrefillChunk] = []
+        for (start_tok, n, start, _), w in zip(chunks, widths, strict=True):
+            prefills.append(PrefillChunk(start_tok, n, packed[at : at + w], start))
+            at += w
         step = StepMeta(
             cache=self.cache,
-            write_slots=slots_t,
+            write_blocks=blocks_t,
+            write_offsets=offsets_t,
             write_pos=pos_t,
             decode_tokens=n_dec,
-            decode_slots=slots_t[:n_dec],
-            decode_lens=packed[3 * t : 3 * t + n_lens],
-            view_slots=view,
+            decode_tables=decode_tables,
+            decode_lens=lens_t,
             decode_kv_len=decode_kv_len,
-            prefills=chunks,
+            prefills=prefills,
         )
-        keep_t = packed[3 * t + n_lens :]
         if self.lean is not None:
             logits = self.lean.forward(ids_t, pos_t, step, keep_t)[: len(sampled)].float()
         else:

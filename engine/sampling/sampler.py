@@ -21,7 +21,7 @@ from engine.sampling.penalties import TokenCounts, apply_logit_bias, apply_penal
 
 
 class Sampler:
-    """Samples for the engine; owns the per-slot token counts of the penalties (made on first use)
+    """Samples for the engine; owns the per-row token counts of the penalties (made on first use)
     and the grammar masks of constrained rows (each sequence's matcher made on its first token)."""
 
     def __init__(self, num_slots: int, texts: TokenTexts, grammars: GrammarCompiler) -> None:
@@ -76,9 +76,10 @@ class Sampler:
         counts = self._counts
         for i in penalized:
             seq = seqs[i]
-            if seq.num_completion == 0:  # its first token: the slot's row still holds an older sequence
-                assert seq.slot is not None
-                counts.reset(seq.slot, seq.token_ids[: seq.num_prompt], [])
+            if seq.fresh_row:  # first sampled since admitted: the row still holds an older sequence
+                assert seq.row is not None
+                counts.reset(seq.row, seq.token_ids[: seq.num_prompt], seq.token_ids[seq.num_prompt :])
+                seq.fresh_row = False
         rows = torch.tensor(penalized, device=dev)
         generated, in_prompt = counts.rows(self._slots(seqs, penalized, dev))
         ps = [seqs[i].params for i in penalized]
@@ -94,7 +95,7 @@ class Sampler:
 
     @staticmethod
     def _slots(seqs: Seq[Sequence], rows: list[int], device: torch.device) -> torch.Tensor:
-        return torch.tensor([seqs[i].slot for i in rows], device=device)
+        return torch.tensor([seqs[i].row for i in rows], device=device)
 
     def _logprobs(
         self, logits: torch.Tensor, params: list[SamplingParams], chosen: torch.Tensor

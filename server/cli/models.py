@@ -98,7 +98,8 @@ def list_models(path: Path, as_json: bool = False) -> int:
         print(f"  source:  {source}")
         print(f"  folder:  {row['folder'] or 'MISSING: ' + str(row['problem'])}")
         print(f"  dtype:   {row['dtype']}   device: {row['device']}")
-        limits = f"context {row['max_context']}, batch {row['max_batch_size']}, queue {row['max_waiting']}"
+        context = row["max_context"] or "auto"
+        limits = f"context {context}, batch {row['max_batch_size']}, queue {row['max_waiting']}"
         print(f"  limits:  {limits}")
         others = [
             f"{f.name} {list(row[f.name]) if isinstance(row[f.name], tuple) else row[f.name]}"

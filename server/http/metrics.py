@@ -4,7 +4,8 @@ Counted as they happen: HTTP requests by route, method and status; prompt and co
 time to first token, inter-token latency and end-to-end latency of generations (from the
 request's `RequestContext`, observed when its response is done); model load time. Read from
 each loaded engine's `EngineStats` at scrape time: queue depth, running batch size, sequences by
-outcome, engine liveness.
+outcome, engine liveness, KV cache blocks used and in all, prefix-cache hit and miss tokens,
+preemptions.
 """
 
 from __future__ import annotations
@@ -127,6 +128,20 @@ class EngineCollector(Collector):
             "What a loaded model holds: weights as loaded (packed, quantized) and its whole KV cache",
             labels=["model"],
         )
+        kv_used = GaugeMetricFamily(
+            "hearth_kv_blocks_used", "KV cache blocks held by running sequences", labels=["model"]
+        )
+        kv_total = GaugeMetricFamily("hearth_kv_blocks_total", "KV cache blocks in all", labels=["model"])
+        prefix = CounterMetricFamily(
+            "hearth_prefix_cache_tokens",
+            "Prompt tokens admitted from the prefix cache (hit) or computed (miss)",
+            labels=["model", "result"],
+        )
+        preempted = CounterMetricFamily(
+            "hearth_preemptions",
+            "Sequences preempted (recomputed later) when the KV cache ran out",
+            labels=["model"],
+        )
         sizes = getattr(self.models, "sizes", None)
         for model_id, size in (sizes() if callable(sizes) else {}).items():
             memory.add_metric([model_id], size)
@@ -146,7 +161,14 @@ class EngineCollector(Collector):
             for outcome in ("submitted", "finished", "aborted", "failed"):
                 outcomes.add_metric([model_id, outcome], getattr(stats, outcome))
             steps.add_metric([model_id], stats.steps)
-        return [waiting, running, alive, outcomes, steps, restarts, available, memory]
+            if stats.kv_blocks_total:  # an embedding model has no KV cache
+                kv_used.add_metric([model_id], stats.kv_blocks_used)
+                kv_total.add_metric([model_id], stats.kv_blocks_total)
+                prefix.add_metric([model_id, "hit"], stats.prefix_hit_tokens)
+                prefix.add_metric([model_id, "miss"], stats.prefix_miss_tokens)
+                preempted.add_metric([model_id], stats.preemptions)
+        families = [waiting, running, alive, outcomes, steps, restarts, available, memory]
+        return [*families, kv_used, kv_total, prefix, preempted]
 
 
 def route_label(scope: Scope) -> str:

@@ -119,7 +119,7 @@ async def ps(request: Request) -> Response:
                 "expires_at": expires.isoformat().replace("+00:00", "Z"),
                 "size": size,
                 "size_vram": size if on_gpu else 0,
-                "context_length": cfg.max_context,
+                "context_length": engine.max_context,
             }
         )
     return JSONResponse({"models": out})
@@ -138,21 +138,22 @@ async def show(request: Request) -> Response:
     body = await read_body(request, ShowRequest, "ollama.show")
     cfg = resolve(state, body.model_name)
     engine = state.registry.peek(cfg.id)
-    info: dict[str, Any] = {"general.context_length": cfg.max_context}
+    context = engine.max_context if engine is not None else cfg.max_context or 0  # 0: not loaded, unset
+    info: dict[str, Any] = {"general.context_length": context}
     template = ""
     if engine is not None:
         arch = details(cfg, engine)["family"]
         info = {
             "general.architecture": arch,
             "general.parameter_count": parameter_count(engine),
-            f"{arch}.context_length": cfg.max_context,
+            f"{arch}.context_length": context,
         }
         template = str(getattr(engine.tokenizer, "chat_template", "") or "")
     source = cfg.source if cfg.gguf_file is None else f"{cfg.source} ({cfg.gguf_file})"
     return JSONResponse(
         {
             "modelfile": f"# Hearth catalog entry {cfg.id} (models.yaml)\nFROM {source}\n",
-            "parameters": f"num_ctx {cfg.max_context}",
+            "parameters": f"num_ctx {context}",
             "template": template,
             "details": details(cfg, engine),
             "model_info": info,
