@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a file from anywhere: the repository's engine package
 
 from engine import load_catalog  # noqa: E402
+from engine.core.blocks import blocks_for  # noqa: E402
 from engine.core.engine import Engine  # noqa: E402
 from engine.core.request import SamplingParams  # noqa: E402
 from engine.core.sequence import Sequence  # noqa: E402
@@ -113,7 +114,8 @@ class Stream:
     def __init__(self, runner: ModelRunner, prompt: list[int]) -> None:
         self.runner = runner
         self.seq = Sequence("bandwidth", prompt, SamplingParams(temperature=0.0), lambda _: None)
-        self.seq.slot = 1  # slot 0 is the scratch slot padding rows write to
+        # the blocks of a whole context, from block 1 (block 0 is the scratch block padding rows write to)
+        self.seq.block_table = list(range(1, 1 + blocks_for(runner.max_context)))
         self._step(len(prompt))
 
     def _step(self, n: int) -> None:

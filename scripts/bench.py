@@ -16,16 +16,7 @@ is reversed every other run (fresh processes make the runs independent samples; 
 spreads slow drifts of a shared machine over both). The last table holds the medians over the runs with
 the ratios to the peer, then the CPU model and flags. --memory runs one long level instead (default 600 s
 at c32) and writes RSS over time as CSV, with the slope per 100 requests and whether it stayed flat.
-
-Quirks of `transformers serve` 5.24 (checked by hand on the converted SmolLM2-135M folder, offline):
-- The model folder given as FORCE_MODEL pins the server: requests must name exactly that path
-  string as `model` (it is also the id /v1/models lists); any other name gets 400.
-- Unknown request fields get 422 ("Unexpected fields in the request: {'ignore_eos'}"), so the
-  warm-up probes for `ignore_eos` support and drops it when refused; `stream_options` is ignored
-  with a log line, but the last chunk (the finish_reason one) carries `usage` anyway.
-- The stream ends without `data: [DONE]`.
-- The first request after start is slow (~10 s of continuous-batching set-up): the warm-up takes it.
-- It reserves a large paged KV cache on CPU (~4 GiB RSS for a 135M model).
+(The peer's quirks: scripts/bench_servers.py.)
 """
 
 from __future__ import annotations
@@ -43,9 +34,11 @@ from typing import Any
 
 import httpx
 from bench_client import LevelResult, Target, requests_for, run_level, warm_up
+from bench_long import long_level, long_table
 from bench_report import (
     LLAMA_PEER,
     PEER,
+    PEERS,
     ServerRun,
     median_table,
     medians,
@@ -169,8 +162,9 @@ def bench(spec: Spec, args: argparse.Namespace) -> tuple[ServerRun, float | None
                     print(f"[{target.name}]   failed: {r.error}", flush=True)
                     break
             levels.append(level)
+        long = long_level(target, args.long_prompt) if args.long_prompt else None
         hwm = round(hwm_mib(target.pid), 1) if target.pid else None
-    return ServerRun(spec.label, target.model, levels), hwm
+    return ServerRun(spec.label, target.model, levels, long), hwm
 
 
 # ---------------------------------------------------------------- modes
@@ -196,11 +190,15 @@ def compare(args: argparse.Namespace, info: dict[str, object]) -> tuple[int, dic
         print(f"\n## Run {i + 1}\n")
         for server_run in run:
             print(table(server_run.label, server_run.levels), end="\n\n")
-        peer = next((s for s in run if s.label == PEER), None)
+        peer = next((s for s in run if s.label in PEERS), None)
         for server_run in run:
             if peer is not None and server_run is not peer:
                 print(ratio_table(server_run, peer), end="\n\n")
     print(median_table(meds, args.runs))
+    if args.long_prompt:
+        for i, run in enumerate(runs):
+            peer_label = next((s.label for s in run if s.label in PEERS), None)
+            print(f"\nRun {i + 1}: {long_table([(s.label, s.long) for s in run if s.long], peer_label)}")
     print(f"\n{cpu_line(info)}")
     if args.csv:
         write_csv(args.csv, runs)
@@ -325,6 +323,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--peer-ctx", type=int, default=32 * 2048,
         help="llama-server -c, shared by the -np slots (default: %(default)s: 2,048 tokens each)",
     )  # fmt: skip
+    p.add_argument("--long-prompt", type=int, help="also time the first token of ~N-token prompts")
     p.add_argument("--csv", help="write every run's per-level rows to this CSV file")
     p.add_argument("--json", help="write all raw figures (runs, requests, RSS samples, medians) to this file")
     args = p.parse_args(argv)

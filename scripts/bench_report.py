@@ -41,9 +41,11 @@ class ServerRun:
     label: str
     model: str
     levels: list[LevelResult]
+    long: LevelResult | None = None  # --long-prompt's level (scripts/bench_long.py)
 
     def raw(self) -> dict[str, Any]:
-        return {"label": self.label, "model": self.model, "levels": [lv.raw() for lv in self.levels]}
+        long = {"long_prompt": self.long.raw()} if self.long else {}
+        return {"label": self.label, "model": self.model, "levels": [lv.raw() for lv in self.levels], **long}
 
 
 def _cell(value: object) -> str:

@@ -4,6 +4,16 @@ llama.cpp's `llama-server` (`--peer llama-server --llama-server PATH`, a build o
 
 Each runs in its own process group with its log in the temp folder (`hearth-bench-<name>-<port>.log`),
 is ready once /health and /v1/models answer 200, and is always stopped (TERM, then KILL).
+
+Quirks of `transformers serve` 5.24 (checked by hand on the converted SmolLM2-135M folder, offline):
+- The model folder given as FORCE_MODEL pins the server: requests must name exactly that path
+  string as `model` (it is also the id /v1/models lists); any other name gets 400.
+- Unknown request fields get 422 ("Unexpected fields in the request: {'ignore_eos'}"), so the
+  warm-up probes for `ignore_eos` support and drops it when refused; `stream_options` is ignored
+  with a log line, but the last chunk (the finish_reason one) carries `usage` anyway.
+- The stream ends without `data: [DONE]`.
+- The first request after start is slow (~10 s of continuous-batching set-up): the warm-up takes it.
+- It reserves a large paged KV cache on CPU (~4 GiB RSS for a 135M model).
 """
 
 from __future__ import annotations

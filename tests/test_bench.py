@@ -111,9 +111,11 @@ def test_bench_memory_quick_writes_rss_over_time(server: Server, tmp_path: Path)
 def test_bench_runs_report_medians_of_raw_figures(server: Server, tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     done = run_script(
-        "scripts/bench.py", "--quick", "--runs", "2", "--url", server.url, "--json", str(out_json)
-    )
+        "scripts/bench.py", "--quick", "--runs", "2", "--url", server.url, "--json", str(out_json),
+        "--long-prompt", "300",
+    )  # fmt: skip
     assert "Medians of 2 run(s)" in done.stdout and "CPU: " in done.stdout
+    assert "Long prompt: time to first token" in done.stdout
 
     data = json.loads(out_json.read_text())
     assert [r["run"] for r in data["runs"]] == [1, 2]
@@ -125,6 +127,10 @@ def test_bench_runs_report_medians_of_raw_figures(server: Server, tmp_path: Path
             levels.setdefault(level["concurrency"], []).append(level)
             assert [r["tokens"] for r in level["requests"]] == [8, 8] and level["failed"] == 0
             assert level["rss_samples"] and level["rss_peak"] > 0
+        long = hearth["long_prompt"]  # three different ~300-token prompts: prefill measured, not reused
+        assert long["failed"] == 0 and len(long["requests"]) == 3
+        assert all(250 < r["prompt_tokens"] < 400 and r["ttft"] > 0 for r in long["requests"])
+        assert all(not r["cached_tokens"] for r in long["requests"])
     assert sorted(levels) == [1, 2]
     medians = {m["concurrency"]: m for m in data["medians"]["hearth"]}
     for conc, runs in levels.items():

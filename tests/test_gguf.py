@@ -182,7 +182,7 @@ def test_gemma_runs_its_own_blocks_on_the_lean_forward(gemma: LoadedModel) -> No
         assert type(lean.layers[0].qkv.module) is Int8Linear  # Q5_0 q/k/v, refitted, concatenated
         assert type(lean.layers[0].o.module) is Int4Linear  # Q4_K
         ids = gemma.tokenizer("Question: What is the capital of France?\nAnswer:")["input_ids"]
-        text = asyncio.run(_greedy(engine, ids, 8, "gemma-lean"))
+        text = asyncio.run(greedy_text(engine, ids, 8, "gemma-lean"))
     finally:
         engine.shutdown()
     assert text.startswith(" Paris\n"), text  # transformers' forward over the same blocks: " Paris\nQuestion"
