@@ -1,10 +1,11 @@
 """scripts/bench's long-prompt level (`--long-prompt N`): the time to the first token of a prompt of
-~N tokens, one request at a time, each prompt different from its first words on (no server can reuse
-an earlier one's cache), `max_tokens` 1. It measures prefill: what a user waits for after pasting a
-document."""
+~N tokens, one request at a time, `max_tokens` 1. Each prompt opens with a fresh nonce in its system
+message, so no server can reuse an earlier one's cache: it measures prefill, what a user waits for
+after pasting a document."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,8 +24,12 @@ def long_fields(tokens: int, i: int) -> dict[str, Any]:
     """The i-th long request: a numbered document of ~`tokens` tokens, then a one-token answer."""
     n = max(1, tokens // TOKENS_PER_SENTENCE)
     text = " ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(n))
-    prompt = f"Document {i * 7919 % 10007}: {text}\n\nSummarize the document in one word."
-    return {"messages": [{"role": "user", "content": prompt}], "max_tokens": 1}
+    system = f"Request {uuid.uuid4().hex[:12]}-{i}: you summarize documents."  # first: nothing reusable
+    prompt = f"{text}\n\nSummarize the document in one word."
+    return {
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+        "max_tokens": 1,
+    }
 
 
 def long_level(target: Target, tokens: int, repeats: int = 3) -> LevelResult:

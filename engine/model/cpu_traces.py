@@ -21,28 +21,17 @@ import warnings
 
 import torch
 
-from engine.core.kv_cache import PagedKVCache
-from engine.model.decode_graphs import DecodeGraphs, Forward, Replay, log
+from engine.model.decode_graphs import DecodeGraphs, Replay, log
 
 CPU_MAX_ROWS = 4
 
 
 class CpuTraces(DecodeGraphs):
-    what = "tracing"
+    """Decode steps replayed from TorchScript traces; `weights` (oneDNN-packed weights, which cannot
+    be a trace's constants) are passed to every replay as inputs."""
 
-    def __init__(
-        self,
-        forward: Forward,
-        cache: PagedKVCache,
-        max_rows: int,
-        max_len: int,
-        weights: list[torch.Tensor] | None = None,
-        min_rows: int = 1,
-    ) -> None:
-        """`weights`: tensors the forward reads that cannot be a trace's constants (oneDNN-packed
-        weights), passed to every replay as inputs; `min_rows`: see `DecodeGraphs`."""
-        super().__init__(forward, cache, min(max_rows, CPU_MAX_ROWS), max_len, min_rows=min_rows)
-        self.weights = tuple(weights or ())
+    what = "tracing"
+    row_cap = CPU_MAX_ROWS
 
     def _record(self, rows: int, kv: int) -> Replay:
         """Trace the step on example inputs whose rows all write and read the scratch block 0."""

@@ -23,7 +23,7 @@ a recording that failed (logged as a warning).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -71,6 +71,7 @@ class DecodeGraphs:
     Subclasses say how a bucket is recorded (`_record`) and what a failure is called (`what`)."""
 
     what = "recording"
+    row_cap: int | None = None  # the most rows a recording takes, whatever the batch
 
     def __init__(
         self,
@@ -78,12 +79,17 @@ class DecodeGraphs:
         cache: PagedKVCache,
         max_rows: int,
         max_len: int,
+        *,
         pinned: bool = False,
         min_rows: int = 1,
+        weights: Sequence[torch.Tensor] = (),
     ) -> None:
-        """`min_rows`: the smallest bucket (steps of fewer rows are padded to it)."""
+        """`min_rows`: the smallest bucket (steps of fewer rows are padded to it); `weights`: tensors
+        the recording takes as inputs rather than constants (see `CpuTraces`)."""
         self.forward = forward
         self.cache = cache
+        self.weights = tuple(weights)
+        max_rows = min(max_rows, self.row_cap or max_rows)
         self.rows = sorted({max(b, min_rows) for b in batch_buckets(max_rows)})
         self.kv = kv_buckets(max_len)
         device = cache.k.device

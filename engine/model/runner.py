@@ -100,7 +100,12 @@ class ModelRunner:
             max_len = round_up(self.max_context, KV_BLOCK)
             if self.device.type == "cpu":  # packed, quantized or plain weights: all traceable
                 self.graphs = CpuTraces(
-                    lean.forward, self.cache, self.max_batch, max_len, lean.trace_weights, lean.min_rows
+                    lean.forward,
+                    self.cache,
+                    self.max_batch,
+                    max_len,
+                    weights=lean.trace_weights,
+                    min_rows=lean.min_rows,
                 )
             elif self.device.type == "cuda" and lean.plain:  # CUDA graphs take plain weights only
                 self.graphs = CudaGraphs(lean.forward, self.cache, self.max_batch, max_len)
