@@ -23,7 +23,8 @@ from engine.catalog.config import ModelConfig
 from engine.core.request import EngineStats
 from engine.embed.batcher import Batcher
 from engine.embed.pooling import Pooling, read_pooling
-from engine.model.loader import _one_thread, pick_device, pick_dtype, weights_folder
+from engine.model.loader import pick_device, pick_dtype, weights_folder
+from engine.model.threads import one_thread
 
 log = logging.getLogger("hearth.embed")
 
@@ -192,7 +193,7 @@ def load_embedder(cfg: ModelConfig, cache_dir: Path) -> Embedder:
     start = time.perf_counter()
     device = pick_device(cfg.device)
     dtype = torch.float32 if cfg.dtype == "auto" and device.type == "cpu" else pick_dtype(cfg.dtype, device)
-    with _one_thread():
+    with one_thread():
         folder = weights_folder(cfg, cache_dir)
         pooling = read_pooling(folder, cfg)
         log.info("loading embedding model %s from %s", cfg.id, folder)

@@ -11,8 +11,6 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from engine.model.gguf_native import FORMAT as GGUF_FORMAT
 from engine.model.gguf_native import load_native, resolve_quantization
 from engine.model.quantize import check as quantize_check
 from engine.model.quantize import quantize
+from engine.model.threads import one_thread
 
 _log = logging.getLogger("hearth.loader")
 
@@ -50,7 +49,7 @@ class LoadedModel:
 
 
 def load_model(cfg: ModelConfig, cache_dir: Path, *, attn_implementation: str | None = None) -> LoadedModel:
-    """Load `cfg`'s model and tokenizer, offline, with one torch thread (see `_one_thread`).
+    """Load `cfg`'s model and tokenizer, offline, with one torch thread (see `engine.model.threads`).
 
     A GGUF model is dequantized on its first load and saved under `cache_dir/<file>-<key>` (see
     `gguf_cache_dir`); later loads read that folder. With `device_map` set, accelerate places the
@@ -59,25 +58,8 @@ def load_model(cfg: ModelConfig, cache_dir: Path, *, attn_implementation: str | 
     Raises `FileNotFoundError` for a missing source or GGUF file, `ValueError` for a device that
     is not available, and whatever transformers raises for a broken model.
     """
-    with _one_thread():
+    with one_thread():
         return _load_model(cfg, cache_dir, attn_implementation)
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch single-threaded on this thread for the duration.
-
-    The engine runs the model on a thread of its own. Once another thread has run a parallel
-    torch op (OpenMP starts a thread team for it), the engine thread's products measured ~2x
-    slower on 2 cores (int8 quantization at load did this: 18 against 34 tok/s at one
-    stream). Loading on one thread keeps the loading thread from ever starting a team.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _load_model(cfg: ModelConfig, cache_dir: Path, attn_implementation: str | None) -> LoadedModel:

@@ -26,6 +26,7 @@ from engine.model.decode_graphs import DecodeGraphs
 from engine.model.lean import LeanLlama, lean_path
 from engine.model.lean import supported as lean_supported
 from engine.model.packed_linear import pack_linears, packing_available
+from engine.model.threads import one_thread
 
 ATTENTION_NAME = "hearth_slots"
 log = logging.getLogger("hearth.engine")
@@ -68,14 +69,15 @@ class ModelRunner:
         self.max_context = max_context
         self.max_batch = max_batch
         self.row_multiple = ROW_MULTIPLE  # see LeanLlama.row_multiple
-        self.cache = PagedKVCache(
-            num_layers=cfg.num_hidden_layers,
-            num_blocks=num_blocks or max_batch * blocks_for(max_context) + 1,
-            kv_heads=cfg.num_key_value_heads,
-            head_dim=head_dim,
-            dtype=self.dtype,
-            device=self.device,
-        )
+        with one_thread():  # zeroed here, on the loading thread: see engine.model.threads
+            self.cache = PagedKVCache(
+                num_layers=cfg.num_hidden_layers,
+                num_blocks=num_blocks or max_batch * blocks_for(max_context) + 1,
+                kv_heads=cfg.num_key_value_heads,
+                head_dim=head_dim,
+                dtype=self.dtype,
+                device=self.device,
+            )
 
     def prepare(self, threads: int) -> None:
         """Per-thread set-up, called on the engine thread before its first step.
