@@ -148,10 +148,13 @@ def available_routes(url: str) -> list[str]:
 
 def fault_error(status: int, data: Any) -> bool:
     """A documented answer to an injected fault: 500 `engine_failed` (OpenAI shape; Anthropic's says
-    so in its message) or 503 `model_unavailable` (the engine restarting)."""
+    so in its message) or 503 `model_unavailable` (the engine restarting); Ollama's shape is a string
+    `error` saying the same."""
     if not isinstance(data, dict):
         return False
     error = data.get("error")
+    if isinstance(error, str):  # Ollama: {"error": "..."}
+        return status in (500, 503) and ("engine" in error and ("restart" in error or "failed" in error))
     if not isinstance(error, dict):
         return False
     if status == 500:
