@@ -19,7 +19,7 @@ import asyncio
 from typing import Any
 
 import httpx
-from soak_requests import HANG_UP_TOKENS, PROMPTS, chat_body, fault_error
+from soak_requests import HANG_UP_TOKENS, PROMPTS, _json, chat_body, fault_error
 
 BURST = 32  # concurrent requests per burst (at least the concurrency)
 DECODE_STEPS = 12  # tokens per warm-up request: enough steps decoding together
@@ -63,7 +63,7 @@ async def every_concurrency(client: httpx.AsyncClient, model: str, concurrency: 
             together = (client.post("/v1/chat/completions", json=body) for _ in range(k))
             answers = await asyncio.gather(*together)
             for r in answers:
-                if fault_error(r.status_code, _json(r)):  # an injected fault (--faults): documented
+                if fault_error(r.status_code, _json(r.content)):  # an injected fault (--faults): documented
                     await asyncio.sleep(2)  # the engine restarts; the load's requests check the rest
                 elif r.status_code != 200:
                     raise RuntimeError(f"warm-up request failed: {r.status_code} {r.text[:200]}")
@@ -73,10 +73,3 @@ async def warm_up(url: str, model: str, concurrency: int, max_tokens: int) -> No
     async with httpx.AsyncClient(base_url=url, timeout=300.0) as client:
         await fill_pools(client, model, concurrency)
         await every_concurrency(client, model, concurrency, max_tokens)
-
-
-def _json(r: httpx.Response) -> Any:
-    try:
-        return r.json()
-    except ValueError:
-        return None
