@@ -168,6 +168,16 @@ def test_bench_embeddings_quick_puts_hearth_beside_sentence_transformers(
     for r in rows:
         assert r["failed"] == 0 and r["sentences_s"] > 0 and r["wall"] > 0
     assert "| hearth | 4 | 2 |" in done.stdout
+    assert json.loads(out_json.read_text())["hearth_over_llama_server"] == []  # no --llama-server
+
+
+def test_bench_embeddings_peer_gguf_needs_llama_server(tmp_path: Path) -> None:
+    """A GGUF for llama-server without the binary to run it is a usage error, before any server starts."""
+    cmd = [sys.executable, "scripts/bench.py", "--embeddings", "--peer-gguf", str(tmp_path / "m.gguf")]
+    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--peer-gguf is llama-server's model: give --llama-server PATH too" in done.stderr
+    assert "starting" not in done.stdout
 
 
 def test_bench_multiturn_quick_reports_prompt_tokens_per_turn(server: Server, tmp_path: Path) -> None:
