@@ -10,7 +10,18 @@ that does not grow with the conversation.
 Servers, one after the other: Hearth as its catalog says; the same Hearth with `prefix_cache: false`
 (a copy of the catalog beside it, removed afterwards); and, with `--llama-server PATH`, llama.cpp's
 `llama-server` on the model's GGUF file (`cache_prompt` on, `-np` = users, `--peer-ctx` tokens shared
-by its slots). `--url` measures one running server instead.
+by its slots). `--only LEG` runs the chosen legs alone (hearth, hearth-no-cache, llama-server;
+repeatable). `--url` measures one running server instead.
+
+Every request opens a connection of its own, for every server (on loopback that costs well under a
+millisecond of TTFT, the same for all). llama-server (its HTTP library, cpp-httplib) closes a
+connection right after each streamed response although the response's headers promise keep-alive
+(`Keep-Alive: timeout=5, max=100`): its stream handler returns false after the final chunk, which
+the library takes as a cancelled write. A client that reuses the connection races that close, and
+when the next turn is sent first (likely at 32 users on a busy machine) it fails with
+`httpx.RemoteProtocolError: Server disconnected without sending a response` (checked by hand: the
+socket reads EOF right after the terminating chunk). A failed request is counted in the table's
+`failed` column and ends that user's conversation; the bench then exits 1.
 """
 
 from __future__ import annotations
@@ -89,36 +100,52 @@ async def turn(
     return {"ttft": ttft, "text": "".join(text), "prompt": prompt, "computed": computed}
 
 
+READ_TIMEOUT = 1800.0  # seconds without a byte: llama-server on a busy 2-core machine is slow, not dead
+LEGS = ("hearth", "hearth-no-cache", "llama-server")
 Turns = list[list[dict[str, Any]]]  # per turn, each user's figures
 
 
 async def conversations(target: Target, users: int, turns: int, max_tokens: int) -> Turns:
-    """All users at once; per turn, each user's figures."""
+    """All users at once; per turn, each user's figures. A failed request is recorded (`error`) and
+    ends its user's conversation (the next turn would need its answer); the others go on.
+
+    Every request opens a connection of its own (no keep-alive; see the module's docstring)."""
     per_turn: Turns = [[] for _ in range(turns)]
-    limits = httpx.Limits(max_connections=users + 4, max_keepalive_connections=users + 4)
+    limits = httpx.Limits(max_connections=users + 4, max_keepalive_connections=0)
 
     async def user(client: httpx.AsyncClient, u: int) -> None:
         messages = [{"role": "system", "content": SYSTEM}]
         for t in range(turns):
             question = f"(Member {u}.) {QUESTIONS[(u + t) % len(QUESTIONS)]}"
             messages.append({"role": "user", "content": question})
-            result = await turn(client, target, messages, max_tokens)
+            try:
+                result = await turn(client, target, messages, max_tokens)
+            except (httpx.HTTPError, RuntimeError, ValueError) as exc:
+                per_turn[t].append({"error": f"user {u}, turn {t + 1}: {type(exc).__name__}: {exc}"})
+                return
             messages.append({"role": "assistant", "content": result.pop("text")})
             per_turn[t].append(result)
 
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600.0, connect=10.0)) as client:
+    timeout = httpx.Timeout(READ_TIMEOUT, connect=30.0)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
         await asyncio.gather(*(user(client, u) for u in range(users)))
     return per_turn
 
 
+def errors(per_turn: Turns) -> list[str]:
+    return [r["error"] for results in per_turn for r in results if "error" in r]
+
+
 def rows(per_turn: Turns) -> list[dict[str, Any]]:
     out = []
-    for t, results in enumerate(per_turn):
+    for t, every in enumerate(per_turn):
+        results = [r for r in every if "error" not in r]
         ttfts = [r["ttft"] for r in results if r["ttft"] is not None]
         out.append(
             {
                 "turn": t + 1,
                 "requests": len(results),
+                "failed": len(every) - len(results),
                 "ttft_p50": round(percentile(ttfts, 50), 3),
                 "ttft_p99": round(percentile(ttfts, 99), 3),
                 "prompt_tokens": sum(r["prompt"] for r in results),
@@ -132,16 +159,17 @@ def table(label: str, data: list[dict[str, Any]]) -> str:
     lines = [
         f"### {label}",
         "",
-        "| turn | requests | TTFT p50 s | TTFT p99 s | prompt tokens | computed |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| turn | requests | failed | TTFT p50 s | TTFT p99 s | prompt tokens | computed |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in data:
         lines.append(
-            f"| {r['turn']} | {r['requests']} | {r['ttft_p50']} | {r['ttft_p99']} | "
+            f"| {r['turn']} | {r['requests']} | {r['failed']} | {r['ttft_p50']} | {r['ttft_p99']} | "
             f"{r['prompt_tokens']} | {r['computed_tokens']} |"
         )
     total_p, total_c = sum(r["prompt_tokens"] for r in data), sum(r["computed_tokens"] for r in data)
-    lines.append(f"| all | {sum(r['requests'] for r in data)} | | | {total_p} | {total_c} |")
+    done, failed = sum(r["requests"] for r in data), sum(r["failed"] for r in data)
+    lines.append(f"| all | {done} | {failed} | | | {total_p} | {total_c} |")
     return "\n".join(lines)
 
 
@@ -199,6 +227,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--peer-gguf", type=Path, help="llama-server's GGUF file (default: the model's)")
     p.add_argument("--peer-threads", type=int, default=2, help="llama-server -t (default: %(default)s)")
     p.add_argument("--peer-ctx", type=int, default=65536, help="llama-server -c (default: %(default)s)")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=LEGS,
+        help="run only this leg (repeatable; default: every leg the other options ask for)",
+    )
     p.add_argument("--json", help="write the per-turn figures of every server to this file")
     args = p.parse_args(argv)
     args.users = args.users or (2 if args.quick else 32)
@@ -206,6 +240,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.max_tokens = args.max_tokens or (8 if args.quick else 64)
     if min(args.users, args.turns, args.max_tokens) < 1:
         p.error("--users, --turns and --max-tokens must be >= 1")
+    if args.only and "llama-server" in args.only and not args.llama_server:
+        p.error("--only llama-server needs --llama-server PATH")
     return args
 
 
@@ -214,15 +250,25 @@ def main(argv: Sequence[str]) -> int:
     kinds = ["hearth"] if args.url else ["hearth", "hearth-no-cache"]
     if args.llama_server and not args.url:
         kinds.append("llama-server")
+    if args.only and not args.url:
+        kinds = [k for k in LEGS if k in args.only]
     results: dict[str, list[dict[str, Any]]] = {}
+    status = 0
     for kind in kinds:
         with started(kind, args) as target:
-            asyncio.run(conversations(target, 1, 1, 4))  # warm-up (a conversation of its own)
+            warm = errors(asyncio.run(conversations(target, 1, 1, 4)))  # a conversation of its own
+            if warm:
+                raise SystemExit(f"bench: the warm-up request failed: {warm[0][:300]}")
             start = time.perf_counter()
-            data = rows(asyncio.run(conversations(target, args.users, args.turns, args.max_tokens)))
+            per_turn = asyncio.run(conversations(target, args.users, args.turns, args.max_tokens))
             wall = time.perf_counter() - start
+        data = rows(per_turn)
         results[target.name] = data
         print(f"\n{table(f'{target.name}: {wall:.1f} s', data)}", flush=True)
+        failures = errors(per_turn)
+        if failures:
+            print(f"{len(failures)} failed requests; the first: {failures[0][:300]}", flush=True)
+            status = 1
     print(
         f"\n{args.users} users x {args.turns} turns, {args.max_tokens}-token answers, a shared "
         f"{len(SYSTEM.split())}-word system prompt, streamed, temperature 0"
@@ -231,7 +277,7 @@ def main(argv: Sequence[str]) -> int:
         Path(args.json).write_text(
             json.dumps({"settings": vars(args), "servers": results}, default=str, indent=1)
         )
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -16,7 +16,17 @@ import torch
 
 from engine.core.blocks import BLOCK_SIZE
 from engine.core.kv_cache import PagedKVCache
-from engine.model.attention import KV_BLOCK, PrefillChunk, StepMeta, gather, round_up, slot_attention
+from engine.model.attention import (
+    GROUP_COST,
+    KV_BLOCK,
+    DecodeGroup,
+    PrefillChunk,
+    StepMeta,
+    decode_groups,
+    gather,
+    round_up,
+    slot_attention,
+)
 
 HQ, HKV, D, MAX_LEN, SLOTS = 9, 3, 64, 1024, 6
 PER_SEQ = MAX_LEN // BLOCK_SIZE  # blocks of one sequence
@@ -39,15 +49,23 @@ def _keys(cache: PagedKVCache, seq: int, start: int, end: int) -> torch.Tensor:
 
 
 def _decode(
-    cache: PagedKVCache, rows: list[tuple[int, int]], q: torch.Tensor, kv: torch.Tensor
+    cache: PagedKVCache,
+    rows: list[tuple[int, int]],
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    spans: list[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """Attention output [n, Hq, D] for decode rows (sequence, position) with queries q [n, Hq, D]
-    and new keys/values kv [2, n, Hkv, D]."""
+    and new keys/values kv [2, n, Hkv, D]; `spans`: the rows' groups (start, count), default one."""
     pos = torch.tensor([p for _, p in rows])
-    kv_len = round_up(int(pos.max()) + 1, KV_BLOCK)
-    tables = torch.tensor([_table(s)[: kv_len // BLOCK_SIZE] for s, _ in rows])
     blocks = torch.tensor([_table(s)[p // BLOCK_SIZE] for s, p in rows])
-    step = StepMeta(cache, blocks, pos % BLOCK_SIZE, pos, len(rows), tables, pos + 1, kv_len, prefills=[])
+    groups = []
+    for start, count in spans or [(0, len(rows))]:
+        mine = rows[start : start + count]
+        kv_len = round_up(max(p for _, p in mine) + 1, KV_BLOCK)
+        tables = torch.tensor([_table(s)[: kv_len // BLOCK_SIZE] for s, _ in mine])
+        groups.append(DecodeGroup(start, count, tables, pos[start : start + count] + 1, kv_len))
+    step = StepMeta(cache, blocks, pos % BLOCK_SIZE, pos, len(rows), groups, prefills=[])
     query = q.transpose(0, 1)[None]  # [1, Hq, n, D]
     key, value = (t.transpose(0, 1)[None] for t in kv)  # [1, Hkv, n, D]
     out, _ = slot_attention(_Layer0(), query, key, value, None, hearth_step=step)  # type: ignore[arg-type]
@@ -61,8 +79,7 @@ def _prefill(cache: PagedKVCache, seq: int, start: int, q: torch.Tensor, kv: tor
     table = _table(seq)
     chunk = PrefillChunk(0, c, torch.tensor(table[: round_up(start + c, KV_BLOCK) // BLOCK_SIZE]), start)
     blocks = torch.tensor([table[p // BLOCK_SIZE] for p in pos.tolist()])
-    none = torch.zeros(0, dtype=torch.long)
-    step = StepMeta(cache, blocks, pos % BLOCK_SIZE, pos, 0, none.view(0, 0), none, 0, prefills=[chunk])
+    step = StepMeta(cache, blocks, pos % BLOCK_SIZE, pos, 0, [], prefills=[chunk])
     query = q.transpose(0, 1)[None]
     key, value = (t.transpose(0, 1)[None] for t in kv)
     out, _ = slot_attention(_Layer0(), query, key, value, None, hearth_step=step)  # type: ignore[arg-type]
@@ -117,6 +134,27 @@ def test_a_decode_row_keeps_its_bits_beside_other_rows(dtype: torch.dtype) -> No
         order = [1, 0, *range(2, n)]  # q/kv rows in `rows` order, with mine's data at index 1
         out = _decode(cache, rows, q[:n][order], kv[:, :n][:, order])
         assert torch.equal(out[1], alone[0]), f"{dtype} beside {others}"
+        for split in range(1, n):  # the rows in two groups, each padded to its own longest row
+            grouped = _decode(
+                cache, rows, q[:n][order], kv[:, :n][:, order], [(0, split), (split, n - split)]
+            )
+            assert torch.equal(grouped, out), f"{dtype} beside {others}, groups split at {split}"
+
+
+def test_decode_groups_split_rows_only_where_the_padding_saved_outweighs_a_group() -> None:
+    assert decode_groups([]) == []
+    assert decode_groups([256] * 8) == [(0, 8, 256)]
+    # 16 long rows and 16 short ones: a group of the short rows saves 16 x 192 key positions
+    assert decode_groups([320] * 16 + [128] * 16) == [(0, 16, 320), (16, 16, 128)]
+    # one row 64 positions longer than seven others: padding those costs less than a group
+    assert 7 * KV_BLOCK < GROUP_COST
+    assert decode_groups([192] + [128] * 7) == [(0, 8, 192)]
+    # every split is consecutive, longest first, and covers every row once
+    lens = [1024, 960, 960, 512, 448, 448, 448, 128, 64, 64]
+    groups = decode_groups(lens)
+    assert [s for s, _, _ in groups] == [0, *[s + c for s, c, _ in groups[:-1]]]
+    assert sum(c for _, c, _ in groups) == len(lens)
+    assert all(kv == lens[s] for s, _, kv in groups)
 
 
 def test_bfloat16_decode_matches_the_float32_products() -> None:

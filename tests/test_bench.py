@@ -187,9 +187,10 @@ def test_bench_multiturn_quick_reports_prompt_tokens_per_turn(server: Server, tm
     done = run_script(
         "scripts/bench.py", "--multiturn", "--quick", "--url", server.url, "--json", str(out_json)
     )
-    assert "| turn | requests | TTFT p50 s | TTFT p99 s | prompt tokens | computed |" in done.stdout
+    header = "| turn | requests | failed | TTFT p50 s | TTFT p99 s | prompt tokens | computed |"
+    assert header in done.stdout
     [turns] = json.loads(out_json.read_text())["servers"].values()
-    assert [(t["turn"], t["requests"]) for t in turns] == [(1, 2), (2, 2)]
+    assert [(t["turn"], t["requests"], t["failed"]) for t in turns] == [(1, 2, 0), (2, 2, 0)]
     first, second = turns
     assert second["prompt_tokens"] > first["prompt_tokens"]  # the history grows
     assert 0 < second["computed_tokens"] < second["prompt_tokens"] / 2  # most of it came from the cache

@@ -7,9 +7,14 @@ projections, norms and rotary embeddings; this function writes the new keys and 
 into their blocks (engine.core.kv_cache) and attends over each sequence's cached prefix.
 
 Each decode row, and each prefill chunk, reads its keys and values gathered out of the cache
-through its block table (padded with the scratch block 0 to the step's key length), so a decode
-step's shapes depend only on the number of rows and `decode_kv_len`: a recorded graph
-(engine.model.decode_graphs) replays for any placement of the blocks.
+through its block table (padded with the scratch block 0 to its group's key length), so a decode
+step's shapes depend only on its groups' rows and key lengths: a recorded graph
+(engine.model.decode_graphs, one group) replays for any placement of the blocks. A gather copies
+every key and value a group reads, each layer: its cost is the bytes (`index_select` runs at ~90 %
+of a plain copy's speed here). So an eager step splits its decode rows (longest first) into groups
+of similar key lengths where that saves more than a group costs (`decode_groups`), and a group
+gathers straight into the contiguous `[rows, Hkv, L, D]` that attention reads (one flat index per
+group and step), which the float32 products take without copying again.
 
 `torch.nn.functional.scaled_dot_product_attention` runs the products (flash or memory-efficient
 kernels), except on CPU in float32: written out there (scores, float32 softmax, blocked `probs @ V`).
@@ -57,6 +62,51 @@ class PrefillChunk:
 
 
 @dataclass
+class DecodeGroup:
+    """Decode rows [start, start + count) of a step, attending over `kv_len` keys (a multiple of
+    KV_BLOCK) through their block tables."""
+
+    start: int
+    count: int
+    tables: torch.Tensor  # [count, kv_len // BLOCK_SIZE], padded with the scratch block 0
+    lens: torch.Tensor  # [count] each row's own key length (1 for a padding row)
+    kv_len: int
+
+
+# A group's fixed cost (its gathers', mask's and attention's calls), in (row x key position)s
+# gathered and attended: ~60-80 us a layer on one core of the 2-core Xeon, where one costs ~0.17 us
+GROUP_COST = 8 * KV_BLOCK
+
+
+def decode_groups(kv_lens: list[int]) -> list[tuple[int, int, int]]:
+    """Split decode rows whose key lengths (multiples of KV_BLOCK) are `kv_lens`, longest first,
+    into consecutive groups (start, count, key length): the fewest (row x key position)s gathered
+    and attended, counting GROUP_COST for each group (an exact search over the distinct lengths)."""
+    assert kv_lens == sorted(kv_lens, reverse=True)
+    runs: list[tuple[int, int]] = []  # (length, rows of that length), longest first
+    for n in kv_lens:
+        if runs and runs[-1][0] == n:
+            runs[-1] = (n, runs[-1][1] + 1)
+        else:
+            runs.append((n, 1))
+    # best[i]: the cheapest split of runs[i:], as (cost, index where its first group ends)
+    best: list[tuple[int, int]] = [(0, len(runs))] * (len(runs) + 1)
+    for i in range(len(runs) - 1, -1, -1):
+        rows, options = 0, []
+        for j in range(i, len(runs)):
+            rows += runs[j][1]
+            options.append((rows * runs[i][0] + GROUP_COST + best[j + 1][0], j + 1))
+        best[i] = min(options)
+    groups, i, start = [], 0, 0
+    while i < len(runs):
+        end = best[i][1]
+        count = sum(c for _, c in runs[i:end])
+        groups.append((start, count, runs[i][0]))
+        start, i = start + count, end
+    return groups
+
+
+@dataclass
 class StepMeta:
     """Everything attention needs to know about one packed step. Built once, read by every layer."""
 
@@ -65,23 +115,30 @@ class StepMeta:
     write_offsets: torch.Tensor  # [T] position in that block
     write_pos: torch.Tensor  # [T] position of each token in its sequence
     decode_tokens: int  # the first `decode_tokens` tokens are decode tokens (incl. padding)
-    decode_tables: torch.Tensor  # [decode_tokens, decode_kv_len // BLOCK_SIZE] block tables
-    decode_lens: torch.Tensor  # [decode_tokens] kv length of each decode token (1 for padding)
-    decode_kv_len: int  # multiple of KV_BLOCK
+    decode: list[DecodeGroup]  # those tokens' rows, in groups that cover them in order
     prefills: list[PrefillChunk]
     _bias: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
+    _index: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def decode_bias(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
-        """Additive mask [decode_tokens, 1, 1, decode_kv_len]: 0 where a row may look, -inf elsewhere."""
-        key = ("decode", window, dtype)
+    def decode_bias(self, i: int, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask [count, 1, 1, kv_len] of decode group i: 0 where a row may look, -inf elsewhere."""
+        key = ("decode", i, window, dtype)
         if key not in self._bias:
-            j = torch.arange(self.decode_kv_len, device=self.decode_lens.device)[None, :]
-            lens = self.decode_lens[:, None]
+            group = self.decode[i]
+            j = torch.arange(group.kv_len, device=group.lens.device)[None, :]
+            lens = group.lens[:, None]
             ok = j < lens
             if window is not None:
                 ok &= j >= lens - window
             self._bias[key] = _additive(ok, dtype)[:, None, None, :]
         return self._bias[key]
+
+    def gather_index(self, key: int, tables: torch.Tensor, kv_heads: int) -> torch.Tensor:
+        """`flat_index(tables, ...)` of this step's cache, made once per step for every layer
+        (`key`: the decode group's index, or -1 - i for prefill chunk i)."""
+        if key not in self._index:
+            self._index[key] = flat_index(tables, kv_heads, self.cache.num_blocks)
+        return self._index[key]
 
     def prefill_bias(self, i: int, groups: int, window: int | None, dtype: torch.dtype) -> torch.Tensor:
         """Additive causal mask [rows, kv_len] for chunk i; rows = count * groups rounded up."""
@@ -153,29 +210,42 @@ def blocked_pv(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def gather(cache: torch.Tensor, tables: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """cache [Hkv, blocks, BLOCK_SIZE, D], tables [R, N] -> [R, Hkv, N * BLOCK_SIZE, D]: each row's
-    keys (or values) in position order, in one copy of whole blocks (into `out`, a flat buffer of
-    the size, when given), as a view whose first two dims are swapped: each (row, head) matrix
-    [N * BLOCK_SIZE, D] is contiguous."""
+def flat_index(tables: torch.Tensor, kv_heads: int, num_blocks: int) -> torch.Tensor:
+    """For block tables [R, N]: the rows, in order, of a layer's cache seen as
+    [kv_heads * num_blocks, BLOCK_SIZE * D] that make up [R, Hkv, N * BLOCK_SIZE, D]."""
+    heads = torch.arange(kv_heads, device=tables.device) * num_blocks
+    return (heads[None, :, None] + tables[:, None, :]).reshape(-1)
+
+
+def gather(
+    cache: torch.Tensor,
+    tables: torch.Tensor,
+    out: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """cache [Hkv, blocks, BLOCK_SIZE, D], tables [R, N] -> [R, Hkv, N * BLOCK_SIZE, D], contiguous:
+    each row's keys (or values) in position order, in one copy of whole blocks (into `out`, a flat
+    buffer of at least the size, when given; `index`: `flat_index` of the tables, when known)."""
     rows, n = tables.shape
-    hkv, _, size, d = cache.shape
-    flat = tables.reshape(-1)
+    hkv, blocks, size, d = cache.shape
+    index = flat_index(tables, hkv, blocks) if index is None else index
+    flat = cache.view(hkv * blocks, size * d)
     if out is None:
-        got = cache.index_select(1, flat)  # [Hkv, R * N, BLOCK_SIZE, D]
+        got = flat.index_select(0, index)
     else:
-        got = torch.index_select(cache, 1, flat, out=out.view(hkv, rows * n, size, d))
-    return got.view(hkv, rows, n * size, d).transpose(0, 1)
+        got = torch.index_select(flat, 0, index, out=out[: index.numel() * size * d].view(-1, size * d))
+    return got.view(rows, hkv, n * size, d)
 
 
 def _gather_kv(
-    step: StepMeta, kc: torch.Tensor, vc: torch.Tensor, tables: torch.Tensor
+    step: StepMeta, kc: torch.Tensor, vc: torch.Tensor, tables: torch.Tensor, key: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values [R, Hkv, L, D] of the rows of `tables` [R, N] (see `gather`)."""
+    index = step.gather_index(key, tables, kc.shape[0])
     buffers = step.cache.gather_buffers(kc[:, :1].numel() * tables.numel())
     if buffers is None:
-        return gather(kc, tables), gather(vc, tables)
-    return gather(kc, tables, buffers[0]), gather(vc, tables, buffers[1])
+        return gather(kc, tables, index=index), gather(vc, tables, index=index)
+    return gather(kc, tables, buffers[0], index), gather(vc, tables, buffers[1], index)
 
 
 def slot_attention(
@@ -206,13 +276,15 @@ def slot_attention(
 
     n_dec = step.decode_tokens
     if n_dec:
-        k, v = _gather_kv(step, kc, vc, step.decode_tables)  # [n_dec, Hkv, L, D]
         rows = round_up(g, ROW_MULTIPLE) if q.device.type == "cpu" else g  # same shape class as prefill
         qd = query.new_zeros(n_dec, hkv, rows, d)
         qd[:, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
-        bias = step.decode_bias(sliding_window, q.dtype)
-        o = attend(qd, k, v, bias, scale, softcap)  # [n_dec, Hkv, rows, D]
-        out[:n_dec] = o[:, :, :g].reshape(n_dec, hq, d)
+        for i, group in enumerate(step.decode):
+            a, b = group.start, group.start + group.count
+            k, v = _gather_kv(step, kc, vc, group.tables, i)  # [count, Hkv, L, D]
+            bias = step.decode_bias(i, sliding_window, q.dtype)
+            o = attend(qd[a:b], k, v, bias, scale, softcap)  # [count, Hkv, rows, D]
+            out[a:b] = o[:, :, :g].reshape(group.count, hq, d)
 
     for i, chunk in enumerate(step.prefills):
         c, s0 = chunk.count, chunk.token_start
@@ -221,7 +293,7 @@ def slot_attention(
         if rows != c * g:
             qc = torch.cat([qc, qc.new_zeros(hkv, rows - c * g, d)], dim=1)
         bias = step.prefill_bias(i, g, sliding_window, q.dtype)  # [rows, L]
-        kp, vp = (t[0] for t in _gather_kv(step, kc, vc, chunk.table[None]))  # [Hkv, L, D]
+        kp, vp = (t[0] for t in _gather_kv(step, kc, vc, chunk.table[None], -1 - i))  # [Hkv, L, D]
         o = attend(qc, kp, vp, bias, scale, softcap)  # [Hkv, rows, D]
         out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
 

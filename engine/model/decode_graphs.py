@@ -29,7 +29,7 @@ import torch
 
 from engine.core.blocks import BLOCK_SIZE
 from engine.core.kv_cache import PagedKVCache
-from engine.model.attention import StepMeta
+from engine.model.attention import DecodeGroup, StepMeta
 
 log = logging.getLogger("hearth.engine")
 
@@ -148,9 +148,7 @@ class DecodeGraphs:
             write_offsets=torch.remainder(pos, BLOCK_SIZE),
             write_pos=pos,
             decode_tokens=rows,
-            decode_tables=tables,
-            decode_lens=lens,
-            decode_kv_len=kv,
+            decode=[DecodeGroup(0, rows, tables, lens, kv)],
             prefills=[],
         )
         return self.forward(ids, pos, step, self._keep[:rows]).float()

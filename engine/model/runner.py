@@ -19,7 +19,16 @@ from transformers import AttentionInterface
 from engine.core.blocks import BLOCK_SIZE, blocks_for
 from engine.core.kv_cache import PagedKVCache
 from engine.core.sequence import Sequence
-from engine.model.attention import KV_BLOCK, ROW_MULTIPLE, PrefillChunk, StepMeta, round_up, slot_attention
+from engine.model.attention import (
+    KV_BLOCK,
+    ROW_MULTIPLE,
+    DecodeGroup,
+    PrefillChunk,
+    StepMeta,
+    decode_groups,
+    round_up,
+    slot_attention,
+)
 from engine.model.cpu_traces import CpuTraces
 from engine.model.cuda_graphs import CudaGraphs
 from engine.model.decode_graphs import DecodeGraphs
@@ -125,6 +134,8 @@ class ModelRunner:
             )
             if logits is not None:
                 return logits, decode
+        # eagerly, longest first: the decode rows split into groups of similar key lengths
+        decode.sort(key=lambda s: s.num_computed, reverse=True)
         ids: list[int] = []
         pos: list[int] = []
         tables: list[list[int]] = []
@@ -139,8 +150,7 @@ class ModelRunner:
         tables += [[0]] * pad
         n_dec = len(ids)
         lens = [p + 1 for p in pos]
-        decode_kv_len = round_up(max(lens), KV_BLOCK) if n_dec else 0
-        width = decode_kv_len // BLOCK_SIZE
+        spans = decode_groups([round_up(n, KV_BLOCK) for n in lens])  # (start, count, kv length)
         blocks = [t[p // BLOCK_SIZE] for t, p in zip(tables, pos, strict=True)]
 
         chunks: list[tuple[int, int, int, list[int]]] = []  # token start, count, start position, table
@@ -162,7 +172,12 @@ class ModelRunner:
         keep = keep + [keep[-1]] * (round_up(len(keep), self.row_multiple) - len(keep))
         # One host-to-device copy for every index the step needs; the pieces are views.
         t = len(ids)
-        flat = [b for tb in tables for b in (*tb[:width], *[0] * (width - len(tb)))]
+        flat: list[int] = []
+        for start, count, kv in spans:
+            width = kv // BLOCK_SIZE
+            flat += [
+                b for tb in tables[start : start + count] for b in (*tb[:width], *[0] * (width - len(tb)))
+            ]
         widths = [round_up(start + n, KV_BLOCK) // BLOCK_SIZE for _, n, start, _ in chunks]
         for (_, _, _, tb), w in zip(chunks, widths, strict=True):
             flat += [*tb[:w], *[0] * (w - len(tb))]
@@ -175,8 +190,12 @@ class ModelRunner:
         lens_t = packed[4 * t : 4 * t + n_dec]
         at = 4 * t + n_dec + len(keep)
         keep_t = packed[4 * t + n_dec : at]
-        decode_tables = packed[at : at + n_dec * width].view(n_dec, width)
-        at += n_dec * width
+        groups: list[DecodeGroup] = []
+        for start, count, kv in spans:
+            width = kv // BLOCK_SIZE
+            group_tables = packed[at : at + count * width].view(count, width)
+            groups.append(DecodeGroup(start, count, group_tables, lens_t[start : start + count], kv))
+            at += count * width
         prefills: list[PrefillChunk] = []
         for (start_tok, n, start, _), w in zip(chunks, widths, strict=True):
             prefills.append(PrefillChunk(start_tok, n, packed[at : at + w], start))
@@ -187,9 +206,7 @@ class ModelRunner:
             write_offsets=offsets_t,
             write_pos=pos_t,
             decode_tokens=n_dec,
-            decode_tables=decode_tables,
-            decode_lens=lens_t,
-            decode_kv_len=decode_kv_len,
+            decode=groups,
             prefills=prefills,
         )
         if self.lean is not None:
