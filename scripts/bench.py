@@ -9,8 +9,9 @@ Without --url the bench starts Hearth itself on a free port and stops it afterwa
 --hearth-config x --model pair, so quantized catalog entries sit in the same tables as the float32 one.
 --compare also benchmarks a peer: `transformers serve --continuous-batching` on the same weights, or with
 --peer llama-server, llama.cpp's `llama-server` (a build of yours: --llama-server PATH) on the model's GGUF
-file (--peer-gguf, default the catalog's), `-t 2 -np 32` by default; Hearth then keeps the catalog's
-dtype and quantization (a GGUF model's own blocks) unless --hearth-dtype says otherwise. Servers never
+file (--peer-gguf, default the catalog's), `-t 2 -np 32` by default. Hearth keeps the catalog's dtype
+and quantization (a GGUF model's own blocks) unless --hearth-dtype says otherwise, except against
+`transformers serve`, where it runs in float32, the peer's precision. Servers never
 run together: with --runs N each run starts every server afresh, one after the other, in an order that
 is reversed every other run (fresh processes make the runs independent samples; alternating the order
 spreads slow drifts of a shared machine over both). The last table holds the medians over the runs with
@@ -305,7 +306,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--hearth-dtype",
         help="`hearth serve --dtype` for unquantized models; 'catalog' keeps models.yaml's (default: "
-        "float32, the transformers peer's precision; catalog with --peer llama-server)",
+        "catalog; float32, the transformers peer's precision, with --compare against it)",
     )
     p.add_argument(
         "--embeddings", action="store_true",
@@ -354,7 +355,8 @@ def fill_defaults(args: argparse.Namespace) -> None:
     if args.quick and args.requests_per_level is None and args.duration is None:
         args.requests_per_level = 2
     if args.hearth_dtype is None:
-        args.hearth_dtype = "catalog" if args.peer == "llama-server" else "float32"
+        # float32 only to match `transformers serve`; otherwise what a user of the catalog gets
+        args.hearth_dtype = "float32" if args.compare and args.peer == "transformers" else "catalog"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
