@@ -127,6 +127,18 @@ def full_body(target: Target, fields: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def connection_limits(concurrency: int) -> httpx.Limits:
+    """Connections for `concurrency` workers, each request on a connection of its own, for every server.
+
+    llama-server (its HTTP library, cpp-httplib) closes a connection right after each streamed
+    response although the response's headers promise keep-alive (`Keep-Alive: timeout=5, max=100`):
+    its stream handler returns false after the final chunk, which the library takes as a cancelled
+    write. A client that reuses the connection races that close, and when its next request is sent
+    first it fails with `httpx.RemoteProtocolError: Server disconnected without sending a response`.
+    A fresh connection costs well under a millisecond on loopback, the same for every server."""
+    return httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
+
+
 async def one_request(client: httpx.AsyncClient, target: Target, fields: dict[str, Any]) -> RequestResult:
     """Stream one request; parse the SSE `data:` lines as they arrive (chat deltas or completion text)."""
     start = time.perf_counter()
@@ -173,7 +185,7 @@ async def _load(
     """C workers in a closed loop until `requests` have been started or `duration` seconds have passed;
     returns the wall time."""
     started = 0
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    limits = connection_limits(concurrency)
     timeout = httpx.Timeout(connect=10.0, read=600.0, write=30.0, pool=600.0)
     start = time.perf_counter()
     deadline = start + duration if duration is not None else None

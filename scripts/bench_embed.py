@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-from bench_client import percentile
+from bench_client import connection_limits, percentile
 from bench_servers import ROOT, first_model_id, free_port, gguf_of, hearth_cmd, llama_cmd, server
 from procinfo import cpu_info, cpu_line
 
@@ -94,7 +94,7 @@ async def level(system: str, url: str, model: str, batch: int, concurrency: int,
             else:
                 failed += 1
 
-    limits = httpx.Limits(max_connections=concurrency)
+    limits = connection_limits(concurrency)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))

@@ -13,15 +13,10 @@ Servers, one after the other: Hearth as its catalog says; the same Hearth with `
 by its slots). `--only LEG` runs the chosen legs alone (hearth, hearth-no-cache, llama-server;
 repeatable). `--url` measures one running server instead.
 
-Every request opens a connection of its own, for every server (on loopback that costs well under a
-millisecond of TTFT, the same for all). llama-server (its HTTP library, cpp-httplib) closes a
-connection right after each streamed response although the response's headers promise keep-alive
-(`Keep-Alive: timeout=5, max=100`): its stream handler returns false after the final chunk, which
-the library takes as a cancelled write. A client that reuses the connection races that close, and
-when the next turn is sent first (likely at 32 users on a busy machine) it fails with
-`httpx.RemoteProtocolError: Server disconnected without sending a response` (checked by hand: the
-socket reads EOF right after the terminating chunk). A failed request is counted in the table's
-`failed` column and ends that user's conversation; the bench then exits 1.
+Every request opens a connection of its own, for every server (`bench_client.connection_limits`:
+llama-server drops a connection after each streamed response while promising keep-alive). A failed
+request is counted in the table's `failed` column and ends that user's conversation; the bench then
+exits 1.
 """
 
 from __future__ import annotations
@@ -38,7 +33,7 @@ from typing import Any
 
 import httpx
 import yaml
-from bench_client import Target, full_body, percentile
+from bench_client import Target, connection_limits, full_body, percentile
 from bench_servers import ROOT, first_model_id, free_port, gguf_of, hearth_cmd, llama_cmd, server
 
 SYSTEM = (
@@ -107,11 +102,9 @@ Turns = list[list[dict[str, Any]]]  # per turn, each user's figures
 
 async def conversations(target: Target, users: int, turns: int, max_tokens: int) -> Turns:
     """All users at once; per turn, each user's figures. A failed request is recorded (`error`) and
-    ends its user's conversation (the next turn would need its answer); the others go on.
-
-    Every request opens a connection of its own (no keep-alive; see the module's docstring)."""
+    ends its user's conversation (the next turn would need its answer); the others go on."""
     per_turn: Turns = [[] for _ in range(turns)]
-    limits = httpx.Limits(max_connections=users + 4, max_keepalive_connections=0)
+    limits = connection_limits(users)
 
     async def user(client: httpx.AsyncClient, u: int) -> None:
         messages = [{"role": "system", "content": SYSTEM}]
