@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ from engine.core.request import SamplingParams  # noqa: E402
 from engine.core.sequence import Sequence  # noqa: E402
 from engine.model.loader import load_model  # noqa: E402
 from engine.model.runner import ModelRunner  # noqa: E402
+from engine.model.threads import available_cores  # noqa: E402
 
 FIELDS = (
     "threads",
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--model {args.model!r} is not in {args.catalog}")
     changes = {k: v for k, v in (("dtype", args.dtype), ("quantization", args.quantization)) if v}
     cfg = dataclasses.replace(cfg, **changes, device="cpu", cpu_graphs=args.traces == "on")
-    threads = args.threads or cfg.threads or os.cpu_count() or 1
+    threads = args.threads or cfg.threads or available_cores()
     engine = Engine(load_model(cfg, catalog.cache_dir), cfg)  # built, never started: we drive its runner
     figures = measure(engine.runner, threads, args.steps, args.context, args.buffer_mib)
     print(f"model: {cfg.id} ({engine.quantization}, {engine.runner.dtype})")

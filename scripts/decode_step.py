@@ -51,7 +51,7 @@ def measure(root: Path, args: argparse.Namespace) -> tuple[float, float]:
     )
     engine = Engine(load_model(cfg, catalog.cache_dir), cfg)  # built, never started: we drive its runner
     runner = engine.runner
-    threads = args.threads or os.cpu_count() or 1
+    threads = args.threads or len(os.sched_getaffinity(0))
     lo, _, hi = args.context.partition("-")
     first, last = int(lo), int(hi or lo)
     rows = args.rows

@@ -17,6 +17,22 @@ __all__ = ["MODEL", "ROOT", "Server", "launch", "AsyncClientFactory"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`./scripts/test` runs a worker per core), each worker owns its share of
+    the cores: it and every server it starts run there (CPU affinity is inherited), and Hearth's
+    engines take their thread count from it. Two workers' OpenMP teams on the same cores would
+    spin against each other and make every step many times slower."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    index, workers = int(worker.removeprefix("gw")), int(count)
+    mine = cores[index::workers] or [cores[index % len(cores)]]
+    os.sched_setaffinity(0, mine)
+    os.environ["OMP_NUM_THREADS"] = str(len(mine))
+
+
 AsyncClientFactory = Callable[[], openai.AsyncOpenAI]
 
 

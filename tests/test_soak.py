@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # a 30 s soak (after its warm-up) against its own server
+pytestmark = pytest.mark.slow  # a 20 s soak (after its warm-up) against its own server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ def test_short_soak_passes() -> None:
         sys.executable,
         "scripts/soak.py",
         "--duration",
-        "30",
+        "20",
         "--concurrency",
         "8",
         "--hearth-python",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +29,7 @@ from engine.core.sequence import Sequence
 from engine.core.worker import Worker
 from engine.model.info import ModelInfo, describe
 from engine.model.runner import ModelRunner
+from engine.model.threads import available_cores
 from engine.sampling.grammar import GrammarCompiler, GrammarSpec
 from engine.sampling.logprobs import TokenTexts
 from engine.sampling.sampler import Sampler
@@ -187,7 +187,7 @@ class Engine(Worker):
     # ---- engine thread ----
 
     def _main(self) -> None:
-        threads = self.config.threads or os.cpu_count() or 1
+        threads = self.config.threads or available_cores()
         try:
             try:
                 self.runner.prepare(threads)

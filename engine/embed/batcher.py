@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import torch
 from engine.core.engine import EngineDeadError, QueueFullError
 from engine.core.request import EngineStats
 from engine.core.worker import Worker
+from engine.model.threads import available_cores
 
 log = logging.getLogger("hearth.embed")
 
@@ -85,7 +85,7 @@ class Batcher(Worker):
         self._max_batch = max_batch
         self._max_waiting = max_waiting
         self._limit = position_limit
-        self._threads = threads or os.cpu_count() or 1
+        self._threads = threads or available_cores()
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stats = EngineStats()

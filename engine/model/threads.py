@@ -11,10 +11,20 @@ thread of their own therefore run single-threaded (`one_thread`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: `taskset`, a container's cpuset, a test
+    worker's share), the default thread count of an engine; every core where affinity is unknown."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @contextmanager
