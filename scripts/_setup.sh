@@ -60,4 +60,14 @@ sys.exit(f"hearth: not installed: {missing}" if missing else 0)'
     printf '%s\n' "$hearth_want" >"$hearth_stamp"
 fi
 
-unset hearth_torch_spec hearth_venv hearth_stamp hearth_want hearth_have
+# The lean forward's fused CPU kernels (engine/model/lean/fused.cpp), compiled once per source and
+# torch (~30 s); without a compiler the forward runs aten's ops instead, and says so.
+hearth_kernels_want="$({ cat engine/model/lean/fused.cpp; printf '%s\n' "$hearth_want"; } | sha256sum | cut -d' ' -f1)"
+hearth_kernels_stamp="$hearth_venv/.hearth-kernels-stamp"
+if [[ "$hearth_kernels_want" != "$(cat "$hearth_kernels_stamp" 2>/dev/null || true)" ]]; then
+    echo "hearth: building the fused CPU kernels" >&2
+    "$hearth_py" -c "from engine.model.lean.fused import main; main()" >&2
+    printf '%s\n' "$hearth_kernels_want" >"$hearth_kernels_stamp"
+fi
+
+unset hearth_torch_spec hearth_venv hearth_stamp hearth_want hearth_have hearth_kernels_want hearth_kernels_stamp

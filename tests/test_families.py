@@ -110,6 +110,7 @@ def test_quantized_families_run_the_lean_forward_and_its_decode_traces(
     with engine_over(model, tokenizer, torch.bfloat16, quantization) as engine:
         runner = engine.runner
         assert runner.lean is not None and runner.lean.family.name == FAMILY_NAMES[name]
+        assert runner.lean.fused  # bfloat16 activations: the fused norms and rotary embedding
         together = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [N_TOKENS] * len(PROMPTS))]
         alone = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [N_TOKENS] * len(PROMPTS), False)]
         if name == "qwen3_moe":  # expert rows are read back on the host: no recording
@@ -128,7 +129,7 @@ def test_bfloat16_takes_the_lean_path_batch_invariantly(
 ) -> None:
     model, _ = models["gemma3"]
     with engine_over(model, tokenizer, torch.bfloat16) as engine:
-        assert engine.runner.lean is not None
+        assert engine.runner.lean is not None and engine.runner.lean.fused
         together = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [N_TOKENS] * len(PROMPTS))]
         alone = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [N_TOKENS] * len(PROMPTS), False)]
     assert alone == together

@@ -15,7 +15,8 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +55,19 @@ def load_native(
 
     complete = (meta_dir / WEIGHTS).is_file()
     gguf = meta_dir / "unused.gguf" if complete else gguf_file()
-    _meta_cache(gguf, meta_dir)
-    config = AutoConfig.from_pretrained(meta_dir, local_files_only=True)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    # The cached tokenizer.json (written by the model's own tokenizer class) read by transformers'
-    # generic fast tokenizer: the same ids, texts and special tokens (checked on both catalog models),
-    # where Gemma's own class held 264 MiB against 109 MiB for its 262k-token vocabulary. Read before
-    # the weights, so its transient peak (Gemma: ~450 MiB above what it keeps) comes before them, and
-    # trimmed after: its build leaves free memory in malloc's arenas (SmolLM2: ~30 MiB).
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(meta_dir, local_files_only=True)
-    release_memory()
-    tensors, layout, kinds = _weights(gguf, config, meta_dir / WEIGHTS)
+    with _one_parse():
+        _meta_cache(gguf, meta_dir)
+        config = AutoConfig.from_pretrained(meta_dir, local_files_only=True)
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation
+        # The cached tokenizer.json (written by the model's own tokenizer class) read by transformers'
+        # generic fast tokenizer: the same ids, texts and special tokens (checked on both catalog models),
+        # where Gemma's own class held 264 MiB against 109 MiB for its 262k-token vocabulary. Read before
+        # the weights, so its transient peak (Gemma: ~450 MiB above what it keeps) comes before them, and
+        # trimmed after: its build leaves free memory in malloc's arenas (SmolLM2: ~30 MiB).
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(meta_dir, local_files_only=True)
+        release_memory()
+        tensors, layout, kinds = _weights(gguf, config, meta_dir / WEIGHTS)
     model = build_model(config, tensors, layout)
     model.generation_config = GenerationConfig.from_pretrained(meta_dir, local_files_only=True)
     return model, tokenizer, describe(kinds)
@@ -98,6 +100,30 @@ def _aligned(tensor: Any) -> Any:
     """`tensor`, copied where safetensors left it off a 64-byte boundary: torch's int8 kernel crashed
     (SIGSEGV) on a misaligned weight at 512 rows (an lm_head read from this cache)."""
     return tensor if tensor.data_ptr() % 64 == 0 else tensor.clone()
+
+
+@contextmanager
+def _one_parse() -> Iterator[None]:
+    """One parse of a GGUF file for the config, the tokenizer and the weights: transformers' readers of
+    the first two and ours of the third each make a `gguf.GGUFReader`, which parses every metadata
+    field (Gemma 3's 262k-token vocabulary: ~10 s a parse on one core, 48 of a first load's 50 s).
+    Inside this block they share one reader per file; gguf-py's reader is only read."""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared(path: Any, mode: str = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)  # type: ignore[arg-type]
+        return readers[key]
+
+    gguf.GGUFReader = shared  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original  # type: ignore[misc]
 
 
 def _meta_cache(gguf: Path, final: Path) -> None:

@@ -7,7 +7,8 @@ scaling it supports) and slot attention (engine.model.attention), but:
 - q/k/v and gate/up are one product each (weights concatenated once),
 - on CPU the weights are packed for oneDNN, and the residual adds, the activation and the
   gate * up product ride on the products as oneDNN post-ops,
-- RMSNorm is one fused op, and rotary embedding is applied to q and k in one pass.
+- on CPU in bfloat16, RMSNorm, the rotary embedding of q and k, and a quantized gated MLP's
+  activation and product are one op each (engine.model.lean.fused, C++ kernels built once).
 On a CPU, engine.model.cpu_traces traces its decode steps (packed weights as the traces' inputs).
 On CUDA the same forward, with plain `F.linear` products, is what engine.model.cuda_graphs captures:
 every op in it is known to be capturable (no host sync, no data-dependent shape), except for

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from engine.model.attention import ROW_MULTIPLE, StepMeta, slot_attention
+from engine.model.lean import fused
 from engine.model.lean.families import activation, family_of
 from engine.model.lean.moe import MoE
 from engine.model.lean.projections import Linear, Packed, Proj, projection, split, trace_weights
@@ -23,16 +24,20 @@ from engine.model.packed_linear import QUANTIZED_LINEARS, packing_available
 
 
 class Norm:
-    """RMSNorm over the last dim: Llama's (x̂ · w) or Gemma's (x̂ · (1 + w), in float32)."""
+    """RMSNorm over the last dim: Llama's (x̂ · w) or Gemma's (x̂ · (1 + w), in float32); one fused
+    op on bfloat16 rows where the fused kernels are loaded (engine.model.lean.fused)."""
 
-    def __init__(self, module: Any, eps: float, gemma: bool) -> None:
+    def __init__(self, module: Any, eps: float, gemma: bool, fuse: bool = False) -> None:
         weight = module.weight.detach()
         self.gemma = gemma
-        self.weight = 1.0 + weight.float() if gemma else weight
+        self.weight = 1.0 + weight.float() if gemma else weight.contiguous()
         self.shape = (weight.shape[-1],)
         self.eps = eps
+        self.fuse = fuse
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fuse and x.dim() == 2 and x.dtype == torch.bfloat16:
+            return torch.ops.hearth.rms_norm(x, self.weight, self.eps)
         if self.gemma:
             return torch.rms_norm(x.float(), self.shape, self.weight, self.eps).to(x.dtype)
         return torch.rms_norm(x, self.shape, self.weight, self.eps)
@@ -57,6 +62,24 @@ class Dense:
 
 
 @dataclass(frozen=True)
+class FusedDense:
+    """A gated MLP of quantized weights, which have no post-ops to carry the activation and the
+    product: gate and up as one product, then one fused op (engine.model.lean.fused)."""
+
+    gate_up: Proj
+    down: Proj
+    act: str
+
+    def __call__(self, h: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        inner = torch.ops.hearth.act_mul(self.gate_up(h), self.act == "silu")
+        return self.down(inner) if residual is None else self.down.add(inner, residual)
+
+    @property
+    def projections(self) -> tuple[Proj, ...]:
+        return (self.gate_up, self.down)
+
+
+@dataclass(frozen=True)
 class Layer:
     index: int
     input_norm: Norm
@@ -70,7 +93,7 @@ class Layer:
     window: int | None
     scaling: float
     softcap: float | None
-    mlp: Dense | MoE
+    mlp: Dense | FusedDense | MoE
 
 
 class LeanLlama:
@@ -95,17 +118,19 @@ class LeanLlama:
         self.embed = inner.embed_tokens
         self.rotary = inner.rotary_emb
         self.rope_types: list[str] = sorted(getattr(self.rotary, "layer_types", []))
-        self.norm = Norm(inner.norm, eps, family.gemma_norm)
         self.final_softcap: float | None = getattr(cfg, "final_logit_softcapping", None)
         act = activation(cfg) or "silu"
         param = next(model.parameters())
         packing = packing_available(param.device, param.dtype)
+        # the fused kernels take bfloat16 activations (plain bfloat16 weights, the quantized kernels')
+        self.fused = param.device.type == "cpu" and param.dtype == torch.bfloat16 and fused.available()
+        self.norm = Norm(inner.norm, eps, family.gemma_norm, self.fused)
 
         def proj(*linears: Any) -> Proj:
             return projection(list(linears), batch_hint, packing)
 
         def norm(module: Any) -> Norm:
-            return Norm(module, eps, family.gemma_norm)
+            return Norm(module, eps, family.gemma_norm, self.fused)
 
         layer_types = getattr(cfg, "layer_types", None)
         self.layers: list[Layer] = []
@@ -114,11 +139,13 @@ class LeanLlama:
             if family.fused_qkv:
                 qkv = proj(attn.qkv_proj)
                 gate, up = split(mlp.gate_up_proj, 2)
-                dense: Dense | MoE = Dense(proj(gate), proj(up), proj(mlp.down_proj), act)
+                dense: Dense | FusedDense | MoE = Dense(proj(gate), proj(up), proj(mlp.down_proj), act)
             else:
                 qkv = proj(attn.q_proj, attn.k_proj, attn.v_proj)
                 if hasattr(mlp, "experts"):
                     dense = MoE(mlp, proj, act, quantized=isinstance(attn.q_proj, QUANTIZED_LINEARS))
+                elif self.fused and _one_kernel(mlp.gate_proj, mlp.up_proj):
+                    dense = FusedDense(proj(mlp.gate_proj, mlp.up_proj), proj(mlp.down_proj), act)
                 else:
                     dense = Dense(proj(mlp.gate_proj), proj(mlp.up_proj), proj(mlp.down_proj), act)
             self.layers.append(
@@ -225,7 +252,11 @@ class LeanLlama:
             if layer.qk_norm is not None:
                 weight, eps = layer.qk_norm
                 qk = (torch.rms_norm(qk.to(weight.dtype), (d,), None, eps) * weight).to(qkv.dtype)
-            qk = _rotate(qk, *ropes[layer.rope])
+            if self.fused and qk.dtype == torch.bfloat16:
+                cos, sin = ropes[layer.rope]
+                qk = torch.ops.hearth.rope(qk.reshape(t, -1), hq + hkv, d, cos[:, 0], sin[:, 0])
+            else:
+                qk = _rotate(qk, *ropes[layer.rope])
             v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
             self._attn_module.layer_idx = layer.index
             out, _ = slot_attention(
@@ -255,6 +286,16 @@ class LeanLlama:
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         return logits
+
+
+def _one_kernel(gate: Any, up: Any) -> bool:
+    """Whether a gated MLP's gate and up are quantized linears of one kind (and group) that
+    concatenate into one product."""
+    return (
+        type(gate) in QUANTIZED_LINEARS
+        and type(gate) is type(up)
+        and getattr(gate, "group", None) == getattr(up, "group", None)
+    )
 
 
 class _LayerIndex:

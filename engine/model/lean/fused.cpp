@@ -1,0 +1,152 @@
+// Fused CPU kernels of the lean forward (engine/model/lean/fused.py builds and loads them).
+//
+// Each replaces a chain of small aten ops whose cost at one decode row is their dispatch, not
+// their arithmetic: RMSNorm (~10 ops: upcast, pow, mean, add, rsqrt, mul, downcast, mul), the
+// rotary embedding of q and k (slices, neg, cat, mul, addcmul) and a gated MLP's activation and
+// product. They round where transformers' modules round (a bfloat16 result wherever those store
+// one); what differs is the order a row's sum of squares is added up, and exp/tanh's last bits.
+// A row's result depends on that row alone: batch invariance holds.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace {
+
+constexpr int kLanes = 16;  // partial sums: a fixed summation order that the compiler vectorizes
+
+template <typename T>
+inline float sum_of_squares(const T* x, int64_t n) {
+  float acc[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const float v = static_cast<float>(x[i + l]);
+      acc[l] += v * v;
+    }
+  }
+  for (; i < n; ++i) {
+    const float v = static_cast<float>(x[i]);
+    acc[i % kLanes] += v * v;
+  }
+  float total = 0;
+  for (int l = 0; l < kLanes; ++l) total += acc[l];
+  return total;
+}
+
+// y = round(x * r) * w (Llama: transformers' `weight * hidden.to(dtype)`), or, with a float32
+// weight (Gemma's 1 + w, computed in float32), y = round(x * r * w).
+template <typename T, typename W>
+void rms_rows(const T* x, const W* w, T* y, int64_t rows, int64_t n, int64_t stride, float eps) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* xr = x + r * stride;
+      T* yr = y + r * n;
+      const float inv = 1.0f / std::sqrt(sum_of_squares(xr, n) / static_cast<float>(n) + eps);
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = static_cast<float>(xr[i]) * inv;
+        if constexpr (std::is_same_v<W, float>) {
+          yr[i] = static_cast<T>(v * w[i]);
+        } else {
+          yr[i] = static_cast<T>(static_cast<float>(static_cast<T>(v)) * static_cast<float>(w[i]));
+        }
+      }
+    }
+  });
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.stride(1) == 1, "rms_norm: x must be [M, N] rows on the CPU");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1) && weight.is_contiguous(), "rms_norm: weight must be [N]");
+  const int64_t rows = x.size(0), n = x.size(1);
+  auto y = at::empty({rows, n}, x.options());
+  const float e = static_cast<float>(eps);
+  if (x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16) {
+    rms_rows(x.data_ptr<c10::BFloat16>(), weight.data_ptr<c10::BFloat16>(), y.data_ptr<c10::BFloat16>(), rows, n, x.stride(0), e);
+  } else if (x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kFloat) {
+    rms_rows(x.data_ptr<c10::BFloat16>(), weight.data_ptr<float>(), y.data_ptr<c10::BFloat16>(), rows, n, x.stride(0), e);
+  } else {
+    TORCH_CHECK(false, "rms_norm: takes bfloat16 rows with a bfloat16 or float32 weight");
+  }
+  return y;
+}
+
+// Rotary embedding, rotate-half convention, of the first `heads` heads of each row of qkv
+// [T, >= heads * D] (q and k heads, in place of transformers' rotate_half and addcmul) with
+// cos/sin [T, R] (R <= D rotated dims; the rest of each head is copied as it is):
+// out = round(round(x * cos) + rotated * sin), as `addcmul(x * cos, rotated, sin)` rounds.
+at::Tensor rope(const at::Tensor& qkv, int64_t heads, int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(qkv.device().is_cpu() && qkv.dim() == 2 && qkv.stride(1) == 1, "rope: qkv must be [T, N] rows on the CPU");
+  TORCH_CHECK(qkv.scalar_type() == at::kBFloat16 && cos.scalar_type() == at::kBFloat16 && sin.scalar_type() == at::kBFloat16,
+              "rope: takes bfloat16 inputs");
+  TORCH_CHECK(cos.dim() == 2 && cos.is_contiguous() && sin.is_contiguous() && cos.sizes() == sin.sizes(), "rope: cos/sin must be [T, R]");
+  const int64_t t = qkv.size(0), r = cos.size(1), half = r / 2, d = head_dim;
+  TORCH_CHECK(cos.size(0) == t && r <= d && r % 2 == 0 && qkv.size(1) >= heads * d, "rope: shapes do not agree");
+  auto out = at::empty({t, heads, d}, qkv.options());
+  const auto* x = qkv.data_ptr<c10::BFloat16>();
+  const auto* c = cos.data_ptr<c10::BFloat16>();
+  const auto* s = sin.data_ptr<c10::BFloat16>();
+  auto* y = out.data_ptr<c10::BFloat16>();
+  const int64_t stride = qkv.stride(0);
+  at::parallel_for(0, t * heads, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t row = job / heads, head = job % heads;
+      const c10::BFloat16* xh = x + row * stride + head * d;
+      const c10::BFloat16* cr = c + row * r;
+      const c10::BFloat16* sr = s + row * r;
+      c10::BFloat16* yh = y + job * d;
+      for (int64_t i = 0; i < r; ++i) {
+        const float rotated = i < half ? -static_cast<float>(xh[i + half]) : static_cast<float>(xh[i - half]);
+        const float m = static_cast<float>(static_cast<c10::BFloat16>(static_cast<float>(xh[i]) * static_cast<float>(cr[i])));
+        yh[i] = static_cast<c10::BFloat16>(m + rotated * static_cast<float>(sr[i]));
+      }
+      for (int64_t i = r; i < d; ++i) yh[i] = xh[i];
+    }
+  });
+  return out;
+}
+
+// A gated MLP's middle, gate and up computed as one product gu [M, 2I] (quantized kernels have no
+// post-ops to fuse them into): y = round(round(act(gate)) * up), as `act(gate) * up` rounds, with
+// act SiLU (x / (1 + e^-x)) or GELU's tanh approximation.
+at::Tensor act_mul(const at::Tensor& gu, bool silu) {
+  TORCH_CHECK(gu.device().is_cpu() && gu.dim() == 2 && gu.is_contiguous() && gu.size(1) % 2 == 0,
+              "act_mul: gu must be contiguous [M, 2I] rows on the CPU");
+  TORCH_CHECK(gu.scalar_type() == at::kBFloat16, "act_mul: takes bfloat16 rows");
+  const int64_t rows = gu.size(0), inner = gu.size(1) / 2;
+  auto y = at::empty({rows, inner}, gu.options());
+  const auto* x = gu.data_ptr<c10::BFloat16>();
+  auto* out = y.data_ptr<c10::BFloat16>();
+  const float beta = static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const c10::BFloat16* g = x + r * 2 * inner;
+      const c10::BFloat16* u = g + inner;
+      c10::BFloat16* o = out + r * inner;
+      for (int64_t i = 0; i < inner; ++i) {
+        const float v = static_cast<float>(g[i]);
+        const float a = silu ? v / (1.0f + std::exp(-v)) : 0.5f * v * (1.0f + std::tanh(beta * (v + kappa * v * v * v)));
+        o[i] = static_cast<c10::BFloat16>(static_cast<float>(static_cast<c10::BFloat16>(a)) * static_cast<float>(u[i]));
+      }
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(hearth, m) {
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("rope(Tensor qkv, int heads, int head_dim, Tensor cos, Tensor sin) -> Tensor");
+  m.def("act_mul(Tensor gu, bool silu) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(hearth, CPU, m) {
+  m.impl("rms_norm", &rms_norm);
+  m.impl("rope", &rope);
+  m.impl("act_mul", &act_mul);
+}

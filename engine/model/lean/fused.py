@@ -1,0 +1,97 @@
+"""Fused CPU kernels for the lean forward's small ops: RMSNorm and the rotary embedding of q and k.
+
+At one decode row each of these is a chain of small aten ops (RMSNorm ~10, the rotary embedding
+~6), and a SmolLM2 step runs 61 norms and 30 rotary embeddings: their dispatch, not their maths, is
+what they cost. `fused.cpp` does each in one op (`torch.ops.hearth.rms_norm`, `torch.ops.hearth.rope`),
+registered with torch's dispatcher, so the CPU decode traces record it as one node.
+
+The kernels are compiled once per machine with torch's own extension builder (the C++ compiler
+torch uses, `-O3 -march=native`) into `<venv>/hearth-kernels/<torch version>-<cpu>/`;
+`./scripts/serve` and `./scripts/test` build them at set-up (`engine.model.lean.fused.main`).
+Where no compiler is found or the build fails, the forward runs the aten ops as before (logged
+once). `HEARTH_FUSED=0` turns them off (to compare).
+
+They take bfloat16 activations (plain bfloat16 weights and the quantized kernels'); float32 keeps
+aten's ops, whose bits are transformers' own. They round where the aten chains round; a row's sum
+of squares is added up in another (fixed) order, so a norm's output can differ from aten's in the
+last bit of a few elements. A row's result depends on that row alone: batch invariance holds.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("hearth.engine")
+
+SOURCE = Path(__file__).with_name("fused.cpp")
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off"]
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (a `-march=native` build is only good on the CPU it was built for)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_dir() -> Path:
+    """Where the kernels are built: inside the virtual environment, per torch version and CPU."""
+    cpu = hashlib.sha256(_cpu_name().encode()).hexdigest()[:12]
+    return Path(sys.prefix) / "hearth-kernels" / f"torch-{torch.__version__}-{cpu}"
+
+
+@functools.cache
+def available() -> bool:
+    """Whether `torch.ops.hearth` is loaded: built now if it was not (~30 s once), else False, logged."""
+    if os.environ.get("HEARTH_FUSED", "1") == "0":
+        log.info("fused CPU kernels off (HEARTH_FUSED=0)")
+        return False
+    try:
+        from torch.utils.cpp_extension import load
+
+        folder = build_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        load(
+            name="hearth_fused",
+            sources=[str(SOURCE)],
+            build_directory=str(folder),
+            extra_cflags=FLAGS,
+            is_python_module=False,
+            verbose=False,
+        )
+        torch.ops.hearth.rms_norm  # noqa: B018 (raises if the library did not register)
+    except Exception as exc:  # no compiler, a failed build: the aten ops do the work
+        log.warning("fused CPU kernels unavailable, running aten's ops instead: %.300s", exc)
+        return False
+    log.info("fused CPU kernels loaded from %s in %.1f s", folder, time.perf_counter() - start)
+    return True
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the fused kernels take activations like `x` (bfloat16 on the CPU) and are loaded."""
+    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and available()
+
+
+def main() -> int:
+    """Build (or find) the kernels; exit status 0 either way (the forward falls back without them)."""
+    logging.basicConfig(level=logging.INFO, format="hearth: %(message)s")
+    print(f"hearth: fused CPU kernels {'ready' if available() else 'unavailable (aten ops instead)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""engine.model.lean.fused: the fused CPU kernels build here, round as transformers does (RMSNorm up
+to the last bit of a few elements, the rotary embedding bit for bit), a row's result does not
+depend on the rows beside it, and the lean forward runs them on bfloat16 models."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.model.lean import fused
+from engine.model.lean.forward import Norm, _rotate
+
+
+class _Module:
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+
+
+def _rows(n: int, width: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, width, generator=g) * 3).to(torch.bfloat16)
+
+
+def test_the_kernels_build_on_this_machine() -> None:
+    assert fused.available(), "torch.ops.hearth did not build: see the log (a C++ compiler is needed)"
+    assert fused.usable(torch.zeros(1, dtype=torch.bfloat16))
+    assert not fused.usable(torch.zeros(1))  # float32 keeps aten's ops
+
+
+def test_rms_norm_rounds_as_transformers_does() -> None:
+    """Llama's norm rounds twice (`weight * hidden.to(bfloat16)`), Gemma's once (in float32, `1 + w`):
+    the kernel rounds where transformers' modules do; only a row's sum of squares is added up in
+    another order, which can move an element by its last bit."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    x = _rows(37, 576)
+    for gemma, module in ((False, LlamaRMSNorm(576, eps=1e-5)), (True, Gemma3RMSNorm(576, eps=1e-5))):
+        with torch.no_grad():
+            module.weight.copy_(torch.randn(576) * 0.1)
+        module = module.to(torch.bfloat16)
+        with torch.no_grad():
+            want = module(x)
+        mine = Norm(module, 1e-5, gemma, fuse=True)(x)
+        assert mine.dtype == want.dtype == torch.bfloat16 and mine.shape == want.shape
+        ulp = (want.float().abs() * 2**-7).clamp(min=1e-30)  # a bfloat16 ulp (8 bits of mantissa)
+        assert ((mine.float() - want.float()).abs() <= ulp).all()
+        assert (mine != want).float().mean() < 0.005, gemma
+
+
+def test_a_rows_norm_does_not_depend_on_the_rows_beside_it() -> None:
+    x = _rows(64, 960, seed=1)
+    weight = torch.randn(960).to(torch.bfloat16)
+    norm = Norm(_Module(weight), 1e-6, False, fuse=True)
+    together = norm(x)
+    alone = torch.cat([norm(x[i : i + 1]) for i in range(64)])
+    assert torch.equal(together, alone)
+    strided = torch.cat([x, x], dim=1)[:, :960]  # rows of a wider tensor (a slice of q/k/v, say)
+    assert torch.equal(norm(strided), together)
+
+
+def test_rope_is_atens_bit_for_bit_with_full_and_partial_rotation() -> None:
+    t, heads, kv_heads, d = 7, 9, 3, 64
+    qkv = _rows(t, (heads + 2 * kv_heads) * d, seed=2)
+    for rotated in (d, d // 2):  # Phi-4-mini rotates part of each head
+        angles = torch.randn(t, rotated // 2)
+        cos = torch.cat([angles.cos()] * 2, dim=-1).to(torch.bfloat16)
+        sin = torch.cat([angles.sin()] * 2, dim=-1).to(torch.bfloat16)
+        qk = qkv[:, : (heads + kv_heads) * d].view(t, heads + kv_heads, d)
+        aten = _rotate(qk, cos[:, None, :], sin[:, None, :])
+        mine = torch.ops.hearth.rope(qkv, heads + kv_heads, d, cos, sin)
+        assert mine.shape == aten.shape and torch.equal(mine, aten)
+
+
+def test_act_mul_is_the_activation_times_up() -> None:
+    """A quantized model's gated MLP: gate and up as one product's halves, SiLU or GELU (tanh)."""
+    import torch.nn.functional as F
+
+    gu = _rows(33, 2 * 1536, seed=3)
+    gate, up = gu[:, :1536], gu[:, 1536:]
+    for silu in (True, False):
+        want = (F.silu(gate) if silu else F.gelu(gate, approximate="tanh")) * up
+        mine = torch.ops.hearth.act_mul(gu, silu)
+        assert mine.shape == want.shape
+        # exp/tanh's last bits move the activation's rounding now and then: two roundings, two ulps
+        # (or a hair off zero, where GELU's tanh rounds to -1 in one and not quite in the other)
+        two_ulps = (want.float().abs() * 2**-6).clamp(min=1e-5)
+        assert ((mine.float() - want.float()).abs() <= two_ulps).all()
+        assert (mine != want).float().mean() < 0.01
