@@ -118,9 +118,12 @@ def test_concurrent_first_requests_load_gemma_once_and_it_knows_paris(
 
 
 def test_both_models_chat_side_by_side(oai: openai.OpenAI) -> None:
-    question = [{"role": "user", "content": "What is the capital of France?"}]
-    smol = oai.chat.completions.create(model=SMOL, messages=question, temperature=0, max_tokens=20)  # type: ignore[arg-type]
+    # a question whose answer leads by >= 0.5 logits at every precision ("What is the capital of
+    # France?" leads by 0.08 in float32 and flips with any change of kernel: see the README)
+    ask = [{"role": "user", "content": "Name the capital city of France."}]
+    smol = oai.chat.completions.create(model=SMOL, messages=ask, temperature=0, max_tokens=20)  # type: ignore[arg-type]
     assert "Paris" in (smol.choices[0].message.content or "")
+    question = [{"role": "user", "content": "What is the capital of France?"}]
     gemma = oai.chat.completions.create(model=GEMMA, messages=question, temperature=0, max_tokens=40)  # type: ignore[arg-type]
     assert gemma.model == GEMMA
     # The prompt went through templates/gemma3.jinja: <bos>, then the turn markers and the question.

@@ -55,7 +55,7 @@ def load_native(
 
     complete = (meta_dir / WEIGHTS).is_file()
     gguf = meta_dir / "unused.gguf" if complete else gguf_file()
-    with _one_parse():
+    with one_parse():
         _meta_cache(gguf, meta_dir)
         config = AutoConfig.from_pretrained(meta_dir, local_files_only=True)
         if attn_implementation is not None:
@@ -103,7 +103,7 @@ def _aligned(tensor: Any) -> Any:
 
 
 @contextmanager
-def _one_parse() -> Iterator[None]:
+def one_parse() -> Iterator[None]:
     """One parse of a GGUF file for the config, the tokenizer and the weights: transformers' readers of
     the first two and ours of the third each make a `gguf.GGUFReader`, which parses every metadata
     field (Gemma 3's 262k-token vocabulary: ~10 s a parse on one core, 48 of a first load's 50 s).

@@ -22,7 +22,7 @@ from engine.catalog.config import ModelConfig
 from engine.catalog.disk import cache_errors
 from engine.catalog.models_file import PACKAGE_PREFIX, resolve_source
 from engine.model.gguf_native import FORMAT as GGUF_FORMAT
-from engine.model.gguf_native import load_native, resolve_quantization
+from engine.model.gguf_native import load_native, one_parse, resolve_quantization
 from engine.model.quantize import check as quantize_check
 from engine.model.quantize import quantize
 from engine.model.threads import one_thread
@@ -285,16 +285,17 @@ def _convert_gguf(source: Path, gguf_file: str, out: Path) -> None:
     The GGUF model's greedy continuation of a short probe is recorded in `PROBE_FILE`, so the
     cache can be checked against the GGUF load without dequantizing it again.
     """
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        source, gguf_file=gguf_file, dtype=torch.float32, local_files_only=True
-    )
+    with one_parse():  # the model's and the tokenizer's loads share one parse of the file
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=gguf_file, dtype=torch.float32, local_files_only=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, local_files_only=True)
     config = gguf_model.config.to_dict()
     config.pop("quantization_config", None)
     model = AutoModelForCausalLM.from_config(type(gguf_model.config).from_dict(config), dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     model.save_pretrained(out)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, local_files_only=True)
     tokenizer.save_pretrained(out)
     probe = tokenizer(_PROBE_TEXT)["input_ids"]
     continuation = greedy(gguf_model, probe, _PROBE_TOKENS)
