@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -107,23 +108,29 @@ def one_parse() -> Iterator[None]:
     """One parse of a GGUF file for the config, the tokenizer and the weights: transformers' readers of
     the first two and ours of the third each make a `gguf.GGUFReader`, which parses every metadata
     field (Gemma 3's 262k-token vocabulary: ~10 s a parse on one core, 48 of a first load's 50 s).
-    Inside this block they share one reader per file; gguf-py's reader is only read."""
+    Inside this block they share one reader per file; gguf-py's reader is only read. One block at a
+    time in a process (two models loading at once take turns), so that the module's own reader is
+    always what is put back."""
     import gguf
 
-    original = gguf.GGUFReader
-    readers: dict[tuple[str, str], Any] = {}
+    with _PARSE_LOCK:
+        original = gguf.GGUFReader
+        readers: dict[tuple[str, str], Any] = {}
 
-    def shared(path: Any, mode: str = "r") -> Any:
-        key = (str(Path(path).resolve()), mode)
-        if key not in readers:
-            readers[key] = original(path, mode)  # type: ignore[arg-type]
-        return readers[key]
+        def shared(path: Any, mode: str = "r") -> Any:
+            key = (str(Path(path).resolve()), mode)
+            if key not in readers:
+                readers[key] = original(path, mode)  # type: ignore[arg-type]
+            return readers[key]
 
-    gguf.GGUFReader = shared  # type: ignore[misc,assignment]
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = original  # type: ignore[misc]
+        gguf.GGUFReader = shared  # type: ignore[misc,assignment]
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = original  # type: ignore[misc]
+
+
+_PARSE_LOCK = threading.RLock()
 
 
 def _meta_cache(gguf: Path, final: Path) -> None:
