@@ -61,7 +61,7 @@ sys.exit(f"hearth: not installed: {missing}" if missing else 0)'
 fi
 
 # The lean forward's fused CPU kernels (engine/model/lean/fused.cpp), compiled once per source and
-# torch (~30 s); without a compiler the forward runs aten's ops instead, and says so.
+# torch (~10 s); without a compiler the forward runs aten's ops instead, and says so.
 hearth_kernels_want="$({ cat engine/model/lean/fused.cpp; printf '%s\n' "$hearth_want"; } | sha256sum | cut -d' ' -f1)"
 hearth_kernels_stamp="$hearth_venv/.hearth-kernels-stamp"
 if [[ "$hearth_kernels_want" != "$(cat "$hearth_kernels_stamp" 2>/dev/null || true)" ]]; then

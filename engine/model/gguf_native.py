@@ -17,7 +17,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ def load_native(
 
     complete = (meta_dir / WEIGHTS).is_file()
     gguf = meta_dir / "unused.gguf" if complete else gguf_file()
-    with one_parse():
+    with nullcontext() if complete else one_parse():  # a complete cache parses nothing
         _meta_cache(gguf, meta_dir)
         config = AutoConfig.from_pretrained(meta_dir, local_files_only=True)
         if attn_implementation is not None:

@@ -123,7 +123,7 @@ class LeanLlama:
         param = next(model.parameters())
         packing = packing_available(param.device, param.dtype)
         # the fused kernels take bfloat16 activations (plain bfloat16 weights, the quantized kernels')
-        self.fused = param.device.type == "cpu" and param.dtype == torch.bfloat16 and fused.available()
+        self.fused = fused.usable(param)
         self.norm = Norm(inner.norm, eps, family.gemma_norm, self.fused)
 
         def proj(*linears: Any) -> Proj:
