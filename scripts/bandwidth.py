@@ -58,6 +58,8 @@ PRODUCTS = {
     "mkldnn::_linear_pointwise.binary",
     "aten::_weight_int4pack_mm_for_cpu",
     "aten::_weight_int8pack_mm",
+    "hearth::int4_linear",
+    "hearth::int8_linear",
     "aten::mm",
     "aten::addmm",
 }
@@ -147,7 +149,7 @@ def breakdown(stream: Stream, steps: int) -> tuple[float, float, int]:
             products += self_s
         elif event.key in ATTENTION:
             attention += self_s
-        if event.key.startswith(("aten::", "mkldnn::")) and event.self_cpu_time_total > 0:
+        if event.key.startswith(("aten::", "mkldnn::", "hearth::")) and event.self_cpu_time_total > 0:
             ops += event.count
     return products / steps, attention / steps, ops // steps
 

@@ -248,6 +248,7 @@ def test_forced_tool_use_matches_its_schema(claude: anthropic.Anthropic, choice:
             "type": "object",
             "properties": {"timezone": {"type": "string", "enum": ["UTC", "CET"]}},
             "required": ["timezone"],
+            "additionalProperties": False,  # else a 135M model may add properties past max_tokens
         },
     }
     kwargs: dict[str, Any] = {

@@ -32,8 +32,10 @@ import torch
 
 log = logging.getLogger("hearth.engine")
 
-SOURCE = Path(__file__).with_name("fused.cpp")
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off"]
+SOURCES = [Path(__file__).with_name("fused.cpp"), Path(__file__).with_name("quant.cpp")]
+# -fopenmp: at::parallel_for splits work only when built with OpenMP; the library links the libgomp
+# torch already loaded (same soname), so its threads are torch's own
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]
 
 
 def _cpu_name() -> str:
@@ -67,9 +69,10 @@ def available() -> bool:
         start = time.perf_counter()
         load(
             name="hearth_fused",
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             build_directory=str(folder),
             extra_cflags=FLAGS,
+            extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
         )
@@ -79,6 +82,12 @@ def available() -> bool:
         return False
     log.info("fused CPU kernels loaded from %s in %.1f s", folder, time.perf_counter() - start)
     return True
+
+
+@functools.cache
+def vnni() -> bool:
+    """Whether the quantized products of `quant.cpp` (AVX-512 VNNI) are built and loaded."""
+    return available() and bool(torch.ops.hearth.vnni())
 
 
 def usable(x: torch.Tensor) -> bool:
