@@ -62,7 +62,7 @@ fi
 
 # The lean forward's fused CPU kernels (engine/model/lean/fused.cpp), compiled once per source and
 # torch (~10 s); without a compiler the forward runs aten's ops instead, and says so.
-hearth_kernels_want="$({ cat engine/model/lean/fused.cpp engine/model/lean/quant.cpp; printf '%s\n' "$hearth_want"; } | sha256sum | cut -d' ' -f1)"
+hearth_kernels_want="$({ cat engine/model/lean/fused.cpp engine/model/lean/quant.cpp engine/model/lean/dense.cpp; printf '%s\n' "$hearth_want"; } | sha256sum | cut -d' ' -f1)"
 hearth_kernels_stamp="$hearth_venv/.hearth-kernels-stamp"
 if [[ "$hearth_kernels_want" != "$(cat "$hearth_kernels_stamp" 2>/dev/null || true)" ]]; then
     echo "hearth: building the fused CPU kernels" >&2

@@ -8,6 +8,9 @@ context. `llama-perplexity -m FILE -f TEXT -c CTX` on the same GGUF file is then
 figure (it needs 2 x ctx tokens: 512 for tests/data/perplexity.txt, ~1,100 tokens).
 
     scripts/perplexity.py --model smollm2 --ctx 512 [--quantization none --dtype float32]
+
+transformers' forward runs the model, with the products the server runs (`served_products`):
+Hearth's own int4 and bfloat16 kernels where the CPU takes them (int8 linears take theirs as they are).
 """
 
 from __future__ import annotations
@@ -24,7 +27,31 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import load_catalog  # noqa: E402
+from engine.model.lean.projections import Bf16, bf16_kernel  # noqa: E402
 from engine.model.loader import load_model  # noqa: E402
+from engine.model.packed_linear import Int4Linear  # noqa: E402
+
+
+class _Served(torch.nn.Module):
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.proj = Bf16([linear])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).reshape(*x.shape[:-1], -1)
+
+
+def served_products(model: torch.nn.Module) -> int:
+    """Give `model`'s linears the kernels the lean forward serves them with; returns how many moved."""
+    moved = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Int4Linear):
+            moved += module.repack()
+        elif bf16_kernel([module]):
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, _Served(module))
+            moved += 1
+    return moved
 
 
 def main() -> int:
@@ -42,6 +69,7 @@ def main() -> int:
         p.error(f"model {args.model!r} is not in the catalog")
     changes = {k: v for k, v in (("quantization", args.quantization), ("dtype", args.dtype)) if v}
     loaded = load_model(dataclasses.replace(cfg, **changes), catalog.cache_dir)
+    print(f"{served_products(loaded.model)} linears on Hearth's kernels", flush=True)
     tok = loaded.tokenizer
     ids = tok(args.text.read_text(encoding="utf-8"))["input_ids"]  # with BOS where the model adds one
     bos = tok.bos_token_id if tok("a")["input_ids"][0] == tok.bos_token_id else None

@@ -144,19 +144,18 @@ class Int4Linear(nn.Module):
         return q if torch.equal(again, self.qdata) else None
 
     def repack(self) -> bool:
-        """Move the weights to the layout of the VNNI kernel (engine/model/lean/quant.cpp; w = q s + m
-        per group), dropping torch's; False (nothing changed) where that kernel cannot take them."""
+        """Move the codes to the layout of the VNNI kernel (engine/model/lean/quant.cpp; the scales and
+        zeros as they are, [N, K / 32]), dropping torch's; False (nothing changed) where that kernel
+        cannot take them."""
         if self.bias is not None or self.group != 32 or self.in_features % 64 or not _vnni():
             return False
         q = self.codes()
         if q is None:
             return False
-        sz = self.scale_and_zero.float()  # [G, N, 2], w = (q - 8) s + z
-        scales = sz[..., 0].t().contiguous()
-        mins = (sz[..., 1] - 8 * sz[..., 0]).t().contiguous()
+        sz = self.scale_and_zero  # [G, N, 2] bfloat16, w = (q - 8) s + z: kept as they are
         self.register_buffer("vnni_qdata", torch.ops.hearth.pack_int4(q))
-        self.register_buffer("vnni_scales", scales.bfloat16())
-        self.register_buffer("vnni_mins", mins.bfloat16())
+        self.register_buffer("vnni_scales", sz[..., 0].t().contiguous())
+        self.register_buffer("vnni_zeros", sz[..., 1].t().contiguous())
         self.qdata = self.scale_and_zero = torch.empty(0)
         self.vnni = True
         return True
@@ -172,7 +171,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = _rows(x, self.in_features)
         if self.vnni:
-            weights = self.vnni_qdata, self.vnni_scales, self.vnni_mins
+            weights = self.vnni_qdata, self.vnni_scales, self.vnni_zeros
             out = torch.ops.hearth.int4_linear(rows.to(torch.bfloat16), *weights)
             return _finish(out.to(x.dtype), x, self.bias)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.qdata, self.group, self.scale_and_zero)

@@ -19,7 +19,16 @@ from engine.model.attention import ROW_MULTIPLE, StepMeta, slot_attention
 from engine.model.lean import fused
 from engine.model.lean.families import activation, family_of
 from engine.model.lean.moe import MoE
-from engine.model.lean.projections import Linear, Packed, Proj, projection, split, trace_weights
+from engine.model.lean.projections import (
+    Bf16,
+    Linear,
+    Packed,
+    Proj,
+    bf16_kernel,
+    projection,
+    split,
+    trace_weights,
+)
 from engine.model.packed_linear import QUANTIZED_LINEARS, packing_available
 
 
@@ -63,8 +72,9 @@ class Dense:
 
 @dataclass(frozen=True)
 class FusedDense:
-    """A gated MLP of quantized weights, which have no post-ops to carry the activation and the
-    product: gate and up as one product, then one fused op (engine.model.lean.fused)."""
+    """A gated MLP of quantized weights or on Hearth's bfloat16 kernel, which have no post-ops to
+    carry the activation and the product: gate and up as one product, then one fused op
+    (engine.model.lean.fused)."""
 
     gate_up: Proj
     down: Proj
@@ -219,9 +229,10 @@ class LeanLlama:
     @property
     def row_multiple(self) -> int:
         """Rows a step must be padded to a multiple of for batch invariance: 1 where every product
-        is a quantized kernel (rows independent from one row up), else `ROW_MULTIPLE`."""
-        quantized = all(isinstance(p.module, QUANTIZED_LINEARS) for p in self._projections)
-        return 1 if quantized else ROW_MULTIPLE
+        is a quantized kernel or Hearth's bfloat16 one (rows independent from one row up), else
+        `ROW_MULTIPLE`."""
+        apart = all(isinstance(p, Bf16) or isinstance(p.module, QUANTIZED_LINEARS) for p in self._projections)
+        return 1 if apart else ROW_MULTIPLE
 
     @property
     def capturable(self) -> bool:
@@ -289,8 +300,10 @@ class LeanLlama:
 
 
 def _one_kernel(gate: Any, up: Any) -> bool:
-    """Whether a gated MLP's gate and up are quantized linears of one kind (and group) that
-    concatenate into one product."""
+    """Whether a gated MLP's gate and up are quantized linears of one kind (and group), or bfloat16
+    linears for Hearth's kernel, that concatenate into one product without post-ops."""
+    if bf16_kernel([gate, up]):
+        return True
     return (
         type(gate) in QUANTIZED_LINEARS
         and type(gate) is type(up)

@@ -32,7 +32,7 @@ import torch
 
 log = logging.getLogger("hearth.engine")
 
-SOURCES = [Path(__file__).with_name("fused.cpp"), Path(__file__).with_name("quant.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("fused.cpp", "quant.cpp", "dense.cpp")]
 # -fopenmp: at::parallel_for splits work only when built with OpenMP; the library links the libgomp
 # torch already loaded (same soname), so its threads are torch's own
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]

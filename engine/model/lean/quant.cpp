@@ -6,11 +6,13 @@
 // at one decode row the widening, not the memory, was what bounded torch's int4 and int8 kernels
 // (~15 GB/s of this machine's ~27).
 //
-// int4: w = q * s + m per group of 32 weights (q in 0..15; s, m bfloat16), stored as
+// int4: w = (q - 8) * s + z per group of 32 weights (q in 0..15; s, z bfloat16: torch's int4
+//   convention, the values as they are), stored as
 //   qdata [N, K / 2] uint8, 64 weights a 32-byte chunk: byte j holds weight j (low nibble) and
 //   weight j + 32 (high nibble), so one load, a mask and a shift give 64 weights in order;
-//   scales, mins [N, K / 32] bfloat16.
-//   y = sum_g s_g d_g <q_g, xq_g> + sum_g m_g sum(x_g).
+//   scales, zeros [N, K / 32] bfloat16.
+//   y = sum_g s_g d_g (<q_g, xq_g> - 8 sum(xq_g)) + sum_g z_g d_g sum(xq_g), the bracket an exact
+//   integer: the two terms see the same quantized x, so its rounding does not stop them cancelling.
 // int8: w = q * s_row (q int8, one scale a row: the refit of other GGUF types, the lm_head),
 //   y = s_row * (sum_g d_g <q_g + 128, xq_g> - 128 sum_g d_g sum(xq_g)); the + 128 makes the weight
 //   the unsigned operand of vpdpbusd.
@@ -54,10 +56,12 @@ inline __m512 bf16x16_masked(const c10::BFloat16* p, __mmask16 mask) {
 
 // Activations [M, K] quantized per block of 32: xq int8 [M, K]; dexp [M, K / 64, 16] floats, the
 // scales of a 64-byte chunk's two blocks spread over the lanes vpdpbusd sums them into (0-7, 8-15);
-// xsum [M, K / 32] (sum of x per block, for the int4 mins) and xqd [M] (sum_g d_g sum(xq_g)).
+// xsum [M, K / 32] (d * sum(xq) per block, for the int4 zeros), xq8 [M, K / 32] (8 sum(xq), int4)
+// and xqd [M] (the sum of xsum over blocks, int8).
 struct QuantRows {
   std::vector<int8_t> xq;
   std::vector<float> dexp, xsum, xqd, dg;  // dg [M, K / 32]: the block scales in order (int4)
+  std::vector<int32_t> xq8;
 };
 
 QuantRows quantize_rows(const c10::BFloat16* x, int64_t rows, int64_t k, int64_t stride, bool spans) {
@@ -67,7 +71,7 @@ QuantRows quantize_rows(const c10::BFloat16* x, int64_t rows, int64_t k, int64_t
   q.dexp.resize(rows * chunks * 16);
   q.xsum.resize(rows * groups);
   q.xqd.resize(rows);
-  if (spans) q.dg.resize(rows * groups);
+  if (spans) q.dg.resize(rows * groups), q.xq8.resize(rows * groups);
   at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const c10::BFloat16* xr = x + r * stride;
@@ -91,8 +95,14 @@ QuantRows quantize_rows(const c10::BFloat16* x, int64_t rows, int64_t k, int64_t
         } else {
           std::memcpy(out + g * kGroup, block, kGroup);
         }
-        q.xsum[r * groups + g] = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
-        xqd += d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
+        // the block's sum as quantized (d * sum(q), llama.cpp's Q8_1 `s`), not as it was: an int4
+        // product's two terms nearly cancel, and cancel the activations' rounding only if both see
+        // the same x (the exact sum cost SmolLM2 +2 % perplexity)
+        const int32_t isum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+        const float qsum = d * static_cast<float>(isum);
+        q.xsum[r * groups + g] = qsum;
+        if (spans) q.xq8[r * groups + g] = 8 * isum;
+        xqd += qsum;
         float* lanes = q.dexp.data() + (r * chunks + g / 2) * 16 + (g % 2) * 8;
         for (int l = 0; l < 8; ++l) lanes[l] = d;
       }
@@ -137,7 +147,7 @@ inline void micro8(const QuantRows& q, int64_t r, int64_t k, const uint8_t* w, i
 // group, and a span costs one conversion and one scaling, not one a 64-weight chunk.
 template <int64_t R>
 inline void micro4(const QuantRows& q, int64_t r, int64_t k, const uint8_t* w, const c10::BFloat16* scales,
-                   const c10::BFloat16* mins, int64_t rowstride, float* out) {
+                   const c10::BFloat16* zeros, int64_t rowstride, float* out) {
   const int64_t groups = k / kGroup;
   const int8_t* xr = q.xq.data() + r * k;
   const float* dr = q.dg.data() + r * groups;
@@ -154,6 +164,7 @@ inline void micro4(const QuantRows& q, int64_t r, int64_t k, const uint8_t* w, c
     for (int c = 0; c < 8; ++c) xv[c] = _mm512_maskz_loadu_epi8(bytes, xspan + c * 4 * width);
     const __m512 d = _mm512_maskz_loadu_ps(lanes, dr + g0);
     const __m512 sums = _mm512_maskz_loadu_ps(lanes, xs + g0);
+    const __m512i q8 = _mm512_maskz_loadu_epi32(lanes, q.xq8.data() + r * groups + g0);
     for (int64_t i = 0; i < R; ++i) {
       const uint8_t* wspan = w + i * rowstride + g0 * (kGroup / 2);
       __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
@@ -163,9 +174,10 @@ inline void micro4(const QuantRows& q, int64_t r, int64_t k, const uint8_t* w, c
         b = _mm512_dpbusd_epi32(b, _mm512_and_si512(_mm512_srli_epi16(v, 4), low), xv[c + 4]);
       }
       const __m512 s = bf16x16_masked(scales + i * (rowstride * 2 / kGroup) + g0, lanes);
-      const __m512 m = bf16x16_masked(mins + i * (rowstride * 2 / kGroup) + g0, lanes);
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, b)), _mm512_mul_ps(s, d), acc[i]);
-      acc[i] = _mm512_fmadd_ps(m, sums, acc[i]);
+      const __m512 z = bf16x16_masked(zeros + i * (rowstride * 2 / kGroup) + g0, lanes);
+      const __m512i dot = _mm512_sub_epi32(_mm512_add_epi32(a, b), q8);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s, d), acc[i]);
+      acc[i] = _mm512_fmadd_ps(z, sums, acc[i]);
     }
   }
   for (int64_t i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
@@ -176,7 +188,7 @@ inline void micro4(const QuantRows& q, int64_t r, int64_t k, const uint8_t* w, c
 // row's bits are the same as there.
 template <int64_t R>
 inline void micro4_rows(const QuantRows& q, int64_t r0, int64_t k, const uint8_t* w, const c10::BFloat16* scales,
-                        const c10::BFloat16* mins, float* out) {
+                        const c10::BFloat16* zeros, float* out) {
   const int64_t groups = k / kGroup;
   const __m512i low = _mm512_set1_epi8(0x0F);
   __m512 acc[R];
@@ -193,7 +205,7 @@ inline void micro4_rows(const QuantRows& q, int64_t r0, int64_t k, const uint8_t
       wv[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
     }
     const __m512 s = bf16x16_masked(scales + g0, lanes);
-    const __m512 m = bf16x16_masked(mins + g0, lanes);
+    const __m512 z = bf16x16_masked(zeros + g0, lanes);
     for (int64_t i = 0; i < R; ++i) {
       const int8_t* xspan = q.xq.data() + (r0 + i) * k + g0 * kGroup;
       __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
@@ -203,15 +215,17 @@ inline void micro4_rows(const QuantRows& q, int64_t r0, int64_t k, const uint8_t
       }
       const __m512 d = _mm512_maskz_loadu_ps(lanes, q.dg.data() + (r0 + i) * groups + g0);
       const __m512 sums = _mm512_maskz_loadu_ps(lanes, q.xsum.data() + (r0 + i) * groups + g0);
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, b)), _mm512_mul_ps(s, d), acc[i]);
-      acc[i] = _mm512_fmadd_ps(m, sums, acc[i]);
+      const __m512i q8 = _mm512_maskz_loadu_epi32(lanes, q.xq8.data() + (r0 + i) * groups + g0);
+      const __m512i dot = _mm512_sub_epi32(_mm512_add_epi32(a, b), q8);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s, d), acc[i]);
+      acc[i] = _mm512_fmadd_ps(z, sums, acc[i]);
     }
   }
   for (int64_t i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
 void int4_rows(const QuantRows& q, int64_t rows, int64_t k, const uint8_t* qdata, const c10::BFloat16* scales,
-               const c10::BFloat16* mins, int64_t n, c10::BFloat16* y) {
+               const c10::BFloat16* zeros, int64_t n, c10::BFloat16* y) {
   const int64_t groups = k / kGroup, rowstride = k / 2;
   at::parallel_for(0, (n + kRows - 1) / kRows, 4, [&](int64_t begin, int64_t end) {
     float out[kRows];
@@ -224,7 +238,7 @@ void int4_rows(const QuantRows& q, int64_t rows, int64_t k, const uint8_t* qdata
       if (rows > 1) {  // several rows of x: each weight row's spans unpacked once for kRows of them
         for (int64_t i = 0; i < nr; ++i) {
           const c10::BFloat16* si = scales + (j0 + i) * groups;
-          const c10::BFloat16* mi = mins + (j0 + i) * groups;
+          const c10::BFloat16* mi = zeros + (j0 + i) * groups;
           for (int64_t r = 0; r < rows; r += kRows) {
             const int64_t mr = std::min(kRows, rows - r);
             const uint8_t* wi = w + i * rowstride;
@@ -241,10 +255,10 @@ void int4_rows(const QuantRows& q, int64_t rows, int64_t k, const uint8_t* qdata
       }
       for (int64_t r = 0; r < rows; ++r) {
         if (nr == kRows) {
-          micro4<kRows>(q, r, k, w, scales + j0 * groups, mins + j0 * groups, rowstride, out);
+          micro4<kRows>(q, r, k, w, scales + j0 * groups, zeros + j0 * groups, rowstride, out);
         } else {
           for (int64_t i = 0; i < nr; ++i) {
-            micro4<1>(q, r, k, w + i * rowstride, scales + (j0 + i) * groups, mins + (j0 + i) * groups, rowstride, out + i);
+            micro4<1>(q, r, k, w + i * rowstride, scales + (j0 + i) * groups, zeros + (j0 + i) * groups, rowstride, out + i);
           }
         }
         for (int64_t i = 0; i < nr; ++i) y[r * n + j0 + i] = static_cast<c10::BFloat16>(out[i]);
@@ -323,18 +337,18 @@ at::Tensor pack_int4(const at::Tensor& q) {
   return out;
 }
 
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scales, const at::Tensor& mins) {
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scales, const at::Tensor& zeros) {
   TORCH_CHECK(vnni(), "int4_linear: built without AVX-512 VNNI");
   const int64_t n = qdata.size(0), k = qdata.size(1) * 2;
   check_x(x, k, "int4_linear");
   TORCH_CHECK(qdata.is_contiguous() && qdata.scalar_type() == at::kByte, "int4_linear: qdata must be uint8 [N, K / 2]");
-  TORCH_CHECK(scales.is_contiguous() && mins.is_contiguous() && scales.scalar_type() == at::kBFloat16 &&
-                  mins.scalar_type() == at::kBFloat16 && scales.numel() == n * (k / kGroup) && mins.numel() == n * (k / kGroup),
-              "int4_linear: scales and mins must be bfloat16 [N, K / 32]");
+  TORCH_CHECK(scales.is_contiguous() && zeros.is_contiguous() && scales.scalar_type() == at::kBFloat16 &&
+                  zeros.scalar_type() == at::kBFloat16 && scales.numel() == n * (k / kGroup) && zeros.numel() == n * (k / kGroup),
+              "int4_linear: scales and zeros must be bfloat16 [N, K / 32]");
   auto y = at::empty({x.size(0), n}, x.options());
 #ifdef HEARTH_VNNI
   const auto q = quantize_rows(x.data_ptr<c10::BFloat16>(), x.size(0), k, x.stride(0), true);
-  int4_rows(q, x.size(0), k, qdata.data_ptr<uint8_t>(), scales.data_ptr<c10::BFloat16>(), mins.data_ptr<c10::BFloat16>(),
+  int4_rows(q, x.size(0), k, qdata.data_ptr<uint8_t>(), scales.data_ptr<c10::BFloat16>(), zeros.data_ptr<c10::BFloat16>(),
             n, y.data_ptr<c10::BFloat16>());
 #endif
   return y;
@@ -364,7 +378,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qdata, const at::T
 TORCH_LIBRARY_FRAGMENT(hearth, m) {
   m.def("vnni() -> bool", &vnni);
   m.def("pack_int4(Tensor q) -> Tensor");
-  m.def("int4_linear(Tensor x, Tensor qdata, Tensor scales, Tensor mins) -> Tensor");
+  m.def("int4_linear(Tensor x, Tensor qdata, Tensor scales, Tensor zeros) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor qdata, Tensor scale) -> Tensor");
 }
 
