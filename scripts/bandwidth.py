@@ -58,7 +58,6 @@ PRODUCTS = {
     "mkldnn::_linear_pointwise.binary",
     "aten::_weight_int4pack_mm_for_cpu",
     "aten::_weight_int8pack_mm",
-    "hearth::int4_linear",
     "hearth::int8_linear",
     "hearth::bf16_linear",
     "aten::mm",

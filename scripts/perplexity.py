@@ -10,7 +10,7 @@ figure (it needs 2 x ctx tokens: 512 for tests/data/perplexity.txt, ~1,100 token
     scripts/perplexity.py --model smollm2 --ctx 512 [--quantization none --dtype float32]
 
 transformers' forward runs the model, with the products the server runs (`served_products`):
-Hearth's own int4 and bfloat16 kernels where the CPU takes them (int8 linears take theirs as they are).
+Hearth's own bfloat16 kernel where the CPU takes it (int8 linears take theirs as they are).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 from engine import load_catalog  # noqa: E402
 from engine.model.lean.projections import Bf16, bf16_kernel  # noqa: E402
 from engine.model.loader import load_model  # noqa: E402
-from engine.model.packed_linear import Int4Linear  # noqa: E402
 
 
 class _Served(torch.nn.Module):
@@ -45,9 +44,7 @@ def served_products(model: torch.nn.Module) -> int:
     """Give `model`'s linears the kernels the lean forward serves them with; returns how many moved."""
     moved = 0
     for name, module in list(model.named_modules()):
-        if isinstance(module, Int4Linear):
-            moved += module.repack()
-        elif bf16_kernel([module]):
+        if bf16_kernel([module]):
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, attr, _Served(module))
             moved += 1

@@ -11,9 +11,9 @@ Only plain linears are packed; quantized ones (see `engine.model.quantize`) keep
 `Int8Linear` and `Int4Linear` are the weight-only products on CPU (`aten._weight_int8pack_mm`,
 `aten._weight_int4pack_mm_for_cpu`), called directly. Their rows are independent of the row
 count from one row up (measured), so quantized models decode without padding rows. Where the
-lean forward's kernels are built for an AVX-512 VNNI CPU (engine/model/lean/quant.cpp), both run
-there instead, with the activations quantized to int8 per 32 as llama.cpp does: at one row the
-kernels read the weights ~1.3-2x faster than torch's (`Int4Linear.repack` lays int4 codes out for it).
+lean forward's kernels are built for an AVX-512 VNNI CPU, `Int8Linear` runs Hearth's own product
+instead (engine/model/lean/quant.cpp: the activations quantized to int8 per 32, as llama.cpp's Q8;
+~1.6x torch's at one row, 1.6-2.5x at 8-32).
 """
 
 from __future__ import annotations
@@ -129,36 +129,6 @@ class Int4Linear(nn.Module):
         self.register_buffer("qdata", qdata.detach().contiguous())
         self.register_buffer("scale_and_zero", scale_and_zero.detach().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.vnni = False  # see `repack`
-
-    def codes(self) -> torch.Tensor | None:
-        """The 4-bit codes q [N, K] (uint8), read back from torch's CPU layout (blocks of 64 rows,
-        each [K, 32] bytes: row i in the low nibbles, row 32 + i in the high ones), checked by
-        packing them again; None where the layout is not that one."""
-        n, k = self.out_features, self.in_features
-        if n % 64 or self.qdata.dtype != torch.uint8:
-            return None
-        blocks = self.qdata.reshape(n // 64, k, 32)
-        q = torch.cat([blocks & 0x0F, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k).contiguous()
-        again = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
-        return q if torch.equal(again, self.qdata) else None
-
-    def repack(self) -> bool:
-        """Move the codes to the layout of the VNNI kernel (engine/model/lean/quant.cpp; the scales and
-        zeros as they are, [N, K / 32]), dropping torch's; False (nothing changed) where that kernel
-        cannot take them."""
-        if self.bias is not None or self.group != 32 or self.in_features % 64 or not _vnni():
-            return False
-        q = self.codes()
-        if q is None:
-            return False
-        sz = self.scale_and_zero  # [G, N, 2] bfloat16, w = (q - 8) s + z: kept as they are
-        self.register_buffer("vnni_qdata", torch.ops.hearth.pack_int4(q))
-        self.register_buffer("vnni_scales", sz[..., 0].t().contiguous())
-        self.register_buffer("vnni_zeros", sz[..., 1].t().contiguous())
-        self.qdata = self.scale_and_zero = torch.empty(0)
-        self.vnni = True
-        return True
 
     @classmethod
     def concat(cls, linears: list[Int4Linear]) -> Int4Linear:
@@ -170,10 +140,6 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = _rows(x, self.in_features)
-        if self.vnni:
-            weights = self.vnni_qdata, self.vnni_scales, self.vnni_zeros
-            out = torch.ops.hearth.int4_linear(rows.to(torch.bfloat16), *weights)
-            return _finish(out.to(x.dtype), x, self.bias)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.qdata, self.group, self.scale_and_zero)
         return _finish(out, x, self.bias)
 

@@ -179,10 +179,7 @@ def projection(linears: list[Any], batch_hint: int, packing: bool) -> Proj:
         return Packed(linears, batch_hint) if packing else Linear(linears)
     for kind in QUANTIZED_LINEARS:
         if all(type(m) is kind for m in linears):
-            module = linears[0] if len(linears) == 1 else kind.concat(linears)
-            if isinstance(module, Int4Linear):
-                module.repack()  # the VNNI kernel's layout, where it is built
-            return Proj(module)
+            return Proj(linears[0] if len(linears) == 1 else kind.concat(linears))
     return Proj(linears[0]) if len(linears) == 1 else _Concat(linears)
 
 
