@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the lean forward's small ops: RMSNorm and the rotary embedding of q and k.
+"""Hearth's CPU kernels: the lean forward's small ops fused (RMSNorm, rotary embedding), its products.
 
 At one decode row each of these is a chain of small aten ops (RMSNorm ~10, the rotary embedding
 ~6), and a SmolLM2 step runs 61 norms and 30 rotary embeddings: their dispatch, not their maths, is
@@ -10,6 +10,10 @@ torch uses, `-O3 -march=native`) into `<venv>/hearth-kernels/<torch version>-<cp
 `./scripts/serve` and `./scripts/test` build them at set-up (`engine.model.lean.fused.main`).
 Where no compiler is found or the build fails, the forward runs the aten ops as before (logged
 once). `HEARTH_FUSED=0` turns them off (to compare).
+
+The same library holds Hearth's own products: `quant.cpp` (int8 weights on AVX-512 VNNI,
+`Int8Linear`) and `dense.cpp` (bfloat16 weights on AVX512-BF16, the lean forward's `Bf16`); each
+says whether it was built for this CPU (`vnni()`, `torch.ops.hearth.bf16_dot()`).
 
 They take bfloat16 activations (plain bfloat16 weights and the quantized kernels'); float32 keeps
 aten's ops, whose bits are transformers' own. They round where the aten chains round; a row's sum
