@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine import Engine
 from engine.catalog.config import ModelConfig
 from engine.model.cpu_traces import CpuTraces
 from engine.model.decode_graphs import batch_buckets, kv_buckets
-from engine.model.lean.projections import bf16_kernel
+from engine.model.lean import fused
 from engine.model.loader import load_model
 from tests.greedy import describe_divergence, engine_generate, prompts, running_engine
 
@@ -87,7 +86,7 @@ def test_plain_weights_trace_too_and_give_the_eager_tokens(smollm2_dir: Path, dt
     """Plain models trace their small decode steps, and their tokens are the eager engine's, alone
     and in a shrinking batch: oneDNN-packed weights (the traces' inputs) from 2 rows (1 row takes
     another oneDNN kernel), bfloat16 ones on Hearth's AVX512-BF16 kernel from 1 row."""
-    own_kernel = dtype == "bfloat16" and bf16_kernel([torch.nn.Linear(64, 64, dtype=torch.bfloat16)])
+    own_kernel = dtype == "bfloat16" and fused.bf16_dot()
     tokens = {}
     for traced in (False, True):
         cfg = ModelConfig(

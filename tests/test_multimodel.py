@@ -20,7 +20,7 @@ import torch
 from engine.catalog.models_file import Catalog, load_catalog
 from engine.catalog.registry import ModelRegistry
 from engine.core.request import SamplingParams
-from engine.model.lean.projections import bf16_kernel
+from engine.model.lean import fused
 from engine.model.loader import pick_dtype
 from tests.launch import ROOT, Launched, launch_catalog
 
@@ -190,7 +190,7 @@ def test_memory_budget_keeps_one_model_and_spares_the_busy_one(tmp_path: Path) -
     (tmp_path / "models.yaml").write_text(CATALOG)
     full = load_catalog(tmp_path / "models.yaml")
     models = tuple(m for m in full.models if m.id in (SMOL, RAW))
-    own_kernel = bf16_kernel([torch.nn.Linear(64, 64, dtype=torch.bfloat16)])  # else oneDNN's packed copies
+    own_kernel = fused.bf16_dot()  # else oneDNN's packed copies
     budget = (0.75 if own_kernel else 1.0) if AUTO_DTYPE == "bfloat16" else 2.0
     catalog = Catalog(models=models, default=SMOL, cache_dir=full.cache_dir, memory_budget_gb=budget)
     registry = ModelRegistry(catalog)

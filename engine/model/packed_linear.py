@@ -101,10 +101,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if vnni_takes(x, self.in_features):
-            out = torch.ops.hearth.int8_linear(_rows(x, self.in_features), self.qdata, self.scale)
+            out = torch.ops.hearth.int8_linear(as_rows(x, self.in_features), self.qdata, self.scale)
             return _finish(out, x, self.bias)
         scale = self.scale if self.scale.dtype == x.dtype else self.scale.to(x.dtype)
-        out = torch._weight_int8pack_mm(_rows(x, self.in_features), self.qdata, scale)  # [M, N]
+        out = torch._weight_int8pack_mm(as_rows(x, self.in_features), self.qdata, scale)  # [M, N]
         return _finish(out, x, self.bias)
 
 
@@ -139,12 +139,12 @@ class Int4Linear(nn.Module):
         return cls(qdata, scales, linears[0].group, concat_bias(linears, scales))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = _rows(x, self.in_features)
+        rows = as_rows(x, self.in_features)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.qdata, self.group, self.scale_and_zero)
         return _finish(out, x, self.bias)
 
 
-def _rows(x: torch.Tensor, features: int) -> torch.Tensor:
+def as_rows(x: torch.Tensor, features: int) -> torch.Tensor:
     """x as contiguous rows [M, K]. A 2-D contiguous x (the lean forward's) is taken as it is, so a
     TorchScript trace of the forward records no shape ops for it: a trace's graph costs memory per
     node (the decode traces of SmolLM2 int4 measured ~45 MiB each, 11k nodes, a fifth of them here)."""

@@ -13,7 +13,7 @@ once). `HEARTH_FUSED=0` turns them off (to compare).
 
 The same library holds Hearth's own products: `quant.cpp` (int8 weights on AVX-512 VNNI,
 `Int8Linear`) and `dense.cpp` (bfloat16 weights on AVX512-BF16, the lean forward's `Bf16`); each
-says whether it was built for this CPU (`vnni()`, `torch.ops.hearth.bf16_dot()`).
+says whether it was built for this CPU (`vnni()`, `bf16_dot()`).
 
 They take bfloat16 activations (plain bfloat16 weights and the quantized kernels'); float32 keeps
 aten's ops, whose bits are transformers' own. They round where the aten chains round; a row's sum
@@ -36,7 +36,7 @@ import torch
 
 log = logging.getLogger("hearth.engine")
 
-SOURCES = [Path(__file__).with_name(name) for name in ("fused.cpp", "quant.cpp", "dense.cpp")]
+SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))  # fused.cpp, quant.cpp (int8), dense.cpp (bfloat16)
 # -fopenmp: at::parallel_for splits work only when built with OpenMP; the library links the libgomp
 # torch already loaded (same soname), so its threads are torch's own
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]
@@ -90,8 +90,14 @@ def available() -> bool:
 
 @functools.cache
 def vnni() -> bool:
-    """Whether the quantized products of `quant.cpp` (AVX-512 VNNI) are built and loaded."""
+    """Whether the int8 products of `quant.cpp` (AVX-512 VNNI) are built and loaded."""
     return available() and bool(torch.ops.hearth.vnni())
+
+
+@functools.cache
+def bf16_dot() -> bool:
+    """Whether the bfloat16 products of `dense.cpp` (AVX512-BF16) are built and loaded."""
+    return available() and bool(torch.ops.hearth.bf16_dot())
 
 
 def usable(x: torch.Tensor) -> bool:

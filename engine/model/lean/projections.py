@@ -24,7 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.model.packed_linear import QUANTIZED_LINEARS, Int4Linear, Int8Linear, concat_bias, is_plain_linear
+from engine.model.lean import fused
+from engine.model.packed_linear import (
+    QUANTIZED_LINEARS,
+    Int4Linear,
+    Int8Linear,
+    as_rows,
+    concat_bias,
+    is_plain_linear,
+)
 
 # activations of a gated MLP: transformers' name -> (oneDNN post-op, its algorithm)
 ACTIVATIONS = {"silu": ("swish", ""), "gelu_pytorch_tanh": ("gelu", "tanh"), "gelu_new": ("gelu", "tanh")}
@@ -136,25 +144,12 @@ class Bf16(Proj):
         self.bias = concat_bias(linears, self.weight)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.hearth.bf16_linear(_rows(x), self.weight, self.bias, None)
+        return torch.ops.hearth.bf16_linear(as_rows(x, x.shape[-1]), self.weight, self.bias, None)
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if residual.dim() != 2 or residual.stride(1) != 1:
             return residual + self(x)
-        return torch.ops.hearth.bf16_linear(_rows(x), self.weight, self.bias, residual)
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """x as [M, K] rows whose last dim is contiguous (the lean forward's already are)."""
-    x = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    return x if x.stride(1) == 1 else x.contiguous()
-
-
-@functools.cache
-def _bf16_dot() -> bool:
-    from engine.model.lean import fused
-
-    return fused.available() and bool(torch.ops.hearth.bf16_dot())
+        return torch.ops.hearth.bf16_linear(as_rows(x, x.shape[-1]), self.weight, self.bias, residual)
 
 
 def bf16_kernel(linears: list[Any]) -> bool:
@@ -162,7 +157,7 @@ def bf16_kernel(linears: list[Any]) -> bool:
     return (
         all(is_plain_linear(m) for m in linears)
         and all(m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu" for m in linears)
-        and _bf16_dot()
+        and fused.bf16_dot()
     )
 
 

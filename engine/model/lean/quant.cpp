@@ -22,9 +22,7 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -41,11 +39,6 @@ constexpr int64_t kChunk = 64;  // bytes per vpdpbusd
 
 inline __m512 bf16x16(const c10::BFloat16* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-inline __m512 bf16x16_masked(const c10::BFloat16* p, __mmask16 mask) {
-  const __m256i h = _mm256_maskz_loadu_epi16(mask, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
@@ -87,7 +80,7 @@ QuantRows quantize_rows(const c10::BFloat16* x, int64_t rows, int64_t k, int64_t
   return q;
 }
 
-constexpr int64_t kRows = 4;
+constexpr int64_t kRows = 4;  // weight rows a micro-kernel computes at once: four independent sums
 constexpr int64_t kAhead = 8192;  // bytes of weights prefetched ahead of the block being read
 
 // Ask for the cache lines of [p, p + bytes): one core's hardware prefetcher alone kept a weight
@@ -95,7 +88,7 @@ constexpr int64_t kAhead = 8192;  // bytes of weights prefetched ahead of the bl
 inline void prefetch(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
-}  // weight rows a micro-kernel computes at once: four independent sums
+}
 
 // int8, R weight rows (already unsigned bytes, q + 128, `wstride` apart) against row r of x; the
 // row scales are applied after.
