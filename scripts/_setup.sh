@@ -63,7 +63,7 @@ fi
 # Hearth's CPU kernels (engine/model/lean/*.cpp: small ops fused, int8 and bfloat16 products),
 # compiled once per source and torch (~10 s); without a compiler the forward runs aten's ops
 # instead, and says so.
-hearth_kernels_want="$({ cat engine/model/lean/*.cpp; printf '%s\n' "$hearth_want"; } | sha256sum | cut -d' ' -f1)"
+hearth_kernels_want="$({ cat engine/model/lean/*.cpp engine/model/lean/*.h; printf '%s\n' "$hearth_want"; } | sha256sum | cut -d' ' -f1)"
 hearth_kernels_stamp="$hearth_venv/.hearth-kernels-stamp"
 if [[ "$hearth_kernels_want" != "$(cat "$hearth_kernels_stamp" 2>/dev/null || true)" ]]; then
     echo "hearth: building the fused CPU kernels" >&2

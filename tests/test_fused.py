@@ -4,6 +4,8 @@ depend on the rows beside it, and the lean forward runs them on bfloat16 models.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from engine.model.lean import fused
@@ -72,17 +74,25 @@ def test_rope_is_atens_bit_for_bit_with_full_and_partial_rotation() -> None:
 
 
 def test_act_mul_is_the_activation_times_up() -> None:
-    """A quantized model's gated MLP: gate and up as one product's halves, SiLU or GELU (tanh)."""
+    """A quantized model's gated MLP: gate and up as one product's halves, SiLU or GELU (tanh),
+    rounded where `act(gate) * up` rounds in bfloat16; checked against the activation in float64."""
     import torch.nn.functional as F
 
     gu = _rows(33, 2 * 1536, seed=3)
     gate, up = gu[:, :1536], gu[:, 1536:]
     for silu in (True, False):
-        want = (F.silu(gate) if silu else F.gelu(gate, approximate="tanh")) * up
+        v = gate.double()
+        # GELU (tanh) as 0.5 v (1 + tanh(y)) = v / (1 + e^-2y): float64's 1 + tanh cancels for v < -6
+        y = (2 / math.pi) ** 0.5 * (v + 0.044715 * v**3)
+        exact = F.silu(v) if silu else v / (1 + torch.exp(-2 * y))
+        want = (exact.to(torch.bfloat16).double() * up.double()).to(torch.bfloat16)
         mine = torch.ops.hearth.act_mul(gu, silu)
         assert mine.shape == want.shape
-        # exp/tanh's last bits move the activation's rounding now and then: two roundings, two ulps
-        # (or a hair off zero, where GELU's tanh rounds to -1 in one and not quite in the other)
-        two_ulps = (want.float().abs() * 2**-6).clamp(min=1e-5)
+        # exp's last bits move the activation's rounding now and then: two roundings, one ulp each
+        two_ulps = (want.float().abs() * 2**-6).clamp(min=1e-30)
         assert ((mine.float() - want.float()).abs() <= two_ulps).all()
         assert (mine != want).float().mean() < 0.01
+        # torch's own bfloat16 GELU loses the small values of large negative v to that cancellation
+        # (~6 % of these rows differ from the exact ones); the kernel computes v / (1 + e^-2y)
+        if silu:
+            assert (mine != F.silu(gate) * up).float().mean() < 0.01

@@ -60,6 +60,13 @@ class PrefillChunk:
     def kv_len(self) -> int:
         return round_up(self.start_pos + self.count, KV_BLOCK)
 
+    def first_key(self, window: int | None) -> int:
+        """The first key position (a multiple of KV_BLOCK) that any of the chunk's rows sees: 0, or
+        under a sliding window, where its first row's window starts (what is before, it never reads)."""
+        if window is None:
+            return 0
+        return max(0, self.start_pos - window + 1) // KV_BLOCK * KV_BLOCK
+
 
 @dataclass
 class DecodeGroup:
@@ -118,7 +125,7 @@ class StepMeta:
     decode: list[DecodeGroup]  # those tokens' rows, in groups that cover them in order
     prefills: list[PrefillChunk]
     _bias: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
-    _index: dict[int, torch.Tensor] = field(default_factory=dict)
+    _index: dict[Any, torch.Tensor] = field(default_factory=dict)
 
     def decode_bias(self, i: int, window: int | None, dtype: torch.dtype) -> torch.Tensor:
         """Additive mask [count, 1, 1, kv_len] of decode group i: 0 where a row may look, -inf elsewhere."""
@@ -133,15 +140,16 @@ class StepMeta:
             self._bias[key] = _additive(ok, dtype)[:, None, None, :]
         return self._bias[key]
 
-    def gather_index(self, key: int, tables: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    def gather_index(self, key: Any, tables: torch.Tensor, kv_heads: int) -> torch.Tensor:
         """`flat_index(tables, ...)` of this step's cache, made once per step for every layer
-        (`key`: the decode group's index, or -1 - i for prefill chunk i)."""
+        (`key`: the decode group's index, or (-1 - i, first key) for prefill chunk i)."""
         if key not in self._index:
             self._index[key] = flat_index(tables, kv_heads, self.cache.num_blocks)
         return self._index[key]
 
     def prefill_bias(self, i: int, groups: int, window: int | None, dtype: torch.dtype) -> torch.Tensor:
-        """Additive causal mask [rows, kv_len] for chunk i; rows = count * groups rounded up."""
+        """Additive causal mask [rows, kv_len - first_key(window)] for chunk i (its keys from
+        `first_key` on); rows = count * groups rounded up."""
         key = ("prefill", i, groups, window, dtype)
         if key not in self._bias:
             chunk = self.prefills[i]
@@ -149,7 +157,7 @@ class StepMeta:
             device = self.write_pos.device
             pos = chunk.start_pos + torch.arange(rows, device=device) // groups  # [rows]
             pos = pos.clamp(max=chunk.start_pos + chunk.count - 1)
-            j = torch.arange(chunk.kv_len, device=device)[None, :]
+            j = torch.arange(chunk.first_key(window), chunk.kv_len, device=device)[None, :]
             ok = j <= pos[:, None]
             if window is not None:
                 ok &= j > pos[:, None] - window
@@ -238,7 +246,7 @@ def gather(
 
 
 def _gather_kv(
-    step: StepMeta, kc: torch.Tensor, vc: torch.Tensor, tables: torch.Tensor, key: int
+    step: StepMeta, kc: torch.Tensor, vc: torch.Tensor, tables: torch.Tensor, key: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values [R, Hkv, L, D] of the rows of `tables` [R, N] (see `gather`)."""
     index = step.gather_index(key, tables, kc.shape[0])
@@ -293,7 +301,9 @@ def slot_attention(
         if rows != c * g:
             qc = torch.cat([qc, qc.new_zeros(hkv, rows - c * g, d)], dim=1)
         bias = step.prefill_bias(i, g, sliding_window, q.dtype)  # [rows, L]
-        kp, vp = (t[0] for t in _gather_kv(step, kc, vc, chunk.table[None], -1 - i))  # [Hkv, L, D]
+        first = chunk.first_key(sliding_window)  # a sliding window's keys only
+        table = chunk.table[None, first // BLOCK_SIZE :]
+        kp, vp = (t[0] for t in _gather_kv(step, kc, vc, table, (-1 - i, first)))  # [Hkv, L, D]
         o = attend(qc, kp, vp, bias, scale, softcap)  # [Hkv, rows, D]
         out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
 

@@ -14,8 +14,15 @@
 
 #include <cmath>
 #include <cstdint>
+#include "simd.h"
 
 namespace {
+
+#ifdef __AVX512F__
+using hearth::simd::load_bf16;
+using hearth::simd::round_bf16;
+using hearth::simd::widen;
+#endif
 
 constexpr int kLanes = 16;  // partial sums: a fixed summation order that the compiler vectorizes
 
@@ -113,27 +120,82 @@ at::Tensor rope(const at::Tensor& qkv, int64_t heads, int64_t head_dim, const at
 // A gated MLP's middle, gate and up computed as one product gu [M, 2I] (quantized kernels have no
 // post-ops to fuse them into): y = round(round(act(gate)) * up), as `act(gate) * up` rounds, with
 // act SiLU (x / (1 + e^-x)) or GELU's tanh approximation.
+#ifdef __AVX512F__
+// e^x for 16 floats: Cephes' expf (x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial in r),
+// within ~1 ulp of std::exp; x is clamped to +-88.38 (e^x overflows to inf just past it).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f)), _mm512_set1_ps(88.3762626647949f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// 16 outputs of act_mul (see below)
+template <bool kSilu>
+inline void act_mul16(const c10::BFloat16* g, const c10::BFloat16* u, c10::BFloat16* o) {
+  const __m512 v = load_bf16(g);
+  __m512 a;
+  if constexpr (kSilu) {
+    a = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+  } else {  // 0.5 v (1 + tanh(y)) = v / (1 + e^-2y): SiLU's form, without 1 + tanh's cancellation
+    const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+    const __m512 y = _mm512_mul_ps(_mm512_set1_ps(static_cast<float>(-M_SQRT2 * M_2_SQRTPI)),
+                                   _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(0.044715f), v3)));
+    a = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(y)));
+  }
+  const __m512 y = _mm512_mul_ps(widen(round_bf16(a)), load_bf16(u));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), round_bf16(y));
+}
+#endif
+
+template <bool kSilu>
+inline float activation(float v) {
+  if constexpr (kSilu) {
+    return v / (1.0f + std::exp(-v));
+  } else {
+    const float beta = static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
+    return 0.5f * v * (1.0f + std::tanh(beta * (v + kappa * v * v * v)));
+  }
+}
+
+template <bool kSilu>
+void act_mul_rows(const c10::BFloat16* x, c10::BFloat16* out, int64_t rows, int64_t inner) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const c10::BFloat16* g = x + r * 2 * inner;
+      const c10::BFloat16* u = g + inner;
+      c10::BFloat16* o = out + r * inner;
+      int64_t i = 0;
+#ifdef __AVX512F__
+      for (; i + 16 <= inner; i += 16) act_mul16<kSilu>(g + i, u + i, o + i);
+#endif
+      for (; i < inner; ++i) {
+        const float a = activation<kSilu>(static_cast<float>(g[i]));
+        o[i] = static_cast<c10::BFloat16>(static_cast<float>(static_cast<c10::BFloat16>(a)) * static_cast<float>(u[i]));
+      }
+    }
+  });
+}
+
 at::Tensor act_mul(const at::Tensor& gu, bool silu) {
   TORCH_CHECK(gu.device().is_cpu() && gu.dim() == 2 && gu.is_contiguous() && gu.size(1) % 2 == 0,
               "act_mul: gu must be contiguous [M, 2I] rows on the CPU");
   TORCH_CHECK(gu.scalar_type() == at::kBFloat16, "act_mul: takes bfloat16 rows");
   const int64_t rows = gu.size(0), inner = gu.size(1) / 2;
   auto y = at::empty({rows, inner}, gu.options());
-  const auto* x = gu.data_ptr<c10::BFloat16>();
-  auto* out = y.data_ptr<c10::BFloat16>();
-  const float beta = static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const c10::BFloat16* g = x + r * 2 * inner;
-      const c10::BFloat16* u = g + inner;
-      c10::BFloat16* o = out + r * inner;
-      for (int64_t i = 0; i < inner; ++i) {
-        const float v = static_cast<float>(g[i]);
-        const float a = silu ? v / (1.0f + std::exp(-v)) : 0.5f * v * (1.0f + std::tanh(beta * (v + kappa * v * v * v)));
-        o[i] = static_cast<c10::BFloat16>(static_cast<float>(static_cast<c10::BFloat16>(a)) * static_cast<float>(u[i]));
-      }
-    }
-  });
+  if (silu) {
+    act_mul_rows<true>(gu.data_ptr<c10::BFloat16>(), y.data_ptr<c10::BFloat16>(), rows, inner);
+  } else {
+    act_mul_rows<false>(gu.data_ptr<c10::BFloat16>(), y.data_ptr<c10::BFloat16>(), rows, inner);
+  }
   return y;
 }
 

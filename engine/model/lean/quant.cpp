@@ -1,14 +1,20 @@
 // int8 weight-only products on AVX-512 VNNI (engine.model.packed_linear's `Int8Linear` calls them).
 //
-// The activations are quantized too, as llama.cpp's Q8 blocks: per 32 along K, one scale
-// d = max|x| / 127 and q = round(x / d), so that the weights' bytes meet them in `vpdpbusd` (64
-// byte products an instruction) instead of being widened to floats one by one: at one decode row
-// the widening, not the memory, bounded torch's int8 kernel (~15 GB/s of this machine's ~27), and
-// at 8-32 rows Gemma 3's 262,144-row lm_head was compute-bound in it.
+// The activations are quantized too, as llama.cpp quantizes them for its K-quants: per block of
+// 128 along K, one scale d = max|x| / 127 and q = round(x / d), so that the weights' bytes meet them
+// in `vpdpbusd` (64 byte products an instruction) instead of being widened to floats one by one: at
+// one decode row the widening, not the memory, bounded torch's int8 kernel (~15 GB/s of this
+// machine's ~27), and at 8-32 rows Gemma 3's 262,144-row lm_head was compute-bound in it. A block's
+// two vpdpbusd add up in int32 before one conversion and one scaled add: with blocks of 32 those
+// two float operations per vpdpbusd made the product ~30 % slower at 32-256 rows (perplexity on
+// tests/data/perplexity.txt moved by under ±0.5 % either way, about as much as 64 did).
 //
 // int8: w = q * s_row (q int8, one scale a row: the refit of other GGUF types, the lm_head),
-//   y = s_row * (sum_g d_g <q_g + 128, xq_g> - 128 sum_g d_g sum(xq_g)); the + 128 makes the weight
+//   y = s_row * (sum_b d_b <q_b + 128, xq_b> - 128 sum_b d_b sum(xq_b)); the + 128 makes the weight
 //   the unsigned operand of vpdpbusd.
+//
+// Tiles of 4 rows of x by 4 weight rows (16 sums, reduced at once and stored 16 at a time), the
+// rows of x left over one at a time against 8 weight rows.
 //
 // (int4 weights stay on torch's kernel: quantizing their inputs to 8 bits, as llama.cpp does,
 // cost SmolLM2 +0.9 % perplexity and flipped greedy tokens that sat a bfloat16 step apart; 16-bit
@@ -22,7 +28,9 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -30,49 +38,51 @@
 #include <immintrin.h>
 #endif
 
+#include "simd.h"
+
 namespace {
 
-constexpr int64_t kGroup = 32;  // weights (and activations) per scale
+constexpr int64_t kBlock = 128;  // activations per scale (a row's last block may be 64)
 constexpr int64_t kChunk = 64;  // bytes per vpdpbusd
 
 #ifdef HEARTH_VNNI
 
-inline __m512 bf16x16(const c10::BFloat16* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
+using hearth::simd::load_bf16;
+using hearth::simd::reduce16;
+using hearth::simd::round_bf16;
 
-// Activations [M, K] quantized per block of 32: xq int8 [M, K]; dexp [M, K / 64, 16] floats, the
-// scales of a 64-byte chunk's two blocks spread over the lanes vpdpbusd sums them into (0-7, 8-15);
-// xqd [M] (sum_g d_g sum(xq_g)).
+// Activations [M, K] quantized per block of kBlock: xq int8 [M, K]; d [M, blocks]
+// the blocks' scales; xqd [M] (sum_b d_b sum(xq_b)).
 struct QuantRows {
+  int64_t blocks;
   std::vector<int8_t> xq;
-  std::vector<float> dexp, xqd;
+  std::vector<float> d, xqd;
 };
 
 QuantRows quantize_rows(const c10::BFloat16* x, int64_t rows, int64_t k, int64_t stride) {
-  const int64_t groups = k / kGroup, chunks = k / kChunk;
   QuantRows q;
+  q.blocks = (k + kBlock - 1) / kBlock;
   q.xq.resize(rows * k);
-  q.dexp.resize(rows * chunks * 16);
+  q.d.resize(rows * q.blocks);
   q.xqd.resize(rows);
   at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const c10::BFloat16* xr = x + r * stride;
       float xqd = 0;
-      for (int64_t g = 0; g < groups; ++g) {
-        const __m512 a = bf16x16(xr + g * kGroup), b = bf16x16(xr + g * kGroup + 16);
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-        const float d = amax / 127.0f;
+      for (int64_t b = 0; b < q.blocks; ++b) {
+        const int64_t lo = b * kBlock, hi = std::min(k, lo + kBlock);
+        __m512 amax = _mm512_setzero_ps();
+        for (int64_t i = lo; i < hi; i += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(load_bf16(xr + i)));
+        const float d = _mm512_reduce_max_ps(amax) / 127.0f;
         const __m512 inv = _mm512_set1_ps(d > 0 ? 1.0f / d : 0.0f);
-        const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv));  // round to nearest even
-        const __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inv));
-        int8_t* out = q.xq.data() + r * k + g * kGroup;
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtsepi32_epi8(qa));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), _mm512_cvtsepi32_epi8(qb));
-        xqd += d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
-        float* lanes = q.dexp.data() + (r * chunks + g / 2) * 16 + (g % 2) * 8;
-        for (int l = 0; l < 8; ++l) lanes[l] = d;
+        __m512i sum = _mm512_setzero_si512();
+        for (int64_t i = lo; i < hi; i += 16) {
+          const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(load_bf16(xr + i), inv));  // round to nearest even
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(q.xq.data() + r * k + i), _mm512_cvtsepi32_epi8(qi));
+          sum = _mm512_add_epi32(sum, qi);
+        }
+        xqd += d * static_cast<float>(_mm512_reduce_add_epi32(sum));
+        q.d[r * q.blocks + b] = d;
       }
       q.xqd[r] = xqd;
     }
@@ -90,33 +100,66 @@ inline void prefetch(const void* p, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
 }
 
-// int8, R weight rows (already unsigned bytes, q + 128, `wstride` apart) against row r of x; the
-// row scales are applied after.
-template <int64_t R>
-inline void micro8(const QuantRows& q, int64_t r, int64_t k, const uint8_t* w, int64_t wstride, float* out) {
-  const int64_t chunks = k / kChunk;
-  const int8_t* xr = q.xq.data() + r * k;
-  const float* dr = q.dexp.data() + r * chunks * 16;
-  __m512 acc[R];
-  for (int64_t i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < chunks; ++c) {
-    const __m512i xv = _mm512_loadu_si512(xr + c * kChunk);
-    const __m512 d = _mm512_loadu_ps(dr + c * 16);
-    for (int64_t i = 0; i < R; ++i) {
-      const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(w + i * wstride + c * kChunk), xv);
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[i]);
+// int8: rows [r, r + X) of x against R weight rows (already unsigned bytes, q + 128, `wstride`
+// apart), out[x * R + i]: each block's byte products summed in int32 (up to 2 vpdpbusd), then
+// scaled into a float sum, the same order whatever X; the row scales are applied after.
+template <int64_t X, int64_t R>
+__attribute__((always_inline)) inline void micro8(const QuantRows& q, int64_t r, int64_t k, const uint8_t* w, int64_t wstride, float* out) {
+  __m512 acc[X][R];
+  for (int64_t x = 0; x < X; ++x)
+    for (int64_t i = 0; i < R; ++i) acc[x][i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < q.blocks; ++b) {
+    const int64_t lo = b * kBlock, hi = std::min(k, lo + kBlock);
+    __m512i p[X][R];
+    for (int64_t x = 0; x < X; ++x)
+      for (int64_t i = 0; i < R; ++i) p[x][i] = _mm512_setzero_si512();
+    for (int64_t c = lo; c < hi; c += kChunk) {
+      __m512i xv[X];
+      for (int64_t x = 0; x < X; ++x) xv[x] = _mm512_loadu_si512(q.xq.data() + (r + x) * k + c);
+      for (int64_t i = 0; i < R; ++i) {
+        const __m512i wv = _mm512_loadu_si512(w + i * wstride + c);
+        for (int64_t x = 0; x < X; ++x) p[x][i] = _mm512_dpbusd_epi32(p[x][i], wv, xv[x]);
+      }
+    }
+    for (int64_t x = 0; x < X; ++x) {
+      const __m512 d = _mm512_set1_ps(q.d[(r + x) * q.blocks + b]);
+      for (int64_t i = 0; i < R; ++i) acc[x][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[x][i]), d, acc[x][i]);
     }
   }
-  for (int64_t i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
+  // out[x * R + i]: 16 sums reduced at once, or fewer one by one; the same tree either way (each
+  // level adds lane l to lane l + w/2, as reduce16 does), so the same bits in any tile
+  if constexpr (X * R == 16) {
+    alignas(64) __m512 all[16];
+    for (int64_t t = 0; t < 16; ++t) all[t] = acc[t / R][t % R];
+    _mm512_storeu_ps(out, reduce16(all));
+  } else {
+    for (int64_t t = 0; t < X * R; ++t) out[t] = _mm512_reduce_add_ps(acc[t / R][t % R]);
+  }
+}
+
+// y[r + x, j0 + c + i] for a 4 x 4 tile's sums out[x * 4 + i]: scale * (sum - 128 xqd), rounded to
+// bfloat16 (the same operations as the scalar path below, 16 at once)
+template <typename S>
+inline void store4x4(const float* out, const QuantRows& q, int64_t r, const float* sc, c10::BFloat16* y, int64_t n) {
+  const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);  // lane -> row of x
+  const __m512 xqd = _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_loadu_ps(q.xqd.data() + r)));
+  const __m512 v = _mm512_mul_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(sc)),
+                                 _mm512_sub_ps(_mm512_loadu_ps(out), _mm512_mul_ps(_mm512_set1_ps(128.0f), xqd)));
+  alignas(32) uint16_t h[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(h), round_bf16(v));
+  for (int64_t x = 0; x < 4; ++x) std::memcpy(y + (r + x) * n, h + x * 4, 4 * sizeof(uint16_t));
 }
 
 template <typename S>
 void int8_rows(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata, const S* scale, int64_t n,
                c10::BFloat16* y) {
-  at::parallel_for(0, (n + kRows - 1) / kRows, 16, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> wq(kRows * k);  // kRows weight rows as unsigned bytes, q + 128
+  // Weight rows 8 at a time, as unsigned bytes (q + 128) in a buffer in L1: against 4 rows of x at
+  // once in tiles of 4 x 4 (each load serves 4 sums), the rows left one at a time against all 8.
+  constexpr int64_t kRows = 8;
+  at::parallel_for(0, (n + kRows - 1) / kRows, 8, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> wq(kRows * k);
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    float out[kRows];
+    alignas(64) float out[16], sc[kRows];
     for (int64_t b = begin; b < end; ++b) {
       const int64_t j0 = b * kRows, nr = std::min(kRows, n - j0);
       const uint8_t* w = reinterpret_cast<const uint8_t*>(qdata + j0 * k);
@@ -124,14 +167,21 @@ void int8_rows(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata,
       for (int64_t i = 0; i < nr * k; i += kChunk) {
         _mm512_storeu_si512(wq.data() + i, _mm512_xor_si512(_mm512_loadu_si512(w + i), flip));
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        if (nr == kRows) {
-          micro8<kRows>(q, r, k, wq.data(), k, out);
-        } else {
-          for (int64_t i = 0; i < nr; ++i) micro8<1>(q, r, k, wq.data() + i * k, k, out + i);
+      if (nr < kRows) std::memset(wq.data() + nr * k, 0x80, (kRows - nr) * k);  // the last block: zero rows
+      for (int64_t i = 0; i < kRows; ++i) sc[i] = i < nr ? static_cast<float>(scale[j0 + i]) : 0.0f;
+      int64_t r = 0;
+      if (nr == kRows) {
+        for (; r + 4 <= rows; r += 4) {
+          for (int64_t c = 0; c < kRows; c += 4) {
+            micro8<4, 4>(q, r, k, wq.data() + c * k, k, out);
+            store4x4<S>(out, q, r, sc + c, y + j0 + c, n);
+          }
         }
+      }
+      for (; r < rows; ++r) {
+        micro8<1, kRows>(q, r, k, wq.data(), k, out);
         for (int64_t i = 0; i < nr; ++i) {
-          y[r * n + j0 + i] = static_cast<c10::BFloat16>(static_cast<float>(scale[j0 + i]) * (out[i] - 128.0f * q.xqd[r]));
+          y[r * n + j0 + i] = static_cast<c10::BFloat16>(sc[i] * (out[i] - 128.0f * q.xqd[r]));
         }
       }
     }
