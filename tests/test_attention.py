@@ -19,16 +19,18 @@ from engine.core.kv_cache import PagedKVCache
 from engine.model.attention import (
     GROUP_COST,
     KV_BLOCK,
+    KV_SPLIT,
     DecodeGroup,
     PrefillChunk,
     StepMeta,
+    attend,
     decode_groups,
     gather,
-    round_up,
+    kv_length,
     slot_attention,
 )
 
-HQ, HKV, D, MAX_LEN, SLOTS = 9, 3, 64, 1024, 6
+HQ, HKV, D, MAX_LEN, SLOTS = 9, 3, 64, 2048, 6
 PER_SEQ = MAX_LEN // BLOCK_SIZE  # blocks of one sequence
 
 
@@ -62,7 +64,7 @@ def _decode(
     groups = []
     for start, count in spans or [(0, len(rows))]:
         mine = rows[start : start + count]
-        kv_len = round_up(max(p for _, p in mine) + 1, KV_BLOCK)
+        kv_len = kv_length(max(p for _, p in mine) + 1)
         tables = torch.tensor([_table(s)[: kv_len // BLOCK_SIZE] for s, _ in mine])
         groups.append(DecodeGroup(start, count, tables, pos[start : start + count] + 1, kv_len))
     step = StepMeta(cache, blocks, pos % BLOCK_SIZE, pos, len(rows), groups, prefills=[])
@@ -77,7 +79,7 @@ def _prefill(cache: PagedKVCache, seq: int, start: int, q: torch.Tensor, kv: tor
     c = q.shape[0]
     pos = torch.arange(start, start + c)
     table = _table(seq)
-    chunk = PrefillChunk(0, c, torch.tensor(table[: round_up(start + c, KV_BLOCK) // BLOCK_SIZE]), start)
+    chunk = PrefillChunk(0, c, torch.tensor(table[: kv_length(start + c) // BLOCK_SIZE]), start)
     blocks = torch.tensor([table[p // BLOCK_SIZE] for p in pos.tolist()])
     step = StepMeta(cache, blocks, pos % BLOCK_SIZE, pos, 0, [], prefills=[chunk])
     query = q.transpose(0, 1)[None]
@@ -121,14 +123,15 @@ def test_a_token_gets_the_same_bits_decoded_or_prefilled(dtype: torch.dtype) -> 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_decode_row_keeps_its_bits_beside_other_rows(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("position", [100, 853])  # key lengths alone: 128; 1024 (two key blocks)
+def test_a_decode_row_keeps_its_bits_beside_other_rows(dtype: torch.dtype, position: int) -> None:
     torch.manual_seed(0)
     cache = _random_cache(dtype)
     q = torch.randn(4, HQ, D, dtype=dtype)
     kv = torch.randn(2, 4, HKV, D, dtype=dtype)
-    mine = (2, 100)  # sequence 2 at position 100: a key length of 128 alone
+    mine = (2, position)
     alone = _decode(cache, [mine], q[:1], kv[:, :1])
-    for others in ([(1, 700)], [(4, 30), (5, 333)], [(1, 1000), (3, 64), (5, 5)]):
+    for others in ([(1, 700)], [(4, 30), (5, 333)], [(1, 1000), (3, 64), (5, 5)], [(1, 1900), (4, 1100)]):
         rows = [*others[:1], mine, *others[1:]]  # not first: its row index changes too
         n = len(rows)
         order = [1, 0, *range(2, n)]  # q/kv rows in `rows` order, with mine's data at index 1
@@ -139,6 +142,28 @@ def test_a_decode_row_keeps_its_bits_beside_other_rows(dtype: torch.dtype) -> No
                 cache, rows, q[:n][order], kv[:, :n][:, order], [(0, split), (split, n - split)]
             )
             assert torch.equal(grouped, out), f"{dtype} beside {others}, groups split at {split}"
+
+
+def test_rows_past_one_key_block_are_padded_by_whole_key_blocks() -> None:
+    """bfloat16 SDPA (flash) sums keys in blocks of KV_SPLIT: padding a row's last, partly masked
+    block to another length moved its bits (peaked softmaxes, seen at 854 keys: 896 vs 1024), whole
+    masked blocks do not. So `kv_length` pads past KV_SPLIT by whole blocks, and any longer length a
+    step pads a row to (its group's, a recorded bucket's) leaves the row as it is."""
+    g = torch.Generator().manual_seed(0)
+    rows = 16
+    q = (torch.randn(rows, HKV, 4, D, generator=g) * 4).to(torch.bfloat16)  # peaked, as trained models' are
+    k, v = (torch.randn(rows, HKV, 2048, D, generator=g).to(torch.bfloat16) for _ in range(2))
+
+    def out(sees: int, length: int) -> torch.Tensor:
+        bias = torch.zeros(rows, 1, 1, length, dtype=torch.bfloat16)
+        bias[..., sees:] = float("-inf")
+        return attend(q, k[:, :, :length], v[:, :, :length], bias, D**-0.5)
+
+    for sees in (600, 854, 1000, 1300):
+        own = kv_length(sees)
+        assert own % KV_SPLIT == 0
+        for longer in range(own + KV_SPLIT, 2048 + 1, KV_SPLIT):
+            assert torch.equal(out(sees, longer), out(sees, own)), f"{sees} keys padded to {longer}"
 
 
 def test_decode_groups_split_rows_only_where_the_padding_saved_outweighs_a_group() -> None:

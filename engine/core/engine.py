@@ -21,7 +21,7 @@ import torch
 from engine.catalog.config import ModelConfig
 from engine.catalog.memory import kv_budget
 from engine.core.blocks import BLOCK_SIZE
-from engine.core.detokenize import IncrementalDetokenizer
+from engine.core.detokenize import IncrementalDetokenizer, special_token_ids
 from engine.core.errors import ENGINE_FAILED, EngineDeadError, QueueFullError
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
 from engine.core.scheduler import Scheduler
@@ -30,6 +30,7 @@ from engine.core.worker import Worker
 from engine.model.info import ModelInfo, describe
 from engine.model.runner import ModelRunner
 from engine.model.threads import available_cores
+from engine.sampling.filters import greedy_rows
 from engine.sampling.grammar import GrammarCompiler, GrammarSpec
 from engine.sampling.logprobs import TokenTexts
 from engine.sampling.sampler import Sampler
@@ -64,6 +65,7 @@ class Engine(Worker):
     def __init__(self, loaded: Any, config: ModelConfig) -> None:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
+        self._special = special_token_ids(self.tokenizer)  # what detokenizers skip, made once
         self.quantization: str = getattr(loaded, "quantization", config.quantization)  # what runs
         self.eos_token_ids: frozenset[int] = frozenset(loaded.eos_token_ids)
         device = next(self.model.parameters()).device
@@ -164,7 +166,10 @@ class Engine(Worker):
             rid = request_id if i == 0 else f"{request_id}/{i}"
             parent = seqs[0] if seqs else None
             seqs.append(Sequence(rid, prompt_ids, params, emit, index=i, parent=parent))
-        adds = [_Add(seq, IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop)) for seq in seqs]
+        adds = [
+            _Add(seq, IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop, self._special))
+            for seq in seqs
+        ]
         with self._lock:  # the thread sets dead_reason under this lock, then fails what is in the inbox
             if not self.alive or self.dead_reason is not None:
                 raise EngineDeadError(self.dead_reason or "engine is not running")
@@ -282,7 +287,7 @@ class Engine(Worker):
         self, logits: torch.Tensor, due: list[Sequence]
     ) -> list[tuple[Sequence, int, Logprob | None]]:
         """Sample every due row; a row that cannot be sampled fails its own request, not the batch."""
-        finite = torch.isfinite(logits).all(dim=-1).tolist()  # [K]
+        finite = greedy_rows(logits)[1].tolist()  # [K]; isfinite(...).all() was ~15 % of a Gemma 3 step
         if not all(finite):
             for seq, ok in zip(due, finite, strict=True):
                 if not ok:

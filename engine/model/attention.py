@@ -22,7 +22,8 @@ kernels), except on CPU in float32: written out there (scores, float32 softmax, 
 Batch invariance: greedy output must not depend on which other requests share the batch.
 CPU BLAS kernels give a row different bits depending on where it sits in a matrix, so every
 product here keeps the same shape class for a given row: query rows are padded to a
-multiple of 4 per (row, kv head), key lengths are rounded up to whole `KV_BLOCK`s, and
+multiple of 4 per (row, kv head), key lengths are rounded up to whole `KV_BLOCK`s (whole
+`KV_SPLIT`s past one: `kv_length`), and
 `probs @ V` is summed block by block in a fixed order, so padding only ever adds exact zeros.
 """
 
@@ -38,12 +39,23 @@ from engine.core.blocks import BLOCK_SIZE
 from engine.core.kv_cache import PagedKVCache
 
 KV_BLOCK = 64  # key lengths are multiples of this (a whole number of the cache's blocks)
+# The CPU flash kernel's key block. Past one such block, the length of a row's last, partly masked
+# block moved its bits (a row seeing 854 keys: padded to 896 or to 1024, different outputs), while
+# whole masked blocks do not: so key lengths beyond it are whole key blocks (`kv_length`).
+KV_SPLIT = 512
 ROW_MULTIPLE = 4
-assert KV_BLOCK % BLOCK_SIZE == 0
+assert KV_BLOCK % BLOCK_SIZE == 0 and KV_SPLIT % KV_BLOCK == 0
 
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def kv_length(n: int) -> int:
+    """The key length a row (or chunk) that sees n keys attends over: whole KV_BLOCKs up to
+    KV_SPLIT, whole KV_SPLITs beyond. Any longer length the step pads it to (another row's, a
+    recorded bucket's) adds only whole masked key blocks, which leave its bits as they are."""
+    return round_up(n, KV_BLOCK if n <= KV_SPLIT else KV_SPLIT)
 
 
 @dataclass
@@ -58,14 +70,15 @@ class PrefillChunk:
 
     @property
     def kv_len(self) -> int:
-        return round_up(self.start_pos + self.count, KV_BLOCK)
+        return kv_length(self.start_pos + self.count)
 
     def first_key(self, window: int | None) -> int:
-        """The first key position (a multiple of KV_BLOCK) that any of the chunk's rows sees: 0, or
-        under a sliding window, where its first row's window starts (what is before, it never reads)."""
-        if window is None:
+        """The first key the chunk attends from: 0, or under a sliding window, the start of the
+        key block (KV_SPLIT) where its first row's window starts: the blocks before, no row of the
+        chunk reads, and the blocks it keeps sit where they sit in any other chunking."""
+        if window is None or self.kv_len <= KV_SPLIT:
             return 0
-        return max(0, self.start_pos - window + 1) // KV_BLOCK * KV_BLOCK
+        return max(0, self.start_pos - window + 1) // KV_SPLIT * KV_SPLIT
 
 
 @dataclass
@@ -204,8 +217,9 @@ def _fused_on_cpu(dtype: torch.dtype) -> bool:
     """Whether attention on CPU runs SDPA's flash kernel. In bfloat16 it is ~5x faster than the
     written-out products at one stream, and a query row's bits were measured independent of the
     other rows (decode rows of other slots, the rest of a prefill chunk, from 4 rows up), of the
-    key length a step pads to, and of whether the row is decoded or prefilled: batch invariance
-    holds. float32's flash kernel changes a row's bits with the key length: written out there."""
+    key length a step pads to (within one key block, and by whole key blocks: see KV_SPLIT), and of
+    whether the row is decoded or prefilled: batch invariance holds. float32's flash kernel changes
+    a row's bits with the key length: written out there."""
     return dtype == torch.bfloat16
 
 

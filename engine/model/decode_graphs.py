@@ -151,7 +151,7 @@ class DecodeGraphs:
             decode=[DecodeGroup(0, rows, tables, lens, kv)],
             prefills=[],
         )
-        return self.forward(ids, pos, step, self._keep[:rows]).float()
+        return self.forward(ids, pos, step, self._keep[:rows])  # the runner makes it float32
 
     def example(self, rows: int, kv: int) -> torch.Tensor:
         """Inputs for a recording: every row writes and reads the scratch block 0."""

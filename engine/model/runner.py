@@ -20,12 +20,12 @@ from engine.core.blocks import BLOCK_SIZE, blocks_for
 from engine.core.kv_cache import PagedKVCache
 from engine.core.sequence import Sequence
 from engine.model.attention import (
-    KV_BLOCK,
     ROW_MULTIPLE,
     DecodeGroup,
     PrefillChunk,
     StepMeta,
     decode_groups,
+    kv_length,
     round_up,
     slot_attention,
 )
@@ -78,6 +78,7 @@ class ModelRunner:
         self.max_context = max_context
         self.max_batch = max_batch
         self.row_multiple = ROW_MULTIPLE  # see LeanLlama.row_multiple
+        self._logits: torch.Tensor | None = None  # see `_as_float`
         with one_thread():  # zeroed here, on the loading thread: see engine.model.threads
             self.cache = PagedKVCache(
                 num_layers=cfg.num_hidden_layers,
@@ -108,7 +109,7 @@ class ModelRunner:
             pack_linears(self.model, batch_hint=self.max_batch)
         lean = self.lean
         if self.graphs_wanted and lean is not None and lean.capturable:
-            max_len = round_up(self.max_context, KV_BLOCK)
+            max_len = kv_length(self.max_context)
             if self.device.type == "cpu":  # packed, quantized or plain weights: all traceable
                 self.graphs = CpuTraces(
                     lean.forward,
@@ -133,7 +134,7 @@ class ModelRunner:
                 [s.block_table for s in decode],
             )
             if logits is not None:
-                return logits, decode
+                return self._as_float(logits), decode
         # eagerly, longest first: the decode rows split into groups of similar key lengths
         decode.sort(key=lambda s: s.num_computed, reverse=True)
         ids: list[int] = []
@@ -150,7 +151,7 @@ class ModelRunner:
         tables += [[0]] * pad
         n_dec = len(ids)
         lens = [p + 1 for p in pos]
-        spans = decode_groups([round_up(n, KV_BLOCK) for n in lens])  # (start, count, kv length)
+        spans = decode_groups([kv_length(n) for n in lens])  # (start, count, kv length)
         blocks = [t[p // BLOCK_SIZE] for t, p in zip(tables, pos, strict=True)]
 
         chunks: list[tuple[int, int, int, list[int]]] = []  # token start, count, start position, table
@@ -178,7 +179,7 @@ class ModelRunner:
             flat += [
                 b for tb in tables[start : start + count] for b in (*tb[:width], *[0] * (width - len(tb)))
             ]
-        widths = [round_up(start + n, KV_BLOCK) // BLOCK_SIZE for _, n, start, _ in chunks]
+        widths = [kv_length(start + n) // BLOCK_SIZE for _, n, start, _ in chunks]
         for (_, _, _, tb), w in zip(chunks, widths, strict=True):
             flat += [*tb[:w], *[0] * (w - len(tb))]
         offsets = [p % BLOCK_SIZE for p in pos]
@@ -210,7 +211,7 @@ class ModelRunner:
             prefills=prefills,
         )
         if self.lean is not None:
-            logits = self.lean.forward(ids_t, pos_t, step, keep_t)[: len(sampled)].float()
+            logits = self._as_float(self.lean.forward(ids_t, pos_t, step, keep_t)[: len(sampled)])
         else:
             out = self.model(
                 input_ids=ids_t[None],
@@ -219,5 +220,17 @@ class ModelRunner:
                 logits_to_keep=keep_t,
                 hearth_step=step,
             )
-            logits = out.logits[0, : len(sampled)].float()  # [K, V]
+            logits = self._as_float(out.logits[0, : len(sampled)])  # [K, V]
         return logits, sampled
+
+    def _as_float(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [K, V] as float32, copied into a buffer kept from step to step (valid until the next
+        step): a new one past glibc's mmap threshold (32 MiB: Gemma 3 from 32 rows) was mapped and
+        its pages faulted in at every step, ~8 ms of a ~100 ms one."""
+        if logits.dtype == torch.float32:
+            return logits
+        rows, vocab = logits.shape
+        buffer = self._logits
+        if buffer is None or buffer.shape[0] < rows or buffer.shape[1] != vocab:
+            buffer = self._logits = torch.empty(max(rows, self.max_batch), vocab, device=logits.device)
+        return buffer[:rows].copy_(logits)

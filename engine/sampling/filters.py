@@ -13,6 +13,19 @@ from collections.abc import Sequence
 import torch
 
 from engine.core.request import SamplingParams
+from engine.model.lean import fused
+
+
+def greedy_rows(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, V] -> (each row's argmax [B], whether all of the row is finite [B]): one pass of
+    Hearth's kernel for float32 rows on the CPU (torch's argmax and aminmax each read the whole
+    [B, V], slowly: ~8 ms for Gemma 3's 32 x 262,144 on 2 cores), else torch's ops."""
+    on_cpu = logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.is_contiguous()
+    if on_cpu and fused.available():
+        ids, finite = torch.ops.hearth.argmax_rows(logits)
+        return ids, finite
+    low, high = torch.aminmax(logits, dim=-1)  # NaN propagates: all finite <=> both ends are
+    return torch.argmax(logits, dim=-1), torch.isfinite(low) & torch.isfinite(high)
 
 
 def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
@@ -68,7 +81,7 @@ def sample(
 
     A batch of greedy rows costs one argmax.
     """
-    greedy_ids = torch.argmax(logits, dim=-1)
+    greedy_ids = greedy_rows(logits)[0]
     if all(p.greedy for p in params):
         return greedy_ids
     device = logits.device

@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <tuple>
 #include "simd.h"
 
 namespace {
@@ -199,16 +200,80 @@ at::Tensor act_mul(const at::Tensor& gu, bool silu) {
   return y;
 }
 
+// Per row of float32 logits [K, V]: the index of its greatest value (the first, as torch.argmax
+// picks) and whether every value is finite, in one pass (torch's argmax and aminmax take ~8 ms each
+// over Gemma 3's [32, 262,144] on 2 cores; this is the read of it).
+std::tuple<at::Tensor, at::Tensor> argmax_rows(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kFloat,
+              "argmax_rows: x must be contiguous float32 [K, V] on the CPU");
+  const int64_t rows = x.size(0), v = x.size(1);
+  TORCH_CHECK(v > 0, "argmax_rows: empty rows");
+  auto ids = at::empty({rows}, x.options().dtype(at::kLong));
+  auto finite = at::empty({rows}, x.options().dtype(at::kBool));
+  const float* data = x.data_ptr<float>();
+  int64_t* id = ids.data_ptr<int64_t>();
+  bool* ok = finite.data_ptr<bool>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* p = data + r * v;
+      float best = p[0];
+      int64_t at = 0, i = 0;
+      bool bad = false;
+#ifdef __AVX512F__
+      if (v >= 16) {
+        __m512 top = _mm512_loadu_ps(p);
+        __m512i where = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        __m512i index = where;
+        __mmask16 nonfinite = _mm512_cmp_ps_mask(_mm512_sub_ps(top, top), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+        for (i = 16; i + 16 <= v; i += 16) {
+          const __m512 a = _mm512_loadu_ps(p + i);
+          index = _mm512_add_epi32(index, _mm512_set1_epi32(16));
+          nonfinite |= _mm512_cmp_ps_mask(_mm512_sub_ps(a, a), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+          const __mmask16 gt = _mm512_cmp_ps_mask(a, top, _CMP_GT_OQ);  // strictly: each lane keeps its first
+          top = _mm512_mask_mov_ps(top, gt, a);
+          where = _mm512_mask_mov_epi32(where, gt, index);
+        }
+        bad = nonfinite != 0;
+        alignas(64) float tv[16];
+        alignas(64) int32_t tw[16];
+        _mm512_store_ps(tv, top);
+        _mm512_store_si512(tw, where);
+        best = tv[0];
+        at = tw[0];
+        for (int l = 1; l < 16; ++l) {  // the greatest lane; among equal ones, the first index
+          if (tv[l] > best || (tv[l] == best && tw[l] < at)) {
+            best = tv[l];
+            at = tw[l];
+          }
+        }
+      }
+#endif
+      for (; i < v; ++i) {
+        bad |= !std::isfinite(p[i]);
+        if (p[i] > best) {
+          best = p[i];
+          at = i;
+        }
+      }
+      id[r] = at;
+      ok[r] = !bad && std::isfinite(best);
+    }
+  });
+  return {ids, finite};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(hearth, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("rope(Tensor qkv, int heads, int head_dim, Tensor cos, Tensor sin) -> Tensor");
   m.def("act_mul(Tensor gu, bool silu) -> Tensor");
+  m.def("argmax_rows(Tensor x) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(hearth, CPU, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("rope", &rope);
   m.impl("act_mul", &act_mul);
+  m.impl("argmax_rows", &argmax_rows);
 }
