@@ -30,19 +30,25 @@ def test_decoding_sequences_run_before_prefill_and_prefill_is_chunked() -> None:
     a = _seq("a", list(range(1, 60)))
     sched.waiting.append(a)
     plan = sched.schedule()
-    assert plan == [(a, 40)] and a.status is Status.RUNNING  # nobody decoding: a bigger bite
-    a.num_computed += 40
-    b = _seq("b", [5, 6, 7])
-    sched.waiting.append(b)
+    assert plan == [(a, 10)] and a.status is Status.RUNNING  # a prompt's chunk: at most the budget
+    a.num_computed += 10
+    b, x = _seq("b", [5, 6, 7]), _seq("x", list(range(300, 330)))
+    sched.waiting.extend([b, x])
     plan = sched.schedule()
-    assert plan == [(a, 19), (b, 3)]  # the older prompt first
-    a.num_computed += 19
-    b.num_computed += 2  # b's last prompt token computed -> b decodes; a decodes too
-    a.token_ids.append(100)
+    assert plan == [(a, 10), (b, 3), (x, 10)]  # nobody decoding: 4x the budget a step, oldest first
+    a.num_computed += 10
+    b.num_computed += 2  # b's last prompt token computed -> b decodes
+    x.num_computed += 10
+    plan = sched.schedule()
+    assert plan == [(b, 1), (a, 10)]  # decodes first, then prefill within the budget
+    a.num_computed += 10
+    b.num_computed += 1
+    b.token_ids.append(100)
     c = _seq("c", list(range(200, 229)))
     sched.waiting.append(c)
+    a.num_computed = a.num_tokens - 1  # a's last prompt token computed -> a decodes too
     plan = sched.schedule()
-    assert plan == [(a, 1), (b, 1), (c, 10)]  # decodes first, then prefill within the budget
+    assert plan == [(a, 1), (b, 1), (x, 10)]  # x (older) takes the budget before newcomer c
 
 
 def test_max_batch_caps_the_running_sequences_and_a_finished_one_leaves_at_once() -> None:
