@@ -25,7 +25,7 @@ from engine.catalog.models_file import resolve_source
 from engine.model.gguf_native import describe, resolve_quantization
 from engine.model.gguf_weights import int4_codes, int4_linear
 from engine.model.loader import LoadedModel, assembled_gguf, load_model
-from engine.model.packed_linear import Int4Linear, Int8Embedding, Int8Linear, is_plain_linear
+from engine.model.packed_linear import LOGITS_GROUP, Int4Linear, Int8Embedding, Int8Linear, is_plain_linear
 from tests.greedy import chat_ids, greedy_text
 from tests.launch import ROOT, Server
 
@@ -124,6 +124,7 @@ def test_smollm2_native_greedy_alone_equals_among_31_others(smollm2: LoadedModel
         lean = engine.runner.lean
         assert lean is not None and engine.runner.row_multiple == 1
         assert type(lean.layers[0].qkv.module) is Int4Linear and type(lean.lm_head.module) is Int8Linear
+        assert lean.lm_head.module.act_group == LOGITS_GROUP  # the logits' activations per 32
         topics = ["the sea", "bread", "a cat", "winter", "trains", "music", "gardens", "the moon"]
         prompts = [chat_ids(engine, f"Write one sentence about {topics[i % 8]}.") for i in range(32)]
 

@@ -34,14 +34,20 @@ def _close(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @needs_vnni
-def test_int8_rows_are_independent_and_near_torchs() -> None:
+@pytest.mark.parametrize("group", [128, 32])
+def test_int8_rows_are_independent_and_near_torchs(group: int) -> None:
+    """Activations per 128 (layers) or per 32 (lm_heads); any row alone, in a 4 x 4 tile or left over
+    beside others (37 rows: 9 tiles of 4 and one), gets the same bits; 324 weight rows end in a
+    partial block of 8."""
     g = torch.Generator().manual_seed(2)
-    q = torch.randint(-127, 128, (320, 640), generator=g, dtype=torch.int8)
-    scale = (torch.rand(320, generator=g) * 0.01).bfloat16()
-    linear = Int8Linear(q, scale, None)
-    x = _x(32, 640)
+    q = torch.randint(-127, 128, (324, 576), generator=g, dtype=torch.int8)
+    scale = (torch.rand(324, generator=g) * 0.01).bfloat16()
+    linear = Int8Linear(q, scale, None, group)
+    x = _x(37, 576)
     y = linear(x)
     ref = torch._weight_int8pack_mm(x, q, scale).float()
     assert _close(y, ref) < 0.02
-    for i in (0, 9, 31):
-        assert torch.equal(linear(x[i : i + 1].contiguous())[0], y[i])
+    for i, n in ((0, 1), (9, 1), (36, 1), (5, 3), (30, 7)):
+        assert torch.equal(linear(x[i : i + n].contiguous()), y[i : i + n])
+    other = Int8Linear(q, scale, None, 160 - group)  # the other grouping: other bits, as close
+    assert not torch.equal(other(x), y) and _close(other(x), ref) < 0.02

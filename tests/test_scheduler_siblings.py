@@ -21,26 +21,29 @@ def _family(prompt: list[int], n: int) -> list[Sequence]:
 
 
 def test_siblings_wait_for_the_parent_prefill_without_blocking_others_then_share_its_kv() -> None:
-    sched = Scheduler(
-        max_batch=4, num_blocks=16, max_waiting=8, prefill_budget=1
-    )  # 4 per step while nobody decodes
+    sched = Scheduler(max_batch=4, num_blocks=16, max_waiting=8, prefill_budget=4)
     parent, sib = _family(list(range(1, 11)), 2)
     other = Sequence("o", [7, 8], SamplingParams(max_tokens=4), _emit)
     sched.waiting.extend([parent, sib, other])
 
     plan = sched.schedule()
-    assert plan == [(parent, 4)]  # budget spent on the parent's first chunk
+    assert plan == [(parent, 4), (other, 2)]  # the sibling waits, the request behind it goes ahead
+    assert list(sched.waiting) == [sib]
     parent.num_computed += 4
+    other.num_computed += 2
+    other.token_ids.append(98)
     plan = sched.schedule()
-    assert plan == [(parent, 4)] and list(sched.waiting) == [sib, other]
+    assert plan == [(other, 1), (parent, 4)] and list(sched.waiting) == [sib]
     parent.num_computed += 4
+    other.num_computed += 1
+    other.token_ids.append(97)
     plan = sched.schedule()
-    assert plan == [(parent, 2), (other, 2)]  # the sibling waits, the request behind it goes ahead
+    assert plan == [(other, 1), (parent, 2)]
     assert list(sched.waiting) == [sib] and sched.take_copies() == []
     parent.num_computed += 2
-    other.num_computed += 2
+    other.num_computed += 1
     parent.token_ids.append(99)
-    other.token_ids.append(98)
+    other.token_ids.append(96)
 
     plan = sched.schedule()
     assert (sib, 1) in plan and sib.status is Status.RUNNING

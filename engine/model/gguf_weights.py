@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.model.packed_linear import Int4Linear, Int8Embedding, Int8Linear
+from engine.model.packed_linear import LOGITS_GROUP, Int4Linear, Int8Embedding, Int8Linear
 
 GROUP = 32  # weights per scale in the int4 layout
 ROWS_PER_SLICE = 8192  # rows dequantized at a time for the int8 refit (bounds the peak memory)
@@ -177,14 +177,15 @@ def build_model(config: Any, tensors: dict[str, torch.Tensor], layout: dict[str,
             parts = tensors[f"{name}:qdata"], tensors[f"{name}:scale_and_zero"]
             _replace(model, name, Int4Linear(*parts, GROUP, None))
         elif how == "int8":
-            _replace(model, name, Int8Linear(tensors[f"{name}:qdata"], tensors[f"{name}:scale"], None))
+            group = LOGITS_GROUP if name == "lm_head" else 128
+            _replace(model, name, Int8Linear(tensors[f"{name}:qdata"], tensors[f"{name}:scale"], None, group))
         else:
             embedding = tensors[f"{name}:qdata"], tensors[f"{name}:scale"]
             embed_scale = getattr(modules[name], "embed_scale", None)
             _replace(model, name, Int8Embedding(*embedding, embed_scale=embed_scale))
     head = getattr(model, "lm_head", None)
     if head is not None and _is_meta(head) and embedding is not None:  # tied: one int8 copy for both
-        model.lm_head = Int8Linear(embedding[0], embedding[1].bfloat16(), None)
+        model.lm_head = Int8Linear(embedding[0], embedding[1].bfloat16(), None, LOGITS_GROUP)
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise ValueError(f"no weights in the GGUF file for {', '.join(left[:5])}")

@@ -71,11 +71,21 @@ class PackedLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
+# Activations per int8 scale for the logits' product (an lm_head's `act_group`): groups of 128 moved
+# SmolLM2's near-tied greedy tokens (engine/model/lean/quant.cpp); 32 keeps them.
+LOGITS_GROUP = 32
+
+
 class Int8Linear(nn.Module):
     """y = x @ (qdata * scale[:, None]).T + bias, with int8 weights [N, K] and one scale per row."""
 
-    def __init__(self, qdata: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self, qdata: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, act_group: int = 128
+    ) -> None:
+        """`act_group`: the activations per int8 scale in Hearth's VNNI kernel, 128 or 32 (lm_heads:
+        see engine/model/lean/quant.cpp)."""
         super().__init__()
+        self.act_group = act_group
         self.out_features, self.in_features = qdata.shape
         self.qdata: torch.Tensor
         self.scale: torch.Tensor
@@ -97,11 +107,14 @@ class Int8Linear(nn.Module):
     def concat(cls, linears: list[Int8Linear]) -> Int8Linear:
         """One layer computing the outputs of `linears` (same input), concatenated."""
         scale = torch.cat([m.scale for m in linears])
-        return cls(torch.cat([m.qdata for m in linears]), scale, concat_bias(linears, scale))
+        group = min(m.act_group for m in linears)
+        return cls(torch.cat([m.qdata for m in linears]), scale, concat_bias(linears, scale), group)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if vnni_takes(x, self.in_features):
-            out = torch.ops.hearth.int8_linear(as_rows(x, self.in_features), self.qdata, self.scale)
+            out = torch.ops.hearth.int8_linear(
+                as_rows(x, self.in_features), self.qdata, self.scale, self.act_group
+            )
             return _finish(out, x, self.bias)
         scale = self.scale if self.scale.dtype == x.dtype else self.scale.to(x.dtype)
         out = torch._weight_int8pack_mm(as_rows(x, self.in_features), self.qdata, scale)  # [M, N]

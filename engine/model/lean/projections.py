@@ -198,7 +198,7 @@ def split(linear: Any, parts: int) -> list[Any]:
     if is_plain_linear(linear):
         return [plain_linear(linear.weight.detach()[s].clone(), piece(bias, s)) for s in cuts]
     if type(linear) is Int8Linear:
-        return [Int8Linear(linear.qdata[s], linear.scale[s], piece(bias, s)) for s in cuts]
+        return [Int8Linear(linear.qdata[s], linear.scale[s], piece(bias, s), linear.act_group) for s in cuts]
     if type(linear) is Int4Linear:
         return [
             Int4Linear(linear.qdata[s], linear.scale_and_zero[:, s], linear.group, piece(bias, s))

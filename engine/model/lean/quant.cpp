@@ -1,16 +1,18 @@
 // int8 weight-only products on AVX-512 VNNI (engine.model.packed_linear's `Int8Linear` calls them).
 //
-// The activations are quantized too, as llama.cpp quantizes them for its K-quants: per block of
-// 128 along K, one scale d = max|x| / 127 and q = round(x / d), so that the weights' bytes meet them
-// in `vpdpbusd` (64 byte products an instruction) instead of being widened to floats one by one: at
-// one decode row the widening, not the memory, bounded torch's int8 kernel (~15 GB/s of this
-// machine's ~27), and at 8-32 rows Gemma 3's 262,144-row lm_head was compute-bound in it. A block's
-// two vpdpbusd add up in int32 before one conversion and one scaled add: with blocks of 32 those
-// two float operations per vpdpbusd made the product ~30 % slower at 32-256 rows (perplexity on
-// tests/data/perplexity.txt moved by under ±0.5 % either way, about as much as 64 did).
+// The activations are quantized too, per group along K, one scale d = max|x| / 127 and
+// q = round(x / d) a group, so that the weights' bytes meet them in `vpdpbusd` (64 byte products an
+// instruction) instead of being widened to floats one by one: at one decode row the widening, not
+// the memory, bounded torch's int8 kernel (~15 GB/s of this machine's ~27), and at 8-32 rows Gemma
+// 3's 262,144-row lm_head was compute-bound in it. Groups of 128 (as llama.cpp quantizes them for
+// its K-quants; the default) add a group's two vpdpbusd in int32 before one conversion and one
+// scaled add; groups of 32 (llama.cpp's Q8 blocks) convert and scale every vpdpbusd, ~30 % slower
+// from 8 rows up. lm_heads take 32 (`Int8Linear.act_group`): per 128, SmolLM2's greedy answer to
+// "What is the capital of France?" flipped from "The" to "L" (one bfloat16 step apart), while the
+// layers' products moved perplexity by under +-0.5 % either way.
 //
 // int8: w = q * s_row (q int8, one scale a row: the refit of other GGUF types, the lm_head),
-//   y = s_row * (sum_b d_b <q_b + 128, xq_b> - 128 sum_b d_b sum(xq_b)); the + 128 makes the weight
+//   y = s_row * (sum_g d_g <q_g + 128, xq_g> - 128 sum_g d_g sum(xq_g)); the + 128 makes the weight
 //   the unsigned operand of vpdpbusd.
 //
 // Tiles of 4 rows of x by 4 weight rows (16 sums, reduced at once and stored 16 at a time), the
@@ -42,7 +44,6 @@
 
 namespace {
 
-constexpr int64_t kBlock = 128;  // activations per scale (a row's last block may be 64)
 constexpr int64_t kChunk = 64;  // bytes per vpdpbusd
 
 #ifdef HEARTH_VNNI
@@ -51,26 +52,27 @@ using hearth::simd::load_bf16;
 using hearth::simd::reduce16;
 using hearth::simd::round_bf16;
 
-// Activations [M, K] quantized per block of kBlock: xq int8 [M, K]; d [M, blocks]
-// the blocks' scales; xqd [M] (sum_b d_b sum(xq_b)).
+// Activations [M, K] quantized per group of `group` (32 or 128; a row's last group of 128 may be 64):
+// xq int8 [M, K]; dexp [M, K / 64, 16] floats, each 64-byte chunk's scales spread over the lanes
+// vpdpbusd sums them into (per 32: lanes 0-7 and 8-15 hold its two groups'); xqd [M]
+// (sum_g d_g sum(xq_g)).
 struct QuantRows {
-  int64_t blocks;
   std::vector<int8_t> xq;
-  std::vector<float> d, xqd;
+  std::vector<float> dexp, xqd;
 };
 
-QuantRows quantize_rows(const c10::BFloat16* x, int64_t rows, int64_t k, int64_t stride) {
+QuantRows quantize_rows(const c10::BFloat16* x, int64_t rows, int64_t k, int64_t stride, int64_t group) {
+  const int64_t chunks = k / kChunk;
   QuantRows q;
-  q.blocks = (k + kBlock - 1) / kBlock;
   q.xq.resize(rows * k);
-  q.d.resize(rows * q.blocks);
+  q.dexp.resize(rows * chunks * 16);
   q.xqd.resize(rows);
   at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const c10::BFloat16* xr = x + r * stride;
       float xqd = 0;
-      for (int64_t b = 0; b < q.blocks; ++b) {
-        const int64_t lo = b * kBlock, hi = std::min(k, lo + kBlock);
+      for (int64_t lo = 0; lo < k; lo += group) {
+        const int64_t hi = std::min(k, lo + group);
         __m512 amax = _mm512_setzero_ps();
         for (int64_t i = lo; i < hi; i += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(load_bf16(xr + i)));
         const float d = _mm512_reduce_max_ps(amax) / 127.0f;
@@ -82,7 +84,10 @@ QuantRows quantize_rows(const c10::BFloat16* x, int64_t rows, int64_t k, int64_t
           sum = _mm512_add_epi32(sum, qi);
         }
         xqd += d * static_cast<float>(_mm512_reduce_add_epi32(sum));
-        q.d[r * q.blocks + b] = d;
+        for (int64_t i = lo; i < hi; i += 32) {  // the lanes of [i, i + 32): half of chunk i / 64
+          float* lanes = q.dexp.data() + (r * chunks + i / kChunk) * 16 + (i % kChunk) / 4;
+          for (int l = 0; l < 8; ++l) lanes[l] = d;
+        }
       }
       q.xqd[r] = xqd;
     }
@@ -101,28 +106,30 @@ inline void prefetch(const void* p, int64_t bytes) {
 }
 
 // int8: rows [r, r + X) of x against R weight rows (already unsigned bytes, q + 128, `wstride`
-// apart), out[x * R + i]: each block's byte products summed in int32 (up to 2 vpdpbusd), then
-// scaled into a float sum, the same order whatever X; the row scales are applied after.
-template <int64_t X, int64_t R>
+// apart), out[x * R + i]: the byte products (vpdpbusd) of C chunks at a time (a group of 128: C = 2,
+// of 32: C = 1) summed in int32, then scaled by their lanes' scales into a float sum, the same
+// order whatever X; the row scales are applied after.
+template <int64_t X, int64_t R, int64_t C>
 __attribute__((always_inline)) inline void micro8(const QuantRows& q, int64_t r, int64_t k, const uint8_t* w, int64_t wstride, float* out) {
+  const int64_t chunks = k / kChunk;
   __m512 acc[X][R];
   for (int64_t x = 0; x < X; ++x)
     for (int64_t i = 0; i < R; ++i) acc[x][i] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < q.blocks; ++b) {
-    const int64_t lo = b * kBlock, hi = std::min(k, lo + kBlock);
+  for (int64_t c0 = 0; c0 < chunks; c0 += C) {
+    const int64_t c1 = std::min(chunks, c0 + C);
     __m512i p[X][R];
     for (int64_t x = 0; x < X; ++x)
       for (int64_t i = 0; i < R; ++i) p[x][i] = _mm512_setzero_si512();
-    for (int64_t c = lo; c < hi; c += kChunk) {
+    for (int64_t c = c0; c < c1; ++c) {
       __m512i xv[X];
-      for (int64_t x = 0; x < X; ++x) xv[x] = _mm512_loadu_si512(q.xq.data() + (r + x) * k + c);
+      for (int64_t x = 0; x < X; ++x) xv[x] = _mm512_loadu_si512(q.xq.data() + (r + x) * k + c * kChunk);
       for (int64_t i = 0; i < R; ++i) {
-        const __m512i wv = _mm512_loadu_si512(w + i * wstride + c);
+        const __m512i wv = _mm512_loadu_si512(w + i * wstride + c * kChunk);
         for (int64_t x = 0; x < X; ++x) p[x][i] = _mm512_dpbusd_epi32(p[x][i], wv, xv[x]);
       }
     }
     for (int64_t x = 0; x < X; ++x) {
-      const __m512 d = _mm512_set1_ps(q.d[(r + x) * q.blocks + b]);
+      const __m512 d = _mm512_loadu_ps(q.dexp.data() + ((r + x) * chunks + c0) * 16);
       for (int64_t i = 0; i < R; ++i) acc[x][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[x][i]), d, acc[x][i]);
     }
   }
@@ -150,7 +157,7 @@ inline void store4x4(const float* out, const QuantRows& q, int64_t r, const floa
   for (int64_t x = 0; x < 4; ++x) std::memcpy(y + (r + x) * n, h + x * 4, 4 * sizeof(uint16_t));
 }
 
-template <typename S>
+template <int64_t C, typename S>
 void int8_rows(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata, const S* scale, int64_t n,
                c10::BFloat16* y) {
   // Weight rows 8 at a time, as unsigned bytes (q + 128) in a buffer in L1: against 4 rows of x at
@@ -173,13 +180,13 @@ void int8_rows(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata,
       if (nr == kRows) {
         for (; r + 4 <= rows; r += 4) {
           for (int64_t c = 0; c < kRows; c += 4) {
-            micro8<4, 4>(q, r, k, wq.data() + c * k, k, out);
+            micro8<4, 4, C>(q, r, k, wq.data() + c * k, k, out);
             store4x4<S>(out, q, r, sc + c, y + j0 + c, n);
           }
         }
       }
       for (; r < rows; ++r) {
-        micro8<1, kRows>(q, r, k, wq.data(), k, out);
+        micro8<1, kRows, C>(q, r, k, wq.data(), k, out);
         for (int64_t i = 0; i < nr; ++i) {
           y[r * n + j0 + i] = static_cast<c10::BFloat16>(sc[i] * (out[i] - 128.0f * q.xqd[r]));
         }
@@ -205,20 +212,31 @@ bool vnni() {
 #endif
 }
 
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scale) {
+template <typename S>
+void int8_dispatch(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata, const S* scale, int64_t n,
+                   c10::BFloat16* y, int64_t group) {
+  if (group == 32) {
+    int8_rows<1>(q, rows, k, qdata, scale, n, y);
+  } else {
+    int8_rows<2>(q, rows, k, qdata, scale, n, y);
+  }
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scale, int64_t group) {
   TORCH_CHECK(vnni(), "int8_linear: built without AVX-512 VNNI");
   const int64_t n = qdata.size(0), k = qdata.size(1);
   check_x(x, k, "int8_linear");
   TORCH_CHECK(qdata.is_contiguous() && qdata.scalar_type() == at::kChar, "int8_linear: qdata must be int8 [N, K]");
   TORCH_CHECK(scale.is_contiguous() && scale.numel() == n, "int8_linear: scale must be [N]");
+  TORCH_CHECK(group == 32 || group == 128, "int8_linear: activations are quantized per 32 or per 128, not ", group);
   auto y = at::empty({x.size(0), n}, x.options());
 #ifdef HEARTH_VNNI
-  const auto q = quantize_rows(x.data_ptr<c10::BFloat16>(), x.size(0), k, x.stride(0));
+  const auto q = quantize_rows(x.data_ptr<c10::BFloat16>(), x.size(0), k, x.stride(0), group);
   if (scale.scalar_type() == at::kFloat) {
-    int8_rows(q, x.size(0), k, qdata.data_ptr<int8_t>(), scale.data_ptr<float>(), n, y.data_ptr<c10::BFloat16>());
+    int8_dispatch(q, x.size(0), k, qdata.data_ptr<int8_t>(), scale.data_ptr<float>(), n, y.data_ptr<c10::BFloat16>(), group);
   } else {
     TORCH_CHECK(scale.scalar_type() == at::kBFloat16, "int8_linear: scale must be float32 or bfloat16");
-    int8_rows(q, x.size(0), k, qdata.data_ptr<int8_t>(), scale.data_ptr<c10::BFloat16>(), n, y.data_ptr<c10::BFloat16>());
+    int8_dispatch(q, x.size(0), k, qdata.data_ptr<int8_t>(), scale.data_ptr<c10::BFloat16>(), n, y.data_ptr<c10::BFloat16>(), group);
   }
 #endif
   return y;
@@ -228,7 +246,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qdata, const at::T
 
 TORCH_LIBRARY_FRAGMENT(hearth, m) {
   m.def("vnni() -> bool", &vnni);
-  m.def("int8_linear(Tensor x, Tensor qdata, Tensor scale) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor qdata, Tensor scale, int group=128) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hearth, CPU, m) {
