@@ -163,8 +163,8 @@ class Batcher(Worker):
                     self._pass(length, part, failed)
         for job in live:
             if job not in failed and job.left == 0:
+                self._count(finished=1)  # first: a caller woken by its result may read the stats at once
                 job.resolve(torch.stack([v for v in job.vectors if v is not None]))
-                self._count(finished=1)
 
     def _pass(self, length: int, part: list[tuple[Job, int]], failed: set[Job]) -> None:
         """One forward pass over `part`'s inputs, padded to `length`."""
@@ -190,9 +190,9 @@ class Batcher(Worker):
             job.left -= 1
 
     def _fail(self, jobs: list[Job], error: BaseException) -> None:
+        self._count(failed=len(jobs))  # counted before the callers wake (see `_round`)
         for job in jobs:
             job.resolve(error)
-        self._count(failed=len(jobs))
 
     def _fail_queued(self, error: BaseException) -> None:
         jobs = []
