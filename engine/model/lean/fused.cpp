@@ -4,8 +4,9 @@
 // their arithmetic: RMSNorm (~10 ops: upcast, pow, mean, add, rsqrt, mul, downcast, mul), the
 // rotary embedding of q and k (slices, neg, cat, mul, addcmul) and a gated MLP's activation and
 // product. They round where transformers' modules round (a bfloat16 result wherever those store
-// one); what differs is the order a row's sum of squares is added up, and exp/tanh's last bits.
-// A row's result depends on that row alone: batch invariance holds.
+// one); what differs is the order a row's sum of squares is added up, and exp's last bits.
+// A row's result depends on that row alone: batch invariance holds. Beside them, `argmax_rows`:
+// the engine's greedy pick and finite check over a step's logits, in one pass.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -3,7 +3,9 @@
 At one decode row each of these is a chain of small aten ops (RMSNorm ~10, the rotary embedding
 ~6), and a SmolLM2 step runs 61 norms and 30 rotary embeddings: their dispatch, not their maths, is
 what they cost. `fused.cpp` does each in one op (`torch.ops.hearth.rms_norm`, `torch.ops.hearth.rope`),
-registered with torch's dispatcher, so the CPU decode traces record it as one node.
+registered with torch's dispatcher, so the CPU decode traces record it as one node. It also holds
+`argmax_rows`, the greedy pick and finite check over a step's logits in one pass
+(`engine.sampling.filters.greedy_rows`).
 
 The kernels are compiled once per machine with torch's own extension builder (the C++ compiler
 torch uses, `-O3 -march=native`) into `<venv>/hearth-kernels/<torch version>-<cpu>/`;
