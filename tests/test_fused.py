@@ -96,3 +96,18 @@ def test_act_mul_is_the_activation_times_up() -> None:
         # (~6 % of these rows differ from the exact ones); the kernel computes v / (1 + e^-2y)
         if silu:
             assert (mine != F.silu(gate) * up).float().mean() < 0.01
+
+
+def test_argmax_rows_is_torchs_argmax_and_flags_non_finite_rows() -> None:
+    """The engine's greedy pick and finite check in one pass: torch.argmax's index (the first of
+    tied maxima), and False for a row holding NaN or an infinity, for vocabularies of any width."""
+    g = torch.Generator().manual_seed(4)
+    for rows, vocab in ((1, 7), (3, 16), (5, 49152), (2, 1000003)):
+        x = torch.randn(rows, vocab, generator=g)
+        x[0, vocab // 2] = x[0, -1] = x[0].max() + 1  # a tie: the first one wins
+        ids, finite = torch.ops.hearth.argmax_rows(x)
+        assert torch.equal(ids, torch.argmax(x, dim=-1)) and bool(finite.all())
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            y = x.clone()
+            y[-1, vocab - 2] = bad
+            assert torch.ops.hearth.argmax_rows(y)[1].tolist() == [True] * (rows - 1) + [False]
