@@ -95,7 +95,6 @@ QuantRows quantize_rows(const c10::BFloat16* x, int64_t rows, int64_t k, int64_t
   return q;
 }
 
-constexpr int64_t kRows = 4;  // weight rows a micro-kernel computes at once: four independent sums
 constexpr int64_t kAhead = 8192;  // bytes of weights prefetched ahead of the block being read
 
 // Ask for the cache lines of [p, p + bytes): one core's hardware prefetcher alone kept a weight
@@ -146,7 +145,6 @@ __attribute__((always_inline)) inline void micro8(const QuantRows& q, int64_t r,
 
 // y[r + x, j0 + c + i] for a 4 x 4 tile's sums out[x * 4 + i]: scale * (sum - 128 xqd), rounded to
 // bfloat16 (the same operations as the scalar path below, 16 at once)
-template <typename S>
 inline void store4x4(const float* out, const QuantRows& q, int64_t r, const float* sc, c10::BFloat16* y, int64_t n) {
   const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);  // lane -> row of x
   const __m512 xqd = _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_loadu_ps(q.xqd.data() + r)));
@@ -181,7 +179,7 @@ void int8_rows(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata,
         for (; r + 4 <= rows; r += 4) {
           for (int64_t c = 0; c < kRows; c += 4) {
             micro8<4, 4, C>(q, r, k, wq.data() + c * k, k, out);
-            store4x4<S>(out, q, r, sc + c, y + j0 + c, n);
+            store4x4(out, q, r, sc + c, y + j0 + c, n);
           }
         }
       }
@@ -193,6 +191,18 @@ void int8_rows(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata,
       }
     }
   });
+}
+
+// The activations' grouping: per 32, every vpdpbusd converted and scaled (C = 1); per 128, two
+// summed in int32 first (C = 2).
+template <typename S>
+void int8_dispatch(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata, const S* scale, int64_t n,
+                   c10::BFloat16* y, int64_t group) {
+  if (group == 32) {
+    int8_rows<1>(q, rows, k, qdata, scale, n, y);
+  } else {
+    int8_rows<2>(q, rows, k, qdata, scale, n, y);
+  }
 }
 
 #endif  // HEARTH_VNNI
@@ -210,16 +220,6 @@ bool vnni() {
 #else
   return false;
 #endif
-}
-
-template <typename S>
-void int8_dispatch(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata, const S* scale, int64_t n,
-                   c10::BFloat16* y, int64_t group) {
-  if (group == 32) {
-    int8_rows<1>(q, rows, k, qdata, scale, n, y);
-  } else {
-    int8_rows<2>(q, rows, k, qdata, scale, n, y);
-  }
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scale, int64_t group) {
