@@ -162,9 +162,9 @@ template <bool kSilu>
 inline float activation(float v) {
   if constexpr (kSilu) {
     return v / (1.0f + std::exp(-v));
-  } else {
-    const float beta = static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
-    return 0.5f * v * (1.0f + std::tanh(beta * (v + kappa * v * v * v)));
+  } else {  // as act_mul16: v / (1 + e^-2y)
+    const float y = static_cast<float>(-M_SQRT2 * M_2_SQRTPI) * (v + 0.044715f * (v * v * v));
+    return v / (1.0f + std::exp(y));
   }
 }
 
