@@ -1,7 +1,7 @@
 """One unattended GPU check of Hearth, for a rented machine with one NVIDIA GPU and no internet.
 
 Run `scripts/gpu-check` from the repository root. Every stage runs in its own process with its own
-timeout, inside one overall budget (default 330 s); a stage that fails or times out does not stop
+timeout, inside one overall budget (default 500 s); a stage that fails or times out does not stop
 the next ones, and each stage's output is appended to the report (`$OUT/gpu-check.md`, or --out)
 as it arrives, so a killed run still leaves what it got:
 
@@ -10,16 +10,20 @@ as it arrives, so a killed run still leaves what it got:
   env       GPU, torch, CUDA and package versions
   tests     `pytest -m gpu tests/test_gpu.py`: the Engine on CUDA, end to end (float32 greedy equals
             transformers on the CPU, bf16 by default with the KV cache on the GPU, 8 concurrent
-            requests finish, batched greedy equals solo greedy)
-  compare   greedy tokens of a random ~50M-parameter Llama (hidden 512, 8 layers) from transformers
-            and from Hearth's Engine, on CPU and GPU, float32 and bf16: the first divergence from
-            transformers on the CPU in float32, per prompt
-  build     a random-weight ~1.07B Llama (hidden 2048, 16 layers, 32/8 heads, intermediate 8192,
-            vocab 49152, bf16) saved with the SmolLM2 tokenizer
-  bench     `scripts/bench.py --compare --concurrency 1,8,32,64 --max-tokens 128` on that model:
-            Hearth (a temporary models.yaml, cuda, bfloat16, 64 slots; with CUDA graphs, and
-            once more without them) against
-            `transformers serve --continuous-batching --device cuda --dtype bfloat16`
+            requests finish, batched greedy equals solo greedy, CUDA graphs; every lean family's
+            tiny model equals transformers; a Q4_K_M GGUF file dequantized on the GPU)
+  build     random-weight bf16 models of three families, real shapes over SmolLM2's vocabulary
+            (tests/random_llama.py): Llama 1.07 B (hidden 2048, 16 layers, 32/8 heads), Qwen3
+            1.5 B (Qwen3-1.7B's 28 layers, 16/8 heads of 128, qk-norm), Gemma 3 0.75 B (Gemma 3
+            1B's 26 layers, 4/1 heads of 256, sliding windows of 512)
+  compare   greedy tokens of each model (2 prompts, 16 tokens) from transformers on the CPU in
+            float32 (the reference), Hearth on the GPU in float32 (with CUDA graphs) and in bf16,
+            and transformers on the GPU in bf16: the first divergence from the reference, per prompt
+  steps     one stream per model through the Engine: ms per token, the device time of a replayed
+            one-row CUDA graph, and the weights read once per token at the GPU's memory bandwidth
+  bench     `scripts/bench.py --concurrency 1,32,64 --max-tokens 128` on those models, each with
+            CUDA graphs and once more without them (`cuda_graphs: false`); with --peer, also
+            `transformers serve --continuous-batching --device cuda --dtype bfloat16` on the Llama
 
 Why random weights: a device call carries at most 64 MiB, and the embedded SmolLM2 model is
 98 MB as GGUF and 540 MB as float32 safetensors. So the models are built from a config with a
@@ -29,7 +33,10 @@ Special-token embedding rows are zeroed, so greedy decoding never emits an end t
 request runs to max_tokens on both servers.
 
 Before renting the machine, once, here (needs internet; fills the git-ignored `.whl/` and
-`.gpu-assets/`, about 30 MB):   scripts/gpu-check prepare
+`.gpu-assets/`, about 35 MB):   scripts/gpu-check prepare
+with `--llama-cpp DIR` (a built llama.cpp source tree, and `--convert-python PY` with sentencepiece),
+it also writes `.gpu-assets/gguf/tiny-q4_k_m.gguf` (13 MB): a random Llama (hidden 256, 4 layers)
+converted and quantized by llama.cpp, for the GGUF tests of tests/test_gpu.py.
 Check the code paths on a CPU (tiny models, concurrency 1,2, about 3 minutes on 2 cores):
                                 scripts/gpu-check --device cpu --small --out /tmp/gpu-check.md
 """
@@ -52,10 +59,11 @@ from pathlib import Path
 from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = ("llama", "qwen3", "gemma3")  # the random models the check builds and benches
 WHEELS = ROOT / ".whl"
 ASSETS = ROOT / ".gpu-assets"
+GGUF_ASSET = ASSETS / "gguf" / "tiny-q4_k_m.gguf"
 SITE = Path("/tmp/hearth-gpu-site")
-MODEL_ID = "gpucheck-1b"
 # tests/test_docs.py runs every block of docs/ or reads why not on the line before it
 OUTPUT_MARK = "<!-- not tested: the output of the command above, on the GPU machine -->"
 LOG_MARK = "<!-- not tested: the tail of a server log of the run above -->"
@@ -194,11 +202,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", help="bench levels (default: 1,8,32,64; --small 1,2)")
     p.add_argument("--max-tokens", type=int, help="bench tokens per request (default: 128; --small 16)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (models, bench logs)")
+    p.add_argument("--peer", action="store_true", help="also bench `transformers serve` on the Llama")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = Path(os.environ.get("OUT") or tempfile.gettempdir()) / "gpu-check.md"
-    args.budget = args.budget or (170.0 if args.small else 330.0)
-    args.concurrency = args.concurrency or ("1,2" if args.small else "1,8,32,64")
+    args.budget = args.budget or (240.0 if args.small else 500.0)
+    args.concurrency = args.concurrency or ("1,2" if args.small else "1,32,64")
     args.max_tokens = args.max_tokens or (16 if args.small else 128)
     return args
 
@@ -228,27 +237,23 @@ def should_install(args: argparse.Namespace) -> bool:
     return not in_repo_venv and any(args.wheels.glob("*.whl"))
 
 
-def write_catalog(work: Path, model_dir: Path, args: argparse.Namespace) -> Path:
+def write_catalog(work: Path, model_dirs: list[Path], args: argparse.Namespace) -> Path:
+    """A models.yaml with each model twice: `<folder name>` and `<folder name>-eager` (no CUDA graphs)."""
     dtype = "float32" if args.device == "cpu" else "bfloat16"
     path = work / "models.yaml"
-    path.write_text(
-        f"default: {MODEL_ID}\n"
-        f"cache_dir: {work / 'cache'}\n"
-        "models:\n"
-        f"  - id: {MODEL_ID}\n"
-        f"    source: {model_dir}\n"
-        f"    dtype: {dtype}\n"
-        f"    device: {args.device}\n"
-        "    max_context: 2048\n"
-        "    max_batch_size: 64\n"
-        f"  - id: {MODEL_ID}-eager\n"  # the same without CUDA graphs, for the comparison
-        f"    source: {model_dir}\n"
-        f"    dtype: {dtype}\n"
-        f"    device: {args.device}\n"
-        "    max_context: 2048\n"
-        "    max_batch_size: 64\n"
-        "    cuda_graphs: false\n"
-    )
+    lines = [f"default: {model_dirs[0].name}", f"cache_dir: {work / 'cache'}", "models:"]
+    for model_dir in model_dirs:
+        for suffix, graphs in (("", "true"), ("-eager", "false")):
+            lines += [
+                f"  - id: {model_dir.name}{suffix}",
+                f"    source: {model_dir}",
+                f"    dtype: {dtype}",
+                f"    device: {args.device}",
+                "    max_context: 2048",
+                "    max_batch_size: 64",
+                f"    cuda_graphs: {graphs}",
+            ]
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -264,7 +269,6 @@ def check(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.budget
     work = Path(tempfile.mkdtemp(prefix="hearth-gpu-check-"))
     py = sys.executable
-    size = "tiny" if args.small else "small"
     big = "tiny" if args.small else "1b"
     report.write(
         f"# Hearth GPU check\n\n{time.strftime('%Y-%m-%d %H:%M:%S')}; device {args.device}, "
@@ -290,33 +294,46 @@ def check(args: argparse.Namespace) -> int:
         pip = [py, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir"]
         if stage("install", [*pip, "--upgrade", "--target", str(SITE), *wheels], 120).status == "ok":
             site = SITE
-    stage("env", [py, "-m", "scripts.gpu_check", "stage", "env"], 60)
+    stage("env", [py, "-m", "scripts.gpu_check", "stage", "env"], 150)  # builds the CPU kernels
     stage(
         "tests",
         [py, "-m", "pytest", "-m", "gpu", "-q", "-rsx", "-p", "no:cacheprovider", "tests/test_gpu.py"],
-        150,
+        180,
     )
-    compare = [py, "-m", "scripts.gpu_check", "stage", "compare", "--device", args.device, "--size", size]
-    stage("compare", compare + (["--tokens", "16", "--prompts", "2"] if args.small else []), 90)
-    model_dir = work / "model"
-    build = [py, "-m", "scripts.gpu_check", "stage", "build", "--device", args.device, "--size", big]
-    if stage("build", [*build, "--out", str(model_dir)], 90).status == "ok":
-        catalog = write_catalog(work, model_dir, args)
-        venv_peer = ROOT / ".venv-peer" / "bin" / "python"  # no transformers[serving] in .venv
-        peer_py = venv_peer if site is None and venv_peer.exists() else Path(py)
+    built: list[Path] = []
+    for family in FAMILIES:
+        model_dir = work / f"{family}-{big}"
+        build = [py, "-m", "scripts.gpu_check", "stage", "build", "--device", args.device, "--size", big]
+        if stage(f"build {family}", [*build, "--family", family, "--out", str(model_dir)], 60).status == "ok":
+            built.append(model_dir)
+    if not built:
+        outcomes.append(Outcome("bench", "skipped: no model"))
+    else:
+        compare = [py, "-m", "scripts.gpu_check", "stage", "compare", "--device", args.device]
+        stage("compare", [*compare, "--tokens", "16", "--prompts", "2", "--models", *map(str, built)], 120)
+        steps = [py, "-m", "scripts.gpu_check", "stage", "steps", "--device", args.device]
+        stage("steps", [*steps, "--tokens", str(args.max_tokens), "--models", *map(str, built)], 90)
+        catalog = write_catalog(work, built, args)
+        ids = ",".join(f"{d.name}{suffix}" for d in built for suffix in ("", "-eager"))
         bench = [
-            py, "scripts/bench.py", "--compare", "--concurrency", args.concurrency,
+            py, "scripts/bench.py", "--concurrency", args.concurrency,
             "--max-tokens", str(args.max_tokens), "--hearth-config", str(catalog),
-            "--model", f"{MODEL_ID},{MODEL_ID}-eager", "--hearth-dtype", "catalog",
-            "--hearth-python", py, "--model-dir", str(model_dir),
-            "--peer-python", str(peer_py),
-            "--peer-device", args.device, "--peer-dtype", "float32" if args.device == "cpu" else "bfloat16",
+            "--model", ids, "--hearth-dtype", "catalog", "--hearth-python", py,
             "--json", str(work / "bench.json"),
         ]  # fmt: skip
-        stage("bench", bench, 600, TMPDIR=str(work))  # the servers' logs land in `work`
+        stage("bench", bench, 300, TMPDIR=str(work))  # the servers' logs land in `work`
         append_logs(report, sorted(work.glob("hearth-bench-*.log")))
-    else:
-        outcomes.append(Outcome("bench", "skipped: no model"))
+        if args.peer:
+            venv_peer = ROOT / ".venv-peer" / "bin" / "python"  # no transformers[serving] in .venv
+            peer_py = venv_peer if site is None and venv_peer.exists() else Path(py)
+            peer = [
+                py, "scripts/bench.py", "--compare", "--concurrency", args.concurrency,
+                "--max-tokens", str(args.max_tokens), "--hearth-config", str(catalog),
+                "--model", built[0].name, "--hearth-dtype", "catalog", "--hearth-python", py,
+                "--model-dir", str(built[0]), "--peer-python", str(peer_py), "--peer-device", args.device,
+                "--peer-dtype", "float32" if args.device == "cpu" else "bfloat16",
+            ]  # fmt: skip
+            stage("peer", peer, 300, TMPDIR=str(work))
 
     report.write("\n## Summary\n\n| stage | result | seconds |\n|---|---|---:|\n")
     for o in outcomes:
@@ -331,9 +348,15 @@ def check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- preparation (here, with internet)
 
 
-def prepare() -> int:
-    """Download the pinned wheels for the GPU image's Python 3.12 into .whl/ and copy the tokenizer."""
+def prepare(argv: Sequence[str]) -> int:
+    """Download the pinned wheels for the GPU image's Python 3.12 into .whl/ and copy the tokenizer;
+    with --llama-cpp, write the GGUF asset too."""
     from tests.random_llama import copy_tokenizer, find_tokenizer_dir
+
+    p = argparse.ArgumentParser(prog="scripts/gpu-check prepare")
+    p.add_argument("--llama-cpp", type=Path, help="a llama.cpp source tree with build/bin/llama-quantize")
+    p.add_argument("--convert-python", default=sys.executable, help="python for convert_hf_to_gguf.py")
+    args = p.parse_args(argv)
 
     WHEELS.mkdir(exist_ok=True)
     platforms = [a for p in PLATFORMS for a in ("--platform", p)]
@@ -351,6 +374,8 @@ def prepare() -> int:
         return 1
     if tokenizer != ASSETS / "tokenizer":
         copy_tokenizer(tokenizer, ASSETS / "tokenizer")
+    if args.llama_cpp is not None:
+        write_gguf_asset(args.llama_cpp, args.convert_python, ASSETS / "tokenizer")
     total = sum(f.stat().st_size for d in (WHEELS, ASSETS) for f in d.rglob("*") if f.is_file())
     print(
         f"{len(list(WHEELS.glob('*.whl')))} wheels in .whl, tokenizer in .gpu-assets: {total / 2**20:.1f} MiB"
@@ -358,10 +383,27 @@ def prepare() -> int:
     return 0
 
 
+def write_gguf_asset(llama_cpp: Path, python: str, tokenizer: Path) -> None:
+    """`GGUF_ASSET`: tests/test_gpu.py's random Llama, converted to GGUF and quantized by llama.cpp."""
+    from tests.random_llama import build_random_llama
+    from tests.test_gpu import GGUF_SIZE
+
+    with tempfile.TemporaryDirectory(prefix="hearth-gguf-") as tmp:
+        model = build_random_llama(Path(tmp) / "model", tokenizer, GGUF_SIZE)
+        f32 = Path(tmp) / "f32.gguf"
+        env = {**os.environ, "PYTHONPATH": str(llama_cpp / "gguf-py")}
+        convert = [python, str(llama_cpp / "convert_hf_to_gguf.py"), str(model), "--outtype", "f32"]
+        subprocess.run([*convert, "--outfile", str(f32)], check=True, env=env, capture_output=True)
+        GGUF_ASSET.parent.mkdir(parents=True, exist_ok=True)
+        quantize = [str(llama_cpp / "build" / "bin" / "llama-quantize"), str(f32), str(GGUF_ASSET), "Q4_K_M"]
+        subprocess.run(quantize, check=True, capture_output=True)
+    print(f"{GGUF_ASSET.relative_to(ROOT)}: {GGUF_ASSET.stat().st_size / 2**20:.1f} MiB")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["prepare"]:
-        return prepare()
+        return prepare(argv[1:])
     if argv[:1] == ["stage"]:
         from scripts.gpu_stages import run_stage_command
 

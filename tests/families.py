@@ -36,6 +36,15 @@ COMMON: dict[str, Any] = {
 }
 
 
+def _prompts() -> list[list[int]]:
+    """A short prompt, one past the sliding window (and the prefill chunk) and one in between."""
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(100, 40000, (n,), generator=g).tolist() for n in (5, 3 * WINDOW - 8, WINDOW + 7)]
+
+
+PROMPTS = _prompts()
+
+
 def _llama3(base: dict[str, Any]) -> Any:
     from transformers import LlamaConfig
 
@@ -163,24 +172,28 @@ def reference(model: Any, prompts: list[list[int]], n: int) -> list[list[int]]:
 
 @contextmanager
 def engine_over(
-    model: Any, tokenizer: Any, dtype: torch.dtype = torch.float32, quantization: str = "none"
+    model: Any,
+    tokenizer: Any,
+    dtype: torch.dtype = torch.float32,
+    quantization: str = "none",
+    device: str = "cpu",
 ) -> Iterator[Engine]:
-    """A started `Engine` over a copy of `model` (the lean forward takes its weights over)."""
-    own = copy.deepcopy(model).to(dtype)
+    """A started `Engine` over a copy of `model` on `device` (the lean forward takes its weights over)."""
+    own = copy.deepcopy(model).to(device=device, dtype=dtype)
     if quantization != "none":
-        quantize(own, quantization, torch.device("cpu"))
+        quantize(own, quantization, torch.device(device))
     name = str(dtype).removeprefix("torch.")
     cfg = ModelConfig(
         id="family",
         source=".",
         dtype=name,
-        device="cpu",
+        device=device,
         max_context=256,
         max_batch_size=4,
         prefill_chunk=WINDOW,  # long prompts span chunks, and each chunk sees past the window
         quantization=quantization,
     )
-    loaded = LoadedModel(own, tokenizer, torch.device("cpu"), dtype, (2,), 0.0, Path("."))
+    loaded = LoadedModel(own, tokenizer, torch.device(device), dtype, (2,), 0.0, Path("."))
     engine = Engine(loaded, cfg)
     engine.start()
     try:

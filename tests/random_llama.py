@@ -68,23 +68,11 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def build_random_llama(
-    out: Path,
-    tokenizer_dir: Path,
-    size: LlamaSize,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
-    seed: int = 0,
-) -> Path:
-    """Save a random `LlamaForCausalLM` of `size` with the tokenizer of `tokenizer_dir` into `out`.
+def llama_config(size: LlamaSize) -> Any:
+    """The transformers `LlamaConfig` of `size`, with SmolLM2's vocabulary and special ids."""
+    from transformers import LlamaConfig
 
-    Weights are drawn on `device` after `torch.manual_seed(seed)`: the same seed gives the same
-    weights on the same device type only, so build once and load the folder everywhere.
-    """
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=VOCAB,
         hidden_size=size.hidden,
         intermediate_size=size.intermediate,
@@ -99,9 +87,86 @@ def build_random_llama(
         eos_token_id=2,
         pad_token_id=2,
     )
+
+
+def qwen3_1b_config() -> Any:
+    """Qwen3-1.7B's shapes (28 layers, hidden 2,048, 16/8 heads of 128, qk-norm, tied embeddings)
+    over SmolLM2's vocabulary: ~1.5 B parameters."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=VOCAB,
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+
+
+def gemma3_1b_config() -> Any:
+    """Gemma 3 1B's shapes (26 layers, hidden 1,152, 4/1 heads of 256, five sliding-window layers
+    of 512 per global one) over SmolLM2's vocabulary: ~0.75 B parameters."""
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=1152,
+        intermediate_size=6912,
+        num_hidden_layers=26,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=512,
+        layer_types=["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(26)],
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+
+
+def build_random_llama(
+    out: Path,
+    tokenizer_dir: Path,
+    size: LlamaSize,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Path:
+    """Save a random `LlamaForCausalLM` of `size` with the tokenizer of `tokenizer_dir` into `out`."""
+    return build_random_model(out, tokenizer_dir, llama_config(size), dtype=dtype, device=device, seed=seed)
+
+
+def build_random_model(
+    out: Path,
+    tokenizer_dir: Path,
+    config: Any,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Path:
+    """Save a random causal LM of transformers `config` with the tokenizer of `tokenizer_dir` into `out`.
+
+    Weights are drawn on `device` after `torch.manual_seed(seed)`: the same seed gives the same
+    weights on the same device type only, so build once and load the folder everywhere.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     torch.manual_seed(seed)
     with torch.device(device):
-        model: Any = LlamaForCausalLM(config)
+        model: Any = AutoModelForCausalLM.from_config(config)
     model = model.to(dtype=dtype).eval()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     special = sorted({*tokenizer.all_special_ids, *tokenizer.added_tokens_decoder})
@@ -110,6 +175,15 @@ def build_random_llama(
     model.save_pretrained(out)
     copy_tokenizer(tokenizer_dir, out)
     return out
+
+
+def parameters(config: Any) -> int:
+    """Parameters of a model of transformers `config` (built on the meta device: no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def param_count(size: LlamaSize) -> int:

@@ -140,8 +140,8 @@ def test_a_failing_request_leaves_the_rest_of_the_batch_running(engine: Engine) 
 
     good_ids = _prompt(engine, "Describe the ocean.")
 
-    async def bad() -> str | None:
-        params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+    async def bad() -> str | None:  # logprobs: a batch of plain greedy rows never calls the sampler
+        params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True, logprobs=True)
         async for d in engine.generate(_prompt(engine, "Tell me a joke."), params, "bad"):
             if d.finish_reason is not None:
                 return d.error

@@ -15,7 +15,7 @@ from engine.model.lean import LeanLlama, lean_path, path_for, supported
 from engine.model.lean.moe import MoE
 from engine.model.packed_linear import Int8Linear
 from engine.model.runner import ModelRunner
-from tests.families import CONFIGS, WINDOW, build, engine_over, llama_rope, reference
+from tests.families import CONFIGS, PROMPTS, WINDOW, build, engine_over, llama_rope, reference
 from tests.greedy import describe_divergence, engine_generate
 
 N_TOKENS = 8
@@ -29,15 +29,6 @@ FAMILY_NAMES = {
     "gemma2": "Gemma 2",
     "phi3": "Phi-3",
 }
-
-
-def _prompts() -> list[list[int]]:
-    """A short prompt, one past the sliding window (and the prefill chunk) and one in between."""
-    g = torch.Generator().manual_seed(1)
-    return [torch.randint(100, 40000, (n,), generator=g).tolist() for n in (5, 3 * WINDOW - 8, WINDOW + 7)]
-
-
-PROMPTS = _prompts()
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
-"""The engine on a CUDA GPU, with a small random-weight Llama model (tests/random_llama.py).
+"""The engine on a CUDA GPU, with a small random-weight Llama model (tests/random_llama.py), a tiny
+model of every lean family (tests/families.py) and a Q4_K_M GGUF file of a random Llama.
 
 Every test here is marked `gpu` and skips where torch sees no CUDA GPU. `HEARTH_TEST_DEVICE=cpu`
 runs the same tests on the CPU (scripts/gpu-check --device cpu does, to check the code paths
-on a machine without a GPU). They also skip when no SmolLM2 tokenizer files are found.
+on a machine without a GPU). They also skip when no SmolLM2 tokenizer files are found, and the
+GGUF tests when `scripts/gpu-check prepare --llama-cpp DIR` has not written the GGUF file.
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from engine.catalog.config import ModelConfig
 from engine.core.engine import Engine
 from engine.core.request import EngineStats
 from engine.model.cuda_graphs import CudaGraphs
-from engine.model.loader import cpu_has_native_bf16, pick_dtype
+from engine.model.lean import LeanLlama
+from engine.model.loader import cpu_has_native_bf16, load_model, pick_dtype
+from engine.model.quantize import QuantizationError
+from tests import families
+from tests.families import CONFIGS, PROMPTS, build, engine_over
 from tests.greedy import (
     describe_divergence,
     engine_generate,
@@ -31,6 +39,8 @@ from tests.random_llama import LlamaSize, build_random_llama, find_tokenizer_dir
 
 DEVICE = os.environ.get("HEARTH_TEST_DEVICE", "cuda")
 N_TOKENS = 24
+GGUF_SIZE = LlamaSize(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=512, init_std=0.1)
+GGUF = Path(__file__).resolve().parent.parent / ".gpu-assets" / "gguf" / "tiny-q4_k_m.gguf"
 
 pytestmark = [
     pytest.mark.gpu,
@@ -43,8 +53,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = find_tokenizer_dir()
     if tokenizer is None:
         pytest.skip("no SmolLM2 tokenizer files (.gpu-assets/tokenizer or ~/.cache/hearth)")
-    size = LlamaSize(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=512, init_std=0.1)
-    return build_random_llama(tmp_path_factory.mktemp("random-llama"), tokenizer, size)
+    return build_random_llama(tmp_path_factory.mktemp("random-llama"), tokenizer, GGUF_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +115,7 @@ def test_batched_greedy_equals_solo_in_float32(model_dir: Path) -> None:
 
 
 @pytest.mark.skipif(
-    DEVICE == "cpu", reason="a CPU records decode steps for quantized models only (test_decode_graphs)"
+    DEVICE == "cpu", reason="CUDA graphs' buckets; a CPU's decode traces are tested in test_decode_graphs"
 )
 def test_decode_steps_replay_cuda_graphs_with_the_reference_output(
     model_dir: Path, reference: list[list[int]]
@@ -137,5 +146,89 @@ def test_graphs_are_on_by_default_on_cuda(model_dir: Path) -> None:
         if DEVICE == "cuda":
             assert graphs is not None and graphs.replays >= N_TOKENS - 1 and graphs.failed is None
         else:
-            assert graphs is None
+            assert not isinstance(graphs, CudaGraphs)  # a CPU may record traces (test_decode_graphs)
     assert len(tokens) == N_TOKENS
+
+
+@pytest.fixture(scope="module")
+def family_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = find_tokenizer_dir()
+    if tokenizer is None:
+        pytest.skip("no SmolLM2 tokenizer files (.gpu-assets/tokenizer or ~/.cache/hearth)")
+    return AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_lean_family_on_the_device_gives_transformers_greedy_tokens(
+    name: str, family_tokenizer: Any
+) -> None:
+    """float32 on the device, decode steps from CUDA graphs where the family takes them (all but the
+    mixture of experts, whose expert row counts are read on the host), against transformers on the CPU."""
+    model = build(name)
+    want = families.reference(model, PROMPTS, 8)
+    with engine_over(model, family_tokenizer, device=DEVICE) as engine:
+        assert isinstance(engine.runner.lean, LeanLlama)
+        got = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [8] * len(PROMPTS))]
+        graphs = engine.runner.graphs
+        if DEVICE == "cuda" and name != "qwen3_moe":
+            assert isinstance(graphs, CudaGraphs) and graphs.failed is None and graphs.replays >= 7
+    assert got == want, describe_divergence(f"{name} on {DEVICE} vs transformers cpu", got, want)
+
+
+def gguf_config(device: str, dtype: str, quantization: str = "auto") -> ModelConfig:
+    if not GGUF.is_file():
+        pytest.skip(f"no {GGUF.name}: `scripts/gpu-check prepare --llama-cpp DIR` writes it")
+    return ModelConfig(
+        id="tiny-gguf",
+        source=str(GGUF.parent),
+        gguf_file=GGUF.name,
+        dtype=dtype,
+        device=device,
+        max_context=1024,
+        max_batch_size=4,
+        quantization=quantization,
+    )
+
+
+def gguf_greedy(cfg: ModelConfig, cache: Path) -> tuple[Engine, list[list[int]]]:
+    engine = Engine(load_model(cfg, cache), cfg)
+    engine.start()
+    try:
+        ids = [engine.tokenizer.encode(q) for q in ("The capital of France is", "Once upon a time")]
+        return engine, [tokens for tokens, _ in engine_generate(engine, ids, [N_TOKENS] * 2)]
+    finally:
+        engine.shutdown()
+
+
+def test_a_gguf_model_on_the_device_runs_dequantized_with_the_cpu_greedy_tokens(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """On a GPU a GGUF file is dequantized once (cached as safetensors) and runs as a plain model:
+    float32 on the device gives the CPU's float32 tokens; `auto` is bfloat16 with CUDA graphs."""
+    cache = tmp_path_factory.mktemp("gguf-cache")
+    _, want = gguf_greedy(gguf_config("cpu", "float32", "none"), cache)
+    engine, got = gguf_greedy(gguf_config(DEVICE, "float32"), cache)
+    assert engine.quantization == "none"
+    assert got == want, describe_divergence(f"gguf {DEVICE} vs cpu float32", got, want)
+    if DEVICE == "cuda":
+        engine, tokens = gguf_greedy(gguf_config(DEVICE, "auto"), cache)
+        assert (engine.runner.dtype, engine.quantization) == (torch.bfloat16, "none")
+        graphs = engine.runner.graphs
+        assert isinstance(graphs, CudaGraphs) and graphs.replays >= N_TOKENS - 1 and graphs.failed is None
+        assert [len(t) for t in tokens] == [N_TOKENS] * 2
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="on a CPU `gguf` is the native path (tests/test_gguf.py)")
+def test_a_gguf_model_on_the_device_refuses_native_blocks_and_runs_int4(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`quantization: gguf` (the CPU kernels) is refused on a GPU with the advice; `int4` refits the
+    dequantized weights to the device's int4 kernel and generates."""
+    cache = tmp_path_factory.mktemp("gguf-cache")
+    with pytest.raises(QuantizationError, match="runs on a CPU"):
+        load_model(gguf_config(DEVICE, "auto", "gguf"), cache)
+    engine, tokens = gguf_greedy(gguf_config(DEVICE, "auto", "int4"), cache)
+    assert engine.quantization == "int4"
+    assert [len(t) for t in tokens] == [N_TOKENS] * 2

@@ -47,6 +47,12 @@ class SamplingParams:
         """Whether this row needs its token counts (the penalties are not no-ops)."""
         return self.frequency_penalty != 0 or self.presence_penalty != 0 or self.repetition_penalty != 1
 
+    @property
+    def plain_greedy(self) -> bool:
+        """The argmax of the model's own logits: greedy, with no bias, penalty, grammar or logprobs."""
+        plain = not (self.logit_bias or self.penalized or self.logprobs or self.grammar is not None)
+        return plain and self.greedy
+
 
 class FinishReason(str, enum.Enum):
     STOP = "stop"
