@@ -195,8 +195,8 @@ def steps(device: str, model_dirs: list[Path], tokens: int) -> int:
             start = time.perf_counter()
             engine_generate(engine, ids, [tokens])
             per_token = (time.perf_counter() - start) / tokens
-            weights = sum(p.numel() * p.element_size() for p in engine.model.parameters())
             replay_ms = _replay_ms(engine)
+        weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))  # bf16, as served
         gc.collect()  # the next engine sizes its KV cache from the memory left free
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -235,7 +235,7 @@ def _replay_ms(engine: Any, n: int = 200) -> float:
 
 def run_stage_command(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="scripts/gpu-check stage")
-    p.add_argument("name", choices=("env", "compare", "build", "steps"))
+    p.add_argument("name", choices=("env", "compare", "build", "steps", "graphs"))
     p.add_argument("--family", default="llama", choices=FAMILIES)
     p.add_argument("--models", type=Path, nargs="*", default=[], help="compare, steps: model folders")
     p.add_argument("--device", default="cuda")
@@ -250,6 +250,95 @@ def run_stage_command(argv: Sequence[str]) -> int:
         return compare(args.device, args.size, args.tokens, args.prompts, args.models)
     if args.name == "steps":
         return steps(args.device, args.models, args.tokens)
+    if args.name == "graphs":
+        return graphs_experiment(args.device, args.models[0], args.tokens)
     if args.out is None:
         p.error("build needs --out")
     return build(args.device, args.family, args.size, args.out)
+
+
+# ---------------------------------------------------------------- experiment: compiled decode graphs
+
+
+def graphs_experiment(device: str, model_dir: Path, tokens: int) -> int:
+    """One stream of `model_dir` in bf16: the kernels of its replayed one-row decode graph (torch's
+    profiler), then the same step compiled by torch.compile (inductor, fixed shapes) before capture."""
+    import functools
+
+    from engine.model.cuda_graphs import CudaGraphs
+    from engine.model.decode_graphs import DecodeGraphs
+    from tests.greedy import engine_generate, prompts, running_engine
+
+    class Compiled(DecodeGraphs):
+        """Each bucket's step compiled (fullgraph, static shapes) before it is recorded."""
+
+        compile_seconds = 0.0
+
+        def _step(self, rows: int, kv: int, inputs: torch.Tensor) -> torch.Tensor:
+            fns = self.__dict__.setdefault("_compiled", {})
+            if (rows, kv) not in fns:
+                start = time.perf_counter()
+                step = functools.partial(DecodeGraphs._step, self, rows, kv)
+                fns[rows, kv] = torch.compile(step, dynamic=False, fullgraph=True)
+                out = fns[rows, kv](inputs)
+                self.compile_seconds += time.perf_counter() - start
+                return out
+            return fns[rows, kv](inputs)
+
+    class Eager(DecodeGraphs):  # a CPU's stand-in for CUDA graphs (a dry run of this stage)
+        def _record(self, rows: int, kv: int) -> Any:
+            return lambda inputs: self._step(rows, kv, inputs)
+
+    base: type[DecodeGraphs] = CudaGraphs if device == "cuda" else Eager
+    kind = type("CompiledGraphs", (Compiled, base), {})
+    # a small KV cache: were a compiled step to copy the cache it writes to, the copy stays small
+    with running_engine(model_dir, device, "bfloat16", max_batch=8, kv_cache_tokens=8192) as engine:
+        runner = engine.runner
+        ids = prompts(model_dir, 1)
+        if runner.graphs is None:  # CPU dry run: recordings of the plain forward
+            runner.graphs = base(runner.lean.forward, runner.cache, runner.max_batch, 256)
+        engine_generate(engine, ids, [16])
+        start = time.perf_counter()
+        [(want, _)] = engine_generate(engine, ids, [tokens])
+        eager_ms = (time.perf_counter() - start) / tokens * 1e3
+        replay_ms = _replay_ms(engine)
+        print(f"graphs: {eager_ms:.3f} ms/token, replay {replay_ms:.3f} ms\n")
+        _profile(engine)
+        graphs = kind(runner.lean.forward, runner.cache, runner.max_batch, 256)
+        runner.graphs = graphs
+        start = time.perf_counter()
+        engine_generate(engine, ids, [16])
+        seconds = time.perf_counter() - start
+        print(f"\ncompiled + captured in {seconds:.1f} s ({graphs.compile_seconds:.1f} s compiling)")
+        start = time.perf_counter()
+        [(got, _)] = engine_generate(engine, ids, [tokens])
+        compiled_ms = (time.perf_counter() - start) / tokens * 1e3
+        compiled_replay = _replay_ms(engine)
+        print(f"compiled graphs: {compiled_ms:.3f} ms/token, replay {compiled_replay:.3f} ms")
+        i = first_divergence(got, want)
+        print(f"compiled greedy tokens vs uncompiled (bf16): {'equal' if i is None else f'diverge at {i}'}")
+        _profile(engine)
+    return 0
+
+
+def _profile(engine: Any, n: int = 10) -> None:
+    """The kernels of `n` replays of the one-row graph: count per step and the top ten by time."""
+    graphs = engine.runner.graphs
+    replay = getattr(graphs, "_replays", {}).get((1, 256))
+    if replay is None or not torch.cuda.is_available():
+        print("(no CUDA graph to profile)")
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            replay(graphs._inputs)
+        torch.cuda.synchronize()
+    rows = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or e.self_device_time_total > 0]
+    rows.sort(key=lambda e: -e.self_device_time_total)
+    total = sum(e.self_device_time_total for e in rows) / n
+    count = sum(e.count for e in rows) / n
+    print(f"{count:.0f} kernels per step, {total:.0f} us of kernel time per step; the top ten:")
+    print("| kernel | per step | us per step |\n|---|---:|---:|")
+    for e in rows[:10]:
+        print(f"| {e.key[:70]} | {e.count / n:.0f} | {e.self_device_time_total / n:.1f} |")

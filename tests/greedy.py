@@ -78,6 +78,7 @@ def running_engine(
     max_context: int = 1024,
     graphs: bool | None = None,
     quantization: str = "none",
+    kv_cache_tokens: int | None = None,
 ) -> Iterator[Engine]:
     """A started `Engine` over `model_dir`; shut down on exit. `graphs`: see `ModelRunner` (None: default)."""
     cfg = ModelConfig(
@@ -88,6 +89,7 @@ def running_engine(
         max_context=max_context,
         max_batch_size=max_batch,
         quantization=quantization,
+        kv_cache_tokens=kv_cache_tokens,
     )
     engine = Engine(load_model(cfg, model_dir), cfg)
     if graphs is not None:
