@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine import Engine, SamplingParams, load_catalog
 from engine.core.blocks import BLOCK_SIZE
@@ -163,6 +164,45 @@ def test_a_failing_request_leaves_the_rest_of_the_batch_running(engine: Engine) 
     while engine.stats.running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.alive and engine.stats.running == 0
+
+
+@pytest.mark.parametrize("logprobs", [False, True], ids=["plain-greedy", "through-the-sampler"])
+def test_non_finite_logits_fail_their_own_request_only(engine: Engine, logprobs: bool) -> None:
+    """A row whose logits hold a NaN ends its request with an error; its neighbour in the batch goes
+    on unchanged. Plain greedy rows take their tokens from the finite check's own pass, rows with
+    logprobs go through the sampler: both paths are covered."""
+    real = engine.runner.run
+
+    def poisoned(plan):  # type: ignore[no-untyped-def]
+        logits, seqs = real(plan)
+        with torch.inference_mode():
+            for i, seq in enumerate(seqs):
+                if seq.request_id == "nan" and seq.num_completion >= 5:  # mid-stream, batched
+                    logits[i, 7] = float("nan")
+        return logits, seqs
+
+    good_ids = _prompt(engine, "Describe the ocean.")
+
+    async def bad() -> str | None:
+        params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True, logprobs=logprobs)
+        async for d in engine.generate(_prompt(engine, "Tell me a joke."), params, "nan"):
+            if d.finish_reason is not None:
+                return d.error
+        return None
+
+    async def main() -> tuple[str, str | None, str]:
+        solo = (await _run(engine, good_ids, 30, "good-solo"))[0]
+        engine.runner.run = poisoned  # type: ignore[method-assign]
+        try:
+            (good, _), error = await asyncio.gather(_run(engine, good_ids, 30, "good"), bad())
+        finally:
+            engine.runner.run = real  # type: ignore[method-assign]
+        return solo, error, good
+
+    solo, error, good = asyncio.run(main())
+    assert error is not None and "non-finite logits" in error
+    assert good == solo
+    assert engine.alive
 
 
 @pytest.mark.filterwarnings(
