@@ -385,11 +385,11 @@ def prepare(argv: Sequence[str]) -> int:
 
 def write_gguf_asset(llama_cpp: Path, python: str, tokenizer: Path) -> None:
     """`GGUF_ASSET`: tests/test_gpu.py's random Llama, converted to GGUF and quantized by llama.cpp."""
-    from tests.random_llama import build_random_llama
+    from tests.random_llama import build_random_model, llama_config
     from tests.test_gpu import GGUF_SIZE
 
     with tempfile.TemporaryDirectory(prefix="hearth-gguf-") as tmp:
-        model = build_random_llama(Path(tmp) / "model", tokenizer, GGUF_SIZE)
+        model = build_random_model(Path(tmp) / "model", tokenizer, llama_config(GGUF_SIZE))
         f32 = Path(tmp) / "f32.gguf"
         env = {**os.environ, "PYTHONPATH": str(llama_cpp / "gguf-py")}
         convert = [python, str(llama_cpp / "convert_hf_to_gguf.py"), str(model), "--outtype", "f32"]

@@ -28,7 +28,6 @@ from tests.random_llama import (
     ONE_B,
     SMALL,
     TINY,
-    build_random_llama,
     build_random_model,
     find_tokenizer_dir,
     gemma3_1b_config,
@@ -107,7 +106,7 @@ def compare(device: str, size: str, n: int, count: int, models: list[Path]) -> i
         return 1
     with tempfile.TemporaryDirectory(prefix="hearth-compare-") as tmp:
         start = time.perf_counter()
-        model_dir = build_random_llama(Path(tmp), tokenizer, SIZES[size])
+        model_dir = build_random_model(Path(tmp), tokenizer, llama_config(SIZES[size]))
         params = parameters(llama_config(SIZES[size]))
         print(f"random Llama {size} ({params / 1e6:.0f} M params, seed 0, float32) built")
         print(f"in {time.perf_counter() - start:.1f} s")

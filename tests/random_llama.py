@@ -135,19 +135,6 @@ def gemma3_1b_config() -> Any:
     )
 
 
-def build_random_llama(
-    out: Path,
-    tokenizer_dir: Path,
-    size: LlamaSize,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
-    seed: int = 0,
-) -> Path:
-    """Save a random `LlamaForCausalLM` of `size` with the tokenizer of `tokenizer_dir` into `out`."""
-    return build_random_model(out, tokenizer_dir, llama_config(size), dtype=dtype, device=device, seed=seed)
-
-
 def build_random_model(
     out: Path,
     tokenizer_dir: Path,

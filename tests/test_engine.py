@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -131,6 +131,32 @@ def test_prompt_over_the_context_window_is_refused(engine: Engine) -> None:
         asyncio.run(main())
 
 
+def _beside_a_bad_request(
+    engine: Engine, patch: Callable[[], Callable[[], None]], logprobs: bool
+) -> tuple[str, str | None, str]:
+    """(a greedy answer alone, the error that ended request "bad", the same answer batched beside
+    "bad" while `patch()` is in force; it returns its own undo). `logprobs`: "bad" asks for them."""
+    good_ids = _prompt(engine, "Describe the ocean.")
+
+    async def bad() -> str | None:
+        params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True, logprobs=logprobs)
+        async for d in engine.generate(_prompt(engine, "Tell me a joke."), params, "bad"):
+            if d.finish_reason is not None:
+                return d.error
+        return None
+
+    async def main() -> tuple[str, str | None, str]:
+        solo = (await _run(engine, good_ids, 30, "good-solo"))[0]
+        undo = patch()
+        try:
+            (good, _), error = await asyncio.gather(_run(engine, good_ids, 30, "good"), bad())
+        finally:
+            undo()
+        return solo, error, good
+
+    return asyncio.run(main())
+
+
 def test_a_failing_request_leaves_the_rest_of_the_batch_running(engine: Engine) -> None:
     real = engine.sampler
 
@@ -139,25 +165,12 @@ def test_a_failing_request_leaves_the_rest_of_the_batch_running(engine: Engine) 
             raise RuntimeError("injected sampling fault")
         return real(logits, seqs)
 
-    good_ids = _prompt(engine, "Describe the ocean.")
-
-    async def bad() -> str | None:  # logprobs: a batch of plain greedy rows never calls the sampler
-        params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True, logprobs=True)
-        async for d in engine.generate(_prompt(engine, "Tell me a joke."), params, "bad"):
-            if d.finish_reason is not None:
-                return d.error
-        return None
-
-    async def main() -> tuple[str, str | None, str]:
-        solo = (await _run(engine, good_ids, 30, "good-solo"))[0]
+    def patch() -> Callable[[], None]:
         engine.sampler = faulty  # type: ignore[method-assign]
-        try:
-            (good, _), error = await asyncio.gather(_run(engine, good_ids, 30, "good", delay=0.1), bad())
-        finally:
-            engine.sampler = real  # type: ignore[method-assign]
-        return solo, error, good
+        return lambda: setattr(engine, "sampler", real)
 
-    solo, error, good = asyncio.run(main())
+    # logprobs: a batch of plain greedy rows never calls the sampler
+    solo, error, good = _beside_a_bad_request(engine, patch, logprobs=True)
     assert error is not None and "injected sampling fault" in error
     assert good == solo
     deadline = time.monotonic() + 30
@@ -177,29 +190,15 @@ def test_non_finite_logits_fail_their_own_request_only(engine: Engine, logprobs:
         logits, seqs = real(plan)
         with torch.inference_mode():
             for i, seq in enumerate(seqs):
-                if seq.request_id == "nan" and seq.num_completion >= 5:  # mid-stream, batched
+                if seq.request_id == "bad" and seq.num_completion >= 5:  # mid-stream, batched
                     logits[i, 7] = float("nan")
         return logits, seqs
 
-    good_ids = _prompt(engine, "Describe the ocean.")
-
-    async def bad() -> str | None:
-        params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True, logprobs=logprobs)
-        async for d in engine.generate(_prompt(engine, "Tell me a joke."), params, "nan"):
-            if d.finish_reason is not None:
-                return d.error
-        return None
-
-    async def main() -> tuple[str, str | None, str]:
-        solo = (await _run(engine, good_ids, 30, "good-solo"))[0]
+    def patch() -> Callable[[], None]:
         engine.runner.run = poisoned  # type: ignore[method-assign]
-        try:
-            (good, _), error = await asyncio.gather(_run(engine, good_ids, 30, "good"), bad())
-        finally:
-            engine.runner.run = real  # type: ignore[method-assign]
-        return solo, error, good
+        return lambda: setattr(engine.runner, "run", real)
 
-    solo, error, good = asyncio.run(main())
+    solo, error, good = _beside_a_bad_request(engine, patch, logprobs)
     assert error is not None and "non-finite logits" in error
     assert good == solo
     assert engine.alive

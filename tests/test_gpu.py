@@ -35,7 +35,7 @@ from tests.greedy import (
     prompts,
     running_engine,
 )
-from tests.random_llama import LlamaSize, build_random_llama, find_tokenizer_dir
+from tests.random_llama import LlamaSize, build_random_model, find_tokenizer_dir, llama_config
 
 DEVICE = os.environ.get("HEARTH_TEST_DEVICE", "cuda")
 N_TOKENS = 24
@@ -53,7 +53,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = find_tokenizer_dir()
     if tokenizer is None:
         pytest.skip("no SmolLM2 tokenizer files (.gpu-assets/tokenizer or ~/.cache/hearth)")
-    return build_random_llama(tmp_path_factory.mktemp("random-llama"), tokenizer, GGUF_SIZE)
+    return build_random_model(tmp_path_factory.mktemp("random-llama"), tokenizer, llama_config(GGUF_SIZE))
 
 
 @pytest.fixture(scope="module")

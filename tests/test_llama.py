@@ -10,7 +10,7 @@ import torch
 from engine.model.attention import ROW_MULTIPLE
 from engine.model.llama import LeanLlama
 from tests.greedy import describe_divergence, engine_generate, hf_greedy, prompts, running_engine
-from tests.random_llama import TINY, build_random_llama
+from tests.random_llama import TINY, build_random_model, llama_config
 
 N_TOKENS = 24
 
@@ -38,7 +38,7 @@ def test_lean_forward_drops_the_models_own_projections(smollm2_dir: Path) -> Non
 
 def test_biases_are_kept(tmp_path: Path, smollm2_dir: Path) -> None:
     """Llama configs may carry q/k/v/o and MLP biases; the fused products must add them."""
-    model_dir = build_random_llama(tmp_path, smollm2_dir, TINY)
+    model_dir = build_random_model(tmp_path, smollm2_dir, llama_config(TINY))
     from transformers import LlamaForCausalLM
 
     model: Any = LlamaForCausalLM.from_pretrained(model_dir, local_files_only=True)
