@@ -25,6 +25,10 @@ as it arrives, so a killed run still leaves what it got:
             CUDA graphs and once more without them (`cuda_graphs: false`); with --peer, also
             `transformers serve --continuous-batching --device cuda --dtype bfloat16` on the Llama
 
+Not part of the check: `scripts/gpu-check stage graphs --models DIR` profiles a model's replayed
+one-row decode graph (kernels per step, the ten costliest) and times the same step compiled by
+torch.compile before capture (docs/gpu-check-h200.md, last section).
+
 Why random weights: a device call carries at most 64 MiB, and the embedded SmolLM2 model is
 98 MB as GGUF and 540 MB as float32 safetensors. So the models are built from a config with a
 fixed seed (tests/random_llama.py), once per run, and loaded from that folder by every side of

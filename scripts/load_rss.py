@@ -4,10 +4,10 @@
 
 Prints the process's RSS (anonymous and file-backed) after: the imports (torch, transformers,
 the engine and server with their dependencies), `load_model` (weights and tokenizer), the
-`Engine` (its KV cache is `torch.empty`: pages cost memory only once written), the engine's start
-(the lean forward), and one greedy request at 1, 2 and 4 streams (each new decode bucket records a
-CPU trace on a quantized model). The first line after the load is what "load RSS" means in the
-README: the server right after start-up, before any request.
+`Engine` (its KV cache, zeroed at load: every page resident from the start, so memory stays flat
+as the prefix cache fills), the engine's start (the lean forward), and one greedy request at 1, 2
+and 4 streams (each new decode bucket records a CPU trace). The line after `load_model` is what
+"load RSS" means in the README: the model loaded, before the engine and its KV cache.
 """
 
 from __future__ import annotations
