@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from engine.model.cpu_traces import CpuTraces
-from engine.model.lean import LeanLlama, lean_path, path_for, supported
+from engine.model.lean import LeanLlama, fused, lean_path, path_for, supported
 from engine.model.lean.moe import MoE
 from engine.model.packed_linear import Int8Linear
 from engine.model.runner import ModelRunner
-from tests.families import CONFIGS, PROMPTS, WINDOW, build, engine_over, llama_rope, reference
+from tests.families import COMMON, CONFIGS, PROMPTS, WINDOW, build, engine_over, llama_rope, reference
 from tests.greedy import describe_divergence, engine_generate
 
 N_TOKENS = 8
@@ -113,6 +113,25 @@ def test_quantized_families_run_the_lean_forward_and_its_decode_traces(
             assert runner.graphs.failed is None
     assert alone == together
     assert all(len(tokens) == N_TOKENS for tokens in together)
+
+
+@pytest.mark.skipif(not fused.vnni(), reason="the stacked int8 experts run on the VNNI kernel")
+def test_int8_experts_in_multiples_of_64_run_stacked_with_decode_traces(tokenizer: Any) -> None:
+    """Qwen3-MoE with int8 experts of 64 x 64 (the VNNI kernel's multiples): every token/expert pair
+    in one op per product, no row count read back, so decode steps are traced; batch-invariant, and
+    close to transformers' own tokens (int8 weights and bfloat16: each prompt's first token agrees)."""
+    model = build("qwen3_moe", base={**COMMON, "intermediate_size": 256})
+    want = reference(model, PROMPTS, N_TOKENS)
+    with engine_over(model, tokenizer, torch.bfloat16, "int8") as engine:
+        runner = engine.runner
+        moe = runner.lean.layers[0].mlp
+        assert isinstance(moe, MoE) and moe.traceable and not moe.gate
+        together = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [N_TOKENS] * len(PROMPTS))]
+        alone = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [N_TOKENS] * len(PROMPTS), False)]
+        assert isinstance(runner.graphs, CpuTraces) and runner.graphs.failed is None
+        assert runner.graphs.replays >= N_TOKENS - 1
+    assert alone == together
+    assert [tokens[0] for tokens in together] == [tokens[0] for tokens in want]
 
 
 def test_bfloat16_takes_the_lean_path_batch_invariantly(

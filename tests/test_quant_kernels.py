@@ -51,3 +51,21 @@ def test_int8_rows_are_independent_and_near_torchs(group: int) -> None:
         assert torch.equal(linear(x[i : i + n].contiguous()), y[i : i + n])
     other = Int8Linear(q, scale, None, 160 - group)  # the other grouping: other bits, as close
     assert not torch.equal(other(x), y) and _close(other(x), ref) < 0.02
+
+
+@needs_vnni
+def test_int8_each_row_takes_its_own_expert_with_the_bits_of_the_product_alone() -> None:
+    """`int8_linear_each` (a mixture of experts' token/expert pairs in one op): row r against expert
+    ids[r] gives the bits of `int8_linear` on that row and expert alone, however the rows are spread
+    over the experts (some get none, one gets six); an id out of range is an error naming it."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(-127, 128, (5, 200, 128), generator=g, dtype=torch.int8)
+    scale = (torch.rand(5, 200, generator=g) * 0.01).bfloat16()
+    x = _x(11, 128)
+    ids = torch.tensor([4, 0, 4, 4, 2, 4, 0, 4, 2, 4, 0])  # expert 1 and 3 get no row
+    y = torch.ops.hearth.int8_linear_each(x, ids, q, scale)
+    for r in range(11):
+        alone = torch.ops.hearth.int8_linear(x[r : r + 1], q[ids[r]], scale[ids[r]])
+        assert torch.equal(y[r : r + 1], alone)
+    with pytest.raises(RuntimeError, match=r"ids\[3\] = 5 is not an expert"):
+        torch.ops.hearth.int8_linear_each(x, torch.tensor([0, 1, 2, 5, 0, 0, 0, 0, 0, 0, 0]), q, scale)

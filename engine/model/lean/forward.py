@@ -204,10 +204,6 @@ class LeanLlama:
         ]
 
     @property
-    def moe(self) -> bool:
-        return any(isinstance(layer.mlp, MoE) for layer in self.layers)
-
-    @property
     def plain(self) -> bool:
         """Every projection is a plain `F.linear` (no oneDNN packing, no quantized weights)."""
         return all(isinstance(p, Linear) for p in self._projections)
@@ -238,10 +234,11 @@ class LeanLlama:
     def capturable(self) -> bool:
         """No op depends on data on the host: false for rotary embeddings that rescale with the
         longest position (transformers' "dynamic" and "longrope" read it back every call), and for
-        mixtures of experts (how many rows each expert gets is read back)."""
+        mixtures of experts off the stacked int8 path (how many rows each expert gets is read back)."""
         rope = getattr(self.rotary, "rope_type", "default")
         kinds = rope.values() if isinstance(rope, dict) else [rope]
-        return not self.moe and not any("dynamic" in kind or kind == "longrope" for kind in kinds)
+        moe_ok = all(layer.mlp.traceable for layer in self.layers if isinstance(layer.mlp, MoE))
+        return moe_ok and not any("dynamic" in kind or kind == "longrope" for kind in kinds)
 
     def forward(
         self, ids: torch.Tensor, pos: torch.Tensor, step: StepMeta, keep: torch.Tensor

@@ -13,6 +13,12 @@ quantizes linear layers) leaves them alone; when the model's linears are quantiz
 fitted here to per-row int8 (`Int8Linear.fit`, torchao's int8 fit) and run on the int8 kernel, whose
 rows are independent from one row up (no padding). Else they are oneDNN-packed like every other
 product on CPU.
+
+On Hearth's VNNI kernel (int8 experts, bfloat16 activations, sizes in multiples of 64) the experts
+are stacked ([E, 2I, H] gate and up, [E, H, I] down) and every token/expert pair runs in one op per
+product (`hearth::int8_linear_each`, which groups the pairs by expert in C++) with the activation
+and product fused between them (`hearth::act_mul`): no expert row count goes back to Python, so
+decode steps are traced like any other model's (`MoE.traceable`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import torch
 
 from engine.model.attention import ROW_MULTIPLE, round_up
+from engine.model.lean import fused
 from engine.model.lean.projections import Proj, plain_linear
 from engine.model.packed_linear import Int8Linear
 
@@ -40,12 +47,33 @@ class MoE:
         self.router = proj(plain_linear(router.weight.detach()))
         gate_up, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
         inner = gate_up.shape[1] // 2
-        expert = (lambda w: Int8Linear.fit(w, w.dtype)) if quantized else plain_linear
-        self.gate = [proj(expert(gate_up[e, :inner])) for e in range(self.num_experts)]
-        self.up = [proj(expert(gate_up[e, inner:])) for e in range(self.num_experts)]
-        self.down = [proj(expert(down[e])) for e in range(self.num_experts)]
+        hidden = down.shape[1]
+        # the stacked int8 experts of `int8_linear_each`: (gate_up qdata, scales, down qdata, scales)
+        self.stacked: tuple[torch.Tensor, ...] | None = None
+        self.gate: list[Proj] = []
+        self.up: list[Proj] = []
+        self.down: list[Proj] = []
+        on_vnni = gate_up.device.type == "cpu" and gate_up.dtype == torch.bfloat16 and fused.vnni()
+        if quantized and on_vnni and hidden % 64 == 0 and inner % 64 == 0:
+            fits = [Int8Linear.fit(gate_up[e], gate_up.dtype) for e in range(self.num_experts)]
+            downs = [Int8Linear.fit(down[e], down.dtype) for e in range(self.num_experts)]
+            self.stacked = tuple(
+                torch.stack([getattr(m, name) for m in linears])
+                for linears in (fits, downs)
+                for name in ("qdata", "scale")
+            )
+        else:
+            expert = (lambda w: Int8Linear.fit(w, w.dtype)) if quantized else plain_linear
+            self.gate = [proj(expert(gate_up[e, :inner])) for e in range(self.num_experts)]
+            self.up = [proj(expert(gate_up[e, inner:])) for e in range(self.num_experts)]
+            self.down = [proj(expert(down[e])) for e in range(self.num_experts)]
         self.row_multiple = 1 if quantized else ROW_MULTIPLE
         block.experts = block.gate = None  # the products above own the weights now
+
+    @property
+    def traceable(self) -> bool:
+        """No op of the block reads data back on the host (the stacked experts' path)."""
+        return self.stacked is not None
 
     @property
     def projections(self) -> tuple[Proj, ...]:
@@ -62,6 +90,12 @@ class MoE:
         weights = weights.gather(-1, order).to(h.dtype)
 
         flat = experts.reshape(-1)  # [T * k] pairs, by token
+        if self.stacked is not None:
+            gate_up, gate_up_scale, down, down_scale = self.stacked
+            pairs = h.repeat_interleave(k, dim=0)  # [T * k, H]: each token once per expert it chose
+            both = torch.ops.hearth.int8_linear_each(pairs, flat, gate_up, gate_up_scale)
+            inner = torch.ops.hearth.act_mul(both, self.act == "silu")
+            return self._combine(torch.ops.hearth.int8_linear_each(inner, flat, down, down_scale), weights)
         by_expert = flat.argsort(stable=True)  # pairs grouped by expert
         counts = torch.bincount(flat, minlength=self.num_experts).tolist()
         tokens = by_expert // k
@@ -78,7 +112,12 @@ class MoE:
                 x = torch.cat([x, x.new_zeros(pad, hidden)])
             y = self.down[e](self.up[e].mul(x, self.gate[e].act(x, self.act)))
             out[pairs] = y[:count]
-        weighted = out.view(t, k, hidden) * weights[..., None]
+        return self._combine(out, weights)
+
+    def _combine(self, out: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The pairs' outputs [T * k, H] weighted [T, k] and summed per token in ascending expert order."""
+        t, k = weights.shape
+        weighted = out.view(t, k, -1) * weights[..., None]
         total = weighted[:, 0]
         for j in range(1, k):
             total = total + weighted[:, j]

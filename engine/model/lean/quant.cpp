@@ -242,13 +242,64 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qdata, const at::T
   return y;
 }
 
+// Each row r of x against its own weight, qdata[ids[r]] [N, K] with scale[ids[r]] [N]: a mixture of
+// experts' token/expert pairs in one op, so that a decode step holding one can be traced (no expert
+// row count read back by Python). Rows sharing an expert run together; a row's bits are those of
+// int8_linear on it alone (the kernel's rows are independent of each other).
+at::Tensor int8_linear_each(const at::Tensor& x, const at::Tensor& ids, const at::Tensor& qdata, const at::Tensor& scale,
+                            int64_t group) {
+  TORCH_CHECK(vnni(), "int8_linear_each: built without AVX-512 VNNI");
+  TORCH_CHECK(qdata.dim() == 3 && qdata.is_contiguous() && qdata.scalar_type() == at::kChar,
+              "int8_linear_each: qdata must be int8 [E, N, K]");
+  const int64_t experts = qdata.size(0), n = qdata.size(1), k = qdata.size(2), m = x.size(0);
+  check_x(x, k, "int8_linear_each");
+  TORCH_CHECK(ids.dim() == 1 && ids.size(0) == m && ids.is_contiguous() && ids.scalar_type() == at::kLong,
+              "int8_linear_each: ids must be int64 [M], one per row of x");
+  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == experts && scale.size(1) == n && scale.is_contiguous(),
+              "int8_linear_each: scale must be [E, N]");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kBFloat16,
+              "int8_linear_each: scale must be float32 or bfloat16");
+  TORCH_CHECK(group == 32 || group == 128, "int8_linear_each: activations are quantized per 32 or per 128, not ", group);
+  auto y = at::empty({m, n}, x.options());
+#ifdef HEARTH_VNNI
+  const int64_t* id = ids.data_ptr<int64_t>();
+  std::vector<std::vector<int64_t>> rows_of(experts);
+  for (int64_t r = 0; r < m; ++r) {
+    TORCH_CHECK(id[r] >= 0 && id[r] < experts, "int8_linear_each: ids[", r, "] = ", id[r], " is not an expert");
+    rows_of[id[r]].push_back(r);
+  }
+  const auto* xs = x.data_ptr<c10::BFloat16>();
+  auto* ys = y.data_ptr<c10::BFloat16>();
+  std::vector<c10::BFloat16> xe, ye;
+  for (int64_t e = 0; e < experts; ++e) {
+    const auto& rows = rows_of[e];
+    const int64_t count = static_cast<int64_t>(rows.size());
+    if (!count) continue;
+    xe.resize(count * k);
+    ye.resize(count * n);
+    for (int64_t i = 0; i < count; ++i) std::memcpy(xe.data() + i * k, xs + rows[i] * x.stride(0), k * sizeof(c10::BFloat16));
+    const auto q = quantize_rows(xe.data(), count, k, k, group);
+    const int8_t* w = qdata.data_ptr<int8_t>() + e * n * k;
+    if (scale.scalar_type() == at::kFloat) {
+      int8_dispatch(q, count, k, w, scale.data_ptr<float>() + e * n, n, ye.data(), group);
+    } else {
+      int8_dispatch(q, count, k, w, scale.data_ptr<c10::BFloat16>() + e * n, n, ye.data(), group);
+    }
+    for (int64_t i = 0; i < count; ++i) std::memcpy(ys + rows[i] * n, ye.data() + i * n, n * sizeof(c10::BFloat16));
+  }
+#endif
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(hearth, m) {
   m.def("vnni() -> bool", &vnni);
   m.def("int8_linear(Tensor x, Tensor qdata, Tensor scale, int group=128) -> Tensor");
+  m.def("int8_linear_each(Tensor x, Tensor ids, Tensor qdata, Tensor scale, int group=128) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hearth, CPU, m) {
   m.impl("int8_linear", &int8_linear);
+  m.impl("int8_linear_each", &int8_linear_each);
 }
