@@ -389,18 +389,14 @@ def prepare(argv: Sequence[str]) -> int:
 
 def write_gguf_asset(llama_cpp: Path, python: str, tokenizer: Path) -> None:
     """`GGUF_ASSET`: tests/test_gpu.py's random Llama, converted to GGUF and quantized by llama.cpp."""
+    from scripts.random_model import convert_to_gguf, quantize_gguf
     from tests.random_llama import build_random_model, llama_config
     from tests.test_gpu import GGUF_SIZE
 
     with tempfile.TemporaryDirectory(prefix="hearth-gguf-") as tmp:
         model = build_random_model(Path(tmp) / "model", tokenizer, llama_config(GGUF_SIZE))
-        f32 = Path(tmp) / "f32.gguf"
-        env = {**os.environ, "PYTHONPATH": str(llama_cpp / "gguf-py")}
-        convert = [python, str(llama_cpp / "convert_hf_to_gguf.py"), str(model), "--outtype", "f32"]
-        subprocess.run([*convert, "--outfile", str(f32)], check=True, env=env, capture_output=True)
-        GGUF_ASSET.parent.mkdir(parents=True, exist_ok=True)
-        quantize = [str(llama_cpp / "build" / "bin" / "llama-quantize"), str(f32), str(GGUF_ASSET), "Q4_K_M"]
-        subprocess.run(quantize, check=True, capture_output=True)
+        f32 = convert_to_gguf(llama_cpp, python, model, Path(tmp) / "f32.gguf", "f32")
+        quantize_gguf(llama_cpp, f32, GGUF_ASSET, "Q4_K_M")
     print(f"{GGUF_ASSET.relative_to(ROOT)}: {GGUF_ASSET.stat().st_size / 2**20:.1f} MiB")
 
 
