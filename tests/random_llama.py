@@ -68,25 +68,33 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
+# What every config here shares: SmolLM2's vocabulary and special ids, tied embeddings.
+SMOLLM2_VOCAB: dict[str, Any] = {
+    "vocab_size": VOCAB,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
+}
+
+
+def _shape(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int) -> dict[str, int]:
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+    }
+
+
 def llama_config(size: LlamaSize) -> Any:
     """The transformers `LlamaConfig` of `size`, with SmolLM2's vocabulary and special ids."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=size.hidden,
-        intermediate_size=size.intermediate,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.kv_heads,
-        max_position_embeddings=8192,
-        initializer_range=size.init_std,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
+    shape = _shape(size.hidden, size.intermediate, size.layers, size.heads, size.kv_heads)
+    return LlamaConfig(**SMOLLM2_VOCAB, **shape, initializer_range=size.init_std, rms_norm_eps=1e-5)
 
 
 def qwen3_1b_config() -> Any:
@@ -94,21 +102,8 @@ def qwen3_1b_config() -> Any:
     over SmolLM2's vocabulary: ~1.5 B parameters."""
     from transformers import Qwen3Config
 
-    return Qwen3Config(
-        vocab_size=VOCAB,
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        max_position_embeddings=8192,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
+    rope = {"rope_type": "default", "rope_theta": 1000000.0}
+    return Qwen3Config(**SMOLLM2_VOCAB, **_shape(2048, 6144, 28, 16, 8), head_dim=128, rope_parameters=rope)
 
 
 def gemma3_1b_config() -> Any:
@@ -117,21 +112,12 @@ def gemma3_1b_config() -> Any:
     from transformers import Gemma3TextConfig
 
     return Gemma3TextConfig(
-        vocab_size=VOCAB,
-        hidden_size=1152,
-        intermediate_size=6912,
-        num_hidden_layers=26,
-        num_attention_heads=4,
-        num_key_value_heads=1,
+        **SMOLLM2_VOCAB,
+        **_shape(1152, 6912, 26, 4, 1),
         head_dim=256,
         query_pre_attn_scalar=256,
         sliding_window=512,
         layer_types=["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(26)],
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
     )
 
 

@@ -30,13 +30,11 @@ from engine.core.worker import Worker
 from engine.model.info import ModelInfo, describe
 from engine.model.runner import ModelRunner
 from engine.model.threads import available_cores
-from engine.sampling.filters import greedy_rows
 from engine.sampling.grammar import GrammarCompiler, GrammarSpec
 from engine.sampling.logprobs import TokenTexts
-from engine.sampling.sampler import Sampler
+from engine.sampling.sampler import Sampler, sample_step
 
 log = logging.getLogger("hearth.engine")
-NON_FINITE = "the model produced non-finite logits for this request"
 
 
 @dataclass(frozen=True)
@@ -275,7 +273,7 @@ class Engine(Worker):
         for seq, n in plan:
             seq.num_computed += n
             self.scheduler.computed(seq)
-        sampled = self._sample(logits, due)
+        sampled = sample_step(self.sampler, logits, due, self._fail)
         for seq, token, logprob in sampled:
             self._publish(seq, token, logprob)
         with self._lock:
@@ -283,42 +281,6 @@ class Engine(Worker):
             self._stats.prompt_tokens += prompt_tokens
             self._stats.generated_tokens += len(sampled)
             self._update_gauges()
-
-    def _sample(
-        self, logits: torch.Tensor, due: list[Sequence]
-    ) -> list[tuple[Sequence, int, Logprob | None]]:
-        """Sample every due row; a row that cannot be sampled fails its own request, not the batch."""
-        ids, finite = greedy_rows(logits)  # isfinite(...).all() was ~15 % of a Gemma 3 step
-        out: list[tuple[Sequence, int, Logprob | None]] = []
-        if all(s.params.plain_greedy for s in due):  # the argmax is the token: one read from the device
-            tokens, good = torch.stack((ids, finite.to(ids.dtype))).tolist()
-            for seq, token, ok in zip(due, tokens, good, strict=True):
-                if ok:
-                    out.append((seq, token, None))
-                else:
-                    self._fail(seq, NON_FINITE)
-            return out
-        good = finite.tolist()
-        if not all(good):
-            for seq, ok in zip(due, good, strict=True):
-                if not ok:
-                    self._fail(seq, NON_FINITE)
-            keep = [i for i, ok in enumerate(good) if ok]
-            logits, due = logits[keep], [due[i] for i in keep]
-        if not due:
-            return []
-        try:
-            tokens, logprobs = self.sampler(logits, due)
-            return list(zip(due, tokens, logprobs, strict=True))
-        except Exception:
-            log.exception("batched sampling failed; sampling %d rows one by one", len(due))
-        for i, seq in enumerate(due):
-            try:
-                tokens, logprobs = self.sampler(logits[i : i + 1], [seq])
-                out.append((seq, tokens[0], logprobs[0]))
-            except Exception as exc:
-                self._fail(seq, f"sampling failed: {exc}")
-        return out
 
     def _publish(self, seq: Sequence, token: int, logprob: Logprob | None) -> None:
         detok = self._detoks[seq.request_id]

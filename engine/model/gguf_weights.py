@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.model.packed_linear import LOGITS_GROUP, Int4Linear, Int8Embedding, Int8Linear
+from engine.model.packed_linear import LOGITS_GROUP, Int4Linear, Int8Embedding, Int8Linear, act_group
 
 GROUP = 32  # weights per scale in the int4 layout
 ROWS_PER_SLICE = 8192  # rows dequantized at a time for the int8 refit (bounds the peak memory)
@@ -177,8 +177,8 @@ def build_model(config: Any, tensors: dict[str, torch.Tensor], layout: dict[str,
             parts = tensors[f"{name}:qdata"], tensors[f"{name}:scale_and_zero"]
             _replace(model, name, Int4Linear(*parts, GROUP, None))
         elif how == "int8":
-            group = LOGITS_GROUP if name == "lm_head" else 128
-            _replace(model, name, Int8Linear(tensors[f"{name}:qdata"], tensors[f"{name}:scale"], None, group))
+            parts = tensors[f"{name}:qdata"], tensors[f"{name}:scale"]
+            _replace(model, name, Int8Linear(*parts, None, act_group(name)))
         else:
             embedding = tensors[f"{name}:qdata"], tensors[f"{name}:scale"]
             embed_scale = getattr(modules[name], "embed_scale", None)

@@ -74,13 +74,23 @@ class PackedLinear(nn.Module):
 # Activations per int8 scale for the logits' product (an lm_head's `act_group`): groups of 128 moved
 # SmolLM2's near-tied greedy tokens (engine/model/lean/quant.cpp); 32 keeps them.
 LOGITS_GROUP = 32
+LAYER_GROUP = 128
+
+
+def act_group(name: str) -> int:
+    """The `act_group` of the int8 linear at module path `name`: the lm_head's, or a layer's."""
+    return LOGITS_GROUP if name == "lm_head" else LAYER_GROUP
 
 
 class Int8Linear(nn.Module):
     """y = x @ (qdata * scale[:, None]).T + bias, with int8 weights [N, K] and one scale per row."""
 
     def __init__(
-        self, qdata: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, act_group: int = 128
+        self,
+        qdata: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        act_group: int = LAYER_GROUP,
     ) -> None:
         """`act_group`: the activations per int8 scale in Hearth's VNNI kernel, 128 or 32 (lm_heads:
         see engine/model/lean/quant.cpp)."""

@@ -29,13 +29,7 @@ import torch
 from torch import nn
 
 from engine.catalog.memory import release_memory
-from engine.model.packed_linear import (
-    LOGITS_GROUP,
-    QUANTIZED_LINEARS,
-    Int4Linear,
-    Int8Linear,
-    is_plain_linear,
-)
+from engine.model.packed_linear import QUANTIZED_LINEARS, Int4Linear, Int8Linear, act_group, is_plain_linear
 
 SETTINGS = ("none", "int8", "int4", "gguf")  # gguf: a GGUF file's own blocks (engine.model.gguf_weights)
 # int4: weights per scale (must divide in_features: 576 and 1536 for SmolLM2) and how scales are
@@ -155,8 +149,8 @@ def _to_kernel_linears(model: nn.Module) -> None:
             group = weight.block_size[1]
             linear: nn.Module = Int4Linear(weight.qdata, weight.scale_and_zero, group, mod.bias)
         else:
-            group = LOGITS_GROUP if name == "lm_head" else 128
-            linear = Int8Linear(weight.qdata, weight.scale.reshape(-1), mod.bias, group)  # one scale a row
+            scale = weight.scale.reshape(-1)  # one a row
+            linear = Int8Linear(weight.qdata, scale, mod.bias, act_group(name))
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, linear)
