@@ -19,10 +19,11 @@ as it arrives, so a killed run still leaves what it got:
   compare   greedy tokens of each model (2 prompts, 16 tokens) from transformers on the CPU in
             float32 (the reference), Hearth on the GPU in float32 (with CUDA graphs) and in bf16,
             and transformers on the GPU in bf16: the first divergence from the reference, per prompt
-  steps     one stream per model through the Engine: ms per token, the device time of a replayed
+  steps     one stream per model through the Engine, on Hearth's GPU kernels and on torch's ops
+            alone (HEARTH_GPU_KERNELS=0): ms per token, the kernels and device time of a replayed
             one-row CUDA graph, and the weights read once per token at the GPU's memory bandwidth
-  bench     `scripts/bench.py --concurrency 1,32,64 --max-tokens 128` on those models, each with
-            CUDA graphs and once more without them (`cuda_graphs: false`); with --peer, also
+  bench     `scripts/bench.py --concurrency 1,32,64 --max-tokens 128` on those models with CUDA
+            graphs (with --eager, once more without them: `cuda_graphs: false`); with --peer, also
             `transformers serve --continuous-batching --device cuda --dtype bfloat16` on the Llama
 
 Not part of the check: `scripts/gpu-check stage graphs --models DIR` profiles a model's replayed
@@ -207,6 +208,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, help="bench tokens per request (default: 128; --small 16)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (models, bench logs)")
     p.add_argument("--peer", action="store_true", help="also bench `transformers serve` on the Llama")
+    p.add_argument("--eager", action="store_true", help="also bench each model without CUDA graphs")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = Path(os.environ.get("OUT") or tempfile.gettempdir()) / "gpu-check.md"
@@ -302,7 +304,7 @@ def check(args: argparse.Namespace) -> int:
     stage(
         "tests",
         [py, "-m", "pytest", "-m", "gpu", "-q", "-rsx", "-p", "no:cacheprovider", "tests/test_gpu.py"],
-        180,
+        240,
     )
     built: list[Path] = []
     for family in FAMILIES:
@@ -316,9 +318,9 @@ def check(args: argparse.Namespace) -> int:
         compare = [py, "-m", "scripts.gpu_check", "stage", "compare", "--device", args.device]
         stage("compare", [*compare, "--tokens", "16", "--prompts", "2", "--models", *map(str, built)], 120)
         steps = [py, "-m", "scripts.gpu_check", "stage", "steps", "--device", args.device]
-        stage("steps", [*steps, "--tokens", str(args.max_tokens), "--models", *map(str, built)], 90)
+        stage("steps", [*steps, "--tokens", str(args.max_tokens), "--models", *map(str, built)], 120)
         catalog = write_catalog(work, built, args)
-        ids = ",".join(f"{d.name}{suffix}" for d in built for suffix in ("", "-eager"))
+        ids = ",".join(f"{d.name}{suffix}" for d in built for suffix in ("", "-eager")[: 1 + args.eager])
         bench = [
             py, "scripts/bench.py", "--concurrency", args.concurrency,
             "--max-tokens", str(args.max_tokens), "--hearth-config", str(catalog),

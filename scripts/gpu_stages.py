@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
+import os
 import platform
 import shutil
 import subprocess
@@ -184,31 +185,53 @@ def steps(device: str, model_dirs: list[Path], tokens: int) -> int:
     replayed CUDA graph alone, and the weights' bytes over the memory bandwidth (the limit)."""
     from tests.greedy import engine_generate, prompts, running_engine
 
-    print("| model | weights GiB | tok/s | ms/token | graph replay ms | host ms | limit tok/s | of limit |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | step | kernels per step | tok/s | ms/token | graph replay ms | host ms | limit tok/s "
+          "| of limit |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     nominal = next((tb for name, tb in HBM_TB_S.items() if name in _gpu_name()), None)
     for model_dir in model_dirs:
-        with running_engine(model_dir, device, "bfloat16", max_batch=8) as engine:
-            ids = prompts(model_dir, 1)
-            engine_generate(engine, ids, [16])  # warm-up: the (1, 256) bucket is captured
-            start = time.perf_counter()
-            engine_generate(engine, ids, [tokens])
-            per_token = (time.perf_counter() - start) / tokens
-            replay_ms = _replay_ms(engine)
-        weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))  # bf16, as served
-        gc.collect()  # the next engine sizes its KV cache from the memory left free
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        limit = nominal * 1e12 / weights if nominal else float("nan")
-        replay = f"{replay_ms:.3f}" if replay_ms else "-"
-        host = f"{per_token * 1e3 - replay_ms:.3f}" if replay_ms else "-"
-        print(
-            f"| {model_dir.name} | {weights / 2**30:.2f} | {1 / per_token:.0f} | {per_token * 1e3:.3f} | "
-            f"{replay} | {host} | {limit:.0f} | {1 / per_token / limit:.0%} |"
-        )
+        # Hearth's GPU kernels (engine.model.lean.gpu_kernels), then torch's ops alone (the step before)
+        for label, switch in (("GPU kernels", "1"), ("torch ops", "0")):
+            os.environ["HEARTH_GPU_KERNELS"] = switch  # read when the lean forward is built
+            with running_engine(model_dir, device, "bfloat16", max_batch=8) as engine:
+                ids = prompts(model_dir, 1)
+                engine_generate(engine, ids, [16])  # warm-up: the (1, 256) bucket is captured
+                start = time.perf_counter()
+                engine_generate(engine, ids, [tokens])
+                per_token = (time.perf_counter() - start) / tokens
+                replay_ms = _replay_ms(engine)
+                kernels = _kernel_count(engine)
+            weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))  # bf16, as served
+            gc.collect()  # the next engine sizes its KV cache from the memory left free
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            limit = nominal * 1e12 / weights if nominal else float("nan")
+            replay = f"{replay_ms:.3f}" if replay_ms else "-"
+            host = f"{per_token * 1e3 - replay_ms:.3f}" if replay_ms else "-"
+            print(
+                f"| {model_dir.name} | {label} | {kernels or '-'} | {1 / per_token:.0f} | "
+                f"{per_token * 1e3:.3f} | {replay} | {host} | {limit:.0f} | {1 / per_token / limit:.0%} |"
+            )
+    os.environ.pop("HEARTH_GPU_KERNELS", None)
     print(f"\n{tokens} tokens of one greedy request per model (prompt ~20 tokens), bf16; limit: weights "
           f"read once per token at the nominal {nominal} TB/s of {_gpu_name()}.")  # fmt: skip
     return 0
+
+
+def _kernel_count(engine: Any, n: int = 5) -> int:
+    """Kernels per replay of the one-row CUDA graph (torch's profiler; 0 when there is none)."""
+    graphs = engine.runner.graphs
+    replay = getattr(graphs, "_replays", {}).get((1, 256))
+    if replay is None or not torch.cuda.is_available():
+        return 0
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            replay(graphs._inputs)
+        torch.cuda.synchronize()
+    rows = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or e.self_device_time_total > 0]
+    return round(sum(e.count for e in rows) / n)
 
 
 def _gpu_name() -> str:

@@ -7,10 +7,15 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import openai
-import pytest
+# Without an NVIDIA GPU, Triton's kernels (engine.model.lean.gpu_kernels) run under its interpreter
+# in tests/test_gpu_kernels.py; Triton reads this when it is first imported, so it is set first.
+if not Path("/dev/nvidiactl").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from tests.launch import MODEL, ROOT, Server, launch
+import openai  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.launch import MODEL, ROOT, Server, launch  # noqa: E402
 
 __all__ = ["MODEL", "ROOT", "Server", "launch", "AsyncClientFactory"]
 

@@ -165,16 +165,20 @@ def test_every_lean_family_on_the_device_gives_transformers_greedy_tokens(
     name: str, family_tokenizer: Any
 ) -> None:
     """float32 on the device, decode steps from CUDA graphs where the family takes them (all but the
-    mixture of experts, whose expert row counts are read on the host), against transformers on the CPU."""
+    mixture of experts, whose expert row counts are read on the host), on Hearth's GPU kernels
+    (engine.model.lean.gpu_kernels), against transformers on the CPU; batched and alone alike."""
     model = build(name)
     want = families.reference(model, PROMPTS, 8)
     with engine_over(model, family_tokenizer, device=DEVICE) as engine:
-        assert isinstance(engine.runner.lean, LeanLlama)
+        lean = engine.runner.lean
+        assert isinstance(lean, LeanLlama) and lean.gpu == (DEVICE == "cuda")
         got = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [8] * len(PROMPTS))]
+        alone = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [8] * len(PROMPTS), False)]
         graphs = engine.runner.graphs
         if DEVICE == "cuda" and name != "qwen3_moe":
             assert isinstance(graphs, CudaGraphs) and graphs.failed is None and graphs.replays >= 7
     assert got == want, describe_divergence(f"{name} on {DEVICE} vs transformers cpu", got, want)
+    assert alone == got
 
 
 def gguf_config(device: str, dtype: str, quantization: str = "auto") -> ModelConfig:

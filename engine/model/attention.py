@@ -29,6 +29,7 @@ multiple of 4 per (row, kv head), key lengths are rounded up to whole `KV_BLOCK`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,18 +289,41 @@ def slot_attention(
     kc, vc = step.cache.k[layer], step.cache.v[layer]  # [Hkv, blocks, BLOCK_SIZE, D]
     kc[:, step.write_blocks, step.write_offsets] = key[0]
     vc[:, step.write_blocks, step.write_offsets] = value[0]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = cached_attention(query[0].transpose(0, 1), kc, vc, step, scale, sliding_window, softcap)
+    return out.unsqueeze(0), None
 
-    _, hq, t, d = query.shape
-    hkv = key.shape[1]
+
+# decode attention reading the cache in place: (q [R, Hq, D], kc, vc, tables, lens, out, scale, window)
+InPlaceDecode = Callable[..., None]
+
+
+def cached_attention(
+    q: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    step: StepMeta,
+    scale: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    in_place: InPlaceDecode | None = None,
+) -> torch.Tensor:
+    """Attention of the step's queries q [T, Hq, D] over the layer's cache kc/vc (this step's keys
+    and values written already) -> [T, Hq, D]. Decode rows through `in_place` where given
+    (engine.model.lean.gpu_kernels.paged_decode), else gathered; prompt chunks gathered."""
+    t, hq, d = q.shape
+    hkv = kc.shape[0]
     g = hq // hkv
-    scale = scaling if scaling is not None else d**-0.5
-    q = query[0].transpose(0, 1)  # [T, Hq, D]
-    out = query.new_empty(t, hq, d)
+    out = q.new_empty(t, hq, d)
 
     n_dec = step.decode_tokens
-    if n_dec:
+    if n_dec and in_place is not None:
+        for group in step.decode:
+            a, b = group.start, group.start + group.count
+            in_place(q[a:b], kc, vc, group.tables, group.lens, out[a:b], scale, sliding_window)
+    elif n_dec:
         rows = round_up(g, ROW_MULTIPLE) if q.device.type == "cpu" else g  # same shape class as prefill
-        qd = query.new_zeros(n_dec, hkv, rows, d)
+        qd = q.new_zeros(n_dec, hkv, rows, d)
         qd[:, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
         for i, group in enumerate(step.decode):
             a, b = group.start, group.start + group.count
@@ -320,5 +344,4 @@ def slot_attention(
         kp, vp = (t[0] for t in _gather_kv(step, kc, vc, table, (-1 - i, first)))  # [Hkv, L, D]
         o = attend(qc, kp, vp, bias, scale, softcap)  # [Hkv, rows, D]
         out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
-
-    return out.unsqueeze(0), None
+    return out

@@ -114,7 +114,8 @@ class ModelRunner:
         lean = self.lean
         if self.graphs_wanted and lean is not None and lean.capturable:
             max_len = kv_length(self.max_context)
-            if self.device.type == "cpu":  # packed, quantized or plain weights: all traceable
+            if self.device.type == "cpu" and not lean.gpu:  # packed, quantized or plain: all traceable
+                # (lean.gpu on a CPU: the GPU kernels under Triton's interpreter, which do not trace)
                 self.graphs = CpuTraces(
                     lean.forward,
                     self.cache,

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from engine.model.attention import ROW_MULTIPLE, StepMeta, slot_attention
-from engine.model.lean import fused
+from engine.model.attention import ROW_MULTIPLE, StepMeta, cached_attention
+from engine.model.lean import fused, gpu_kernels
 from engine.model.lean.families import activation, family_of
 from engine.model.lean.moe import MoE
 from engine.model.lean.projections import (
@@ -29,7 +29,7 @@ from engine.model.lean.projections import (
     split,
     trace_weights,
 )
-from engine.model.packed_linear import QUANTIZED_LINEARS, packing_available
+from engine.model.packed_linear import QUANTIZED_LINEARS, is_plain_linear, packing_available
 
 
 class Norm:
@@ -72,16 +72,18 @@ class Dense:
 
 @dataclass(frozen=True)
 class FusedDense:
-    """A gated MLP of quantized weights or on Hearth's bfloat16 kernel, which have no post-ops to
-    carry the activation and the product: gate and up as one product, then one fused op
-    (engine.model.lean.fused)."""
+    """A gated MLP whose products have no post-ops to carry the activation and the product
+    (quantized weights, Hearth's bfloat16 kernel, plain weights on a GPU): gate and up as one
+    product, then one fused op (engine.model.lean.fused on CPU, gpu_kernels on a GPU)."""
 
     gate_up: Proj
     down: Proj
     act: str
+    gpu: bool = False
 
     def __call__(self, h: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        inner = torch.ops.hearth.act_mul(self.gate_up(h), self.act == "silu")
+        act_mul = gpu_kernels.act_mul if self.gpu else torch.ops.hearth.act_mul
+        inner = act_mul(self.gate_up(h), self.act == "silu")
         return self.down(inner) if residual is None else self.down.add(inner, residual)
 
     @property
@@ -134,6 +136,9 @@ class LeanLlama:
         packing = packing_available(param.device, param.dtype)
         # the fused kernels take bfloat16 activations (plain bfloat16 weights, the quantized kernels')
         self.fused = fused.usable(param)
+        # on a GPU: the rotary embedding, cache writes, decode attention and MLP activation as Triton
+        # kernels (engine.model.lean.gpu_kernels); gate and up as one product
+        self.gpu = gpu_kernels.usable(param) and not self.fused
         self.norm = Norm(inner.norm, eps, family.gemma_norm, self.fused)
 
         def proj(*linears: Any) -> Proj:
@@ -146,16 +151,24 @@ class LeanLlama:
         self.layers: list[Layer] = []
         for i, layer in enumerate(inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
+            gpu_mlp = self.gpu and all(is_plain_linear(m) for m in _mlp_linears(mlp))
             if family.fused_qkv:
                 qkv = proj(attn.qkv_proj)
-                gate, up = split(mlp.gate_up_proj, 2)
-                dense: Dense | FusedDense | MoE = Dense(proj(gate), proj(up), proj(mlp.down_proj), act)
+                if gpu_mlp:
+                    dense: Dense | FusedDense | MoE = FusedDense(
+                        proj(mlp.gate_up_proj), proj(mlp.down_proj), act, gpu=True
+                    )
+                else:
+                    gate, up = split(mlp.gate_up_proj, 2)
+                    dense = Dense(proj(gate), proj(up), proj(mlp.down_proj), act)
             else:
                 qkv = proj(attn.q_proj, attn.k_proj, attn.v_proj)
                 if hasattr(mlp, "experts"):
                     dense = MoE(mlp, proj, act, quantized=isinstance(attn.q_proj, QUANTIZED_LINEARS))
                 elif self.fused and _one_kernel(mlp.gate_proj, mlp.up_proj):
                     dense = FusedDense(proj(mlp.gate_proj, mlp.up_proj), proj(mlp.down_proj), act)
+                elif gpu_mlp:
+                    dense = FusedDense(proj(mlp.gate_proj, mlp.up_proj), proj(mlp.down_proj), act, gpu=True)
                 else:
                     dense = Dense(proj(mlp.gate_proj), proj(mlp.up_proj), proj(mlp.down_proj), act)
             self.layers.append(
@@ -185,7 +198,6 @@ class LeanLlama:
                     setattr(mlp, name, None)
         self.lm_head = proj(model.lm_head)
         model.lm_head = None
-        self._attn_module = _LayerIndex()
 
     def _qk_norm(self, attn: Any, eps: float) -> tuple[torch.Tensor, float]:
         """The q and k norms' weights, one row per head, scaled as the family's norm scales."""
@@ -260,25 +272,24 @@ class LeanLlama:
             if layer.qk_norm is not None:
                 weight, eps = layer.qk_norm
                 qk = (torch.rms_norm(qk.to(weight.dtype), (d,), None, eps) * weight).to(qkv.dtype)
-            if self.fused and qk.dtype == torch.bfloat16:
-                cos, sin = ropes[layer.rope]
-                qk = torch.ops.hearth.rope(qk.reshape(t, -1), hq + hkv, d, cos[:, 0], sin[:, 0])
-            else:
-                qk = _rotate(qk, *ropes[layer.rope])
             v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
-            self._attn_module.layer_idx = layer.index
-            out, _ = slot_attention(
-                self._attn_module,  # type: ignore[arg-type]
-                qk[:, :hq].transpose(0, 1)[None],
-                qk[:, hq:].transpose(0, 1)[None],
-                v.transpose(0, 1)[None],
-                None,
-                scaling=layer.scaling,
-                sliding_window=layer.window,
-                softcap=layer.softcap,
-                hearth_step=step,
-            )
-            out = out.view(t, hq * d)
+            kc, vc = step.cache.k[layer.index], step.cache.v[layer.index]  # [Hkv, blocks, BLOCK_SIZE, D]
+            cos, sin = ropes[layer.rope]
+            if self.gpu:  # rotated in place, the keys and values written: one kernel
+                blocks, offsets = step.write_blocks, step.write_offsets
+                gpu_kernels.rope_write(qk, v, cos[:, 0], sin[:, 0], kc, vc, blocks, offsets)
+            else:
+                if self.fused and qk.dtype == torch.bfloat16:
+                    qk = torch.ops.hearth.rope(qk.reshape(t, -1), hq + hkv, d, cos[:, 0], sin[:, 0])
+                    qk = qk.view(t, hq + hkv, d)
+                else:
+                    qk = _rotate(qk, cos, sin)
+                kc[:, step.write_blocks, step.write_offsets] = qk[:, hq:].transpose(0, 1)
+                vc[:, step.write_blocks, step.write_offsets] = v.transpose(0, 1)
+            in_place = gpu_kernels.paged_decode if self.gpu and layer.softcap is None else None
+            out = cached_attention(
+                qk[:, :hq], kc, vc, step, layer.scaling, layer.window, layer.softcap, in_place
+            ).view(t, hq * d)
             if layer.attn_out_norm is None:
                 x = layer.o.add(out, x)
             else:
@@ -296,6 +307,13 @@ class LeanLlama:
         return logits
 
 
+def _mlp_linears(mlp: Any) -> list[Any]:
+    """A dense gated MLP's gate and up linears (Phi-3's one `gate_up_proj`); none for experts."""
+    if hasattr(mlp, "experts"):
+        return [None]
+    return [mlp.gate_up_proj] if hasattr(mlp, "gate_up_proj") else [mlp.gate_proj, mlp.up_proj]
+
+
 def _one_kernel(gate: Any, up: Any) -> bool:
     """Whether a gated MLP's gate and up are quantized linears of one kind (and group), or bfloat16
     linears for Hearth's kernel, that concatenate into one product without post-ops."""
@@ -306,12 +324,6 @@ def _one_kernel(gate: Any, up: Any) -> bool:
         and type(gate) is type(up)
         and getattr(gate, "group", None) == getattr(up, "group", None)
     )
-
-
-class _LayerIndex:
-    """What slot attention reads of the attention module: its layer index."""
-
-    layer_idx = 0
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,13 @@ class Linear(Proj):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual + proj(x); on a GPU one kernel: the product added into the residual, in place
+        (the forward's residual stream is its own tensor)."""
+        if x.is_cuda and self.bias is None and residual.dtype == x.dtype:
+            return residual.addmm_(x, self.weight.t())
+        return residual + self(x)
+
 
 def _packed(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post_op: str, algorithm: str

@@ -1,0 +1,215 @@
+"""Hearth's GPU kernels (Triton): a decode step's small ops per layer, fewer and fused.
+
+Profiled on an H200 (docs/gpu-check-h200.md), a one-row decode step of a 1 B Llama was 424 kernels:
+~330 small ones took as long as the products. Per layer the rotary embedding was ~5 of them, the
+writes of the new key and value into the paged cache 2, attention 6 (the decode query padded into
+place, the keys and values gathered out of the cache, SDPA, the output copied back), the gated
+MLP's activation and product 2. Here:
+- `rope_write`: the rotary embedding of every row's q and k heads, in place (its partial-rotary
+  form too), and the writes of the rotated key and the value into the cache: one kernel for every
+  token of a step, decode or prompt.
+- `paged_decode`: attention for decode rows, reading the keys and values in place through each
+  row's block table (no gather), with an online softmax in float32 (its sliding window too): one
+  kernel per step and layer. A program per (row, query head) sums over its row's own keys alone,
+  in a fixed order: a row's bits do not depend on the other rows (batch invariance).
+- `act_mul`: act(gate) * up of a gated MLP whose gate and up are one product.
+They run on CUDA where Triton is installed (it comes with torch's CUDA builds), eagerly and inside
+CUDA graphs alike; prompt rows keep the gather and SDPA (engine.model.attention).
+`HEARTH_GPU_KERNELS=0` turns them off (to compare); `HEARTH_GPU_KERNELS=interpret` runs them on CPU
+tensors under Triton's interpreter (`TRITON_INTERPRET=1` set before Triton is imported), which is how
+the CPU tests check them against the torch ops.
+
+Products in float32 never use TF32 here: every sum is an elementwise product reduced with `tl.sum`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any
+
+import torch
+
+log = logging.getLogger("hearth.engine")
+
+PAGES = 4  # cache blocks a decode program reads per iteration
+
+
+def _interpreted() -> bool:
+    return os.environ.get("HEARTH_GPU_KERNELS") == "interpret" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _triton() -> Any:
+    """The kernels, defined on first use (TRITON_INTERPRET is read when they are defined)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rope_write_kernel(
+        qk, qk_row, v, v_row, cos, sin, cs_row, kc, vc, blocks, offsets, num_blocks,
+        HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
+        BS: tl.constexpr,
+    ):  # fmt: skip
+        t = tl.program_id(0)
+        h = tl.program_id(1)
+        d = tl.arange(0, BD)
+        inside = d < D
+        slot = (tl.load(blocks + t).to(tl.int64) * BS + tl.load(offsets + t)) * D
+        if h < HQ + HKV:  # a query or key head: rotated in place (and a key written)
+            head = qk + t.to(tl.int64) * qk_row + h * D
+            x = tl.load(head + d, mask=inside, other=0.0).to(tl.float32)
+            half = R // 2
+            rotated = d < R
+            partner = tl.where(d < half, d + half, d - half)
+            xp = tl.load(head + partner, mask=rotated, other=0.0).to(tl.float32)
+            c = tl.load(cos + t.to(tl.int64) * cs_row + d, mask=rotated, other=1.0).to(tl.float32)
+            s = tl.load(sin + t.to(tl.int64) * cs_row + d, mask=rotated, other=0.0).to(tl.float32)
+            y = tl.where(rotated, x * c + tl.where(d < half, -xp, xp) * s, x)
+            tl.store(head + d, y.to(qk.dtype.element_ty), mask=inside)
+            if h >= HQ:
+                dst = kc + (h - HQ).to(tl.int64) * num_blocks * BS * D + slot
+                tl.store(dst + d, y.to(kc.dtype.element_ty), mask=inside)
+        else:  # a value head: written
+            j = h - HQ - HKV
+            x = tl.load(v + t.to(tl.int64) * v_row + j * D + d, mask=inside, other=0.0)
+            dst = vc + j.to(tl.int64) * num_blocks * BS * D + slot
+            tl.store(dst + d, x.to(vc.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def paged_decode_kernel(
+        q, q_row, kc, vc, tables, table_row, lens, out, out_row, scale, window, num_blocks,
+        G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr, PAGES: tl.constexpr,
+    ):  # fmt: skip
+        r = tl.program_id(0)
+        h = tl.program_id(1)
+        d = tl.arange(0, BD)
+        inside = d < D
+        qv = tl.load(q + r.to(tl.int64) * q_row + h * D + d, mask=inside, other=0.0).to(tl.float32)
+        length = tl.load(lens + r)
+        first = tl.where(window > 0, tl.maximum(length - window, 0), 0)
+        head = (h // G).to(tl.int64) * num_blocks * BS * D
+        n = tl.arange(0, PAGES * BS)
+        best = tl.zeros([1], tl.float32) - float("inf")
+        total = tl.zeros([1], tl.float32)
+        acc = tl.zeros([BD], tl.float32)
+        step = PAGES * BS
+        for start in range(first // step * step, length, step):
+            pos = start + n
+            page = tl.load(tables + r.to(tl.int64) * table_row + pos // BS, mask=pos < length, other=0)
+            rows = head + (page.to(tl.int64) * BS + pos % BS) * D
+            seen = (pos < length) & (pos >= first)
+            both = seen[:, None] & inside[None, :]
+            k = tl.load(kc + rows[:, None] + d[None, :], mask=both, other=0.0).to(tl.float32)
+            scores = tl.where(seen, tl.sum(k * qv[None, :], axis=1) * scale, float("-inf"))
+            top = tl.maximum(best, tl.max(scores, axis=0))
+            fade = tl.exp(best - top)
+            p = tl.exp(scores - top)
+            vv = tl.load(vc + rows[:, None] + d[None, :], mask=both, other=0.0).to(tl.float32)
+            total = total * fade + tl.sum(p, axis=0)
+            acc = acc * fade + tl.sum(p[:, None] * vv, axis=0)
+            best = top
+        o = acc / total
+        tl.store(out + r.to(tl.int64) * out_row + h * D + d, o.to(out.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def act_mul_kernel(x, x_row, out, out_row, N, SILU: tl.constexpr, BN: tl.constexpr):
+        r = tl.program_id(0)
+        i = tl.program_id(1) * BN + tl.arange(0, BN)
+        inside = i < N
+        row = x + r.to(tl.int64) * x_row
+        g = tl.load(row + i, mask=inside, other=0.0).to(tl.float32)
+        u = tl.load(row + N + i, mask=inside, other=0.0).to(tl.float32)
+        if SILU:
+            a = g / (1.0 + tl.exp(-g))
+        else:  # gelu, tanh approximation: 0.5 g (1 + tanh(y)) = g * sigmoid(2y)
+            y = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+            a = g / (1.0 + tl.exp(-2.0 * y))
+        tl.store(out + r.to(tl.int64) * out_row + i, (a * u).to(out.dtype.element_ty), mask=inside)
+
+    return triton, rope_write_kernel, paged_decode_kernel, act_mul_kernel
+
+
+@functools.cache
+def _importable() -> bool:
+    try:
+        _triton()
+    except Exception as exc:  # no Triton: the torch ops do the work
+        log.warning("Triton unavailable, the GPU decode step runs torch's ops: %.300s", exc)
+        return False
+    return True
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the kernels run on tensors like `x`: on CUDA, or on CPU under Triton's interpreter."""
+    if os.environ.get("HEARTH_GPU_KERNELS", "1") == "0":
+        return False
+    return (x.device.type == "cuda" or (x.device.type == "cpu" and _interpreted())) and _importable()
+
+
+def rope_write(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    blocks: torch.Tensor,
+    offsets: torch.Tensor,
+) -> None:
+    """qk [T, Hq + Hkv, D] (rows contiguous) rotated in place by cos/sin [T, R] (the first R dims of
+    each head, rotate-half); the rotated keys and v [T, Hkv, D] written to the layer's cache
+    kc/vc [Hkv, blocks, BLOCK_SIZE, D] at (blocks[t], offsets[t])."""
+    t, heads, d = qk.shape
+    hkv, num_blocks, size, _ = kc.shape
+    assert qk.stride(2) == 1 and qk.stride(1) == d and v.stride(2) == 1 and v.stride(1) == d
+    assert cos.stride(-1) == 1 and sin.stride() == cos.stride() and kc.is_contiguous() and vc.is_contiguous()
+    if t == 0:
+        return
+    _, kernel, _, _ = _triton()
+    kernel[(t, heads + hkv)](
+        qk, qk.stride(0), v, v.stride(0), cos, sin, cos.stride(0), kc, vc, blocks, offsets, num_blocks,
+        HQ=heads - hkv, HKV=hkv, D=d, BD=_pow2(d), R=cos.shape[-1], BS=size,
+    )  # fmt: skip
+
+
+def paged_decode(
+    q: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    tables: torch.Tensor,
+    lens: torch.Tensor,
+    out: torch.Tensor,
+    scale: float,
+    window: int | None,
+) -> None:
+    """out[r] = attention of q [R, Hq, D] (rows strided, heads contiguous) over each row's first
+    lens[r] cached keys and values (the last `window` of them under a sliding window), found through
+    tables [R, N] in kc/vc [Hkv, blocks, BLOCK_SIZE, D]; out [R, Hq, D] likewise."""
+    rows, hq, d = q.shape
+    hkv, num_blocks, size, _ = kc.shape
+    assert q.stride(2) == 1 and q.stride(1) == d and out.stride(2) == 1 and out.stride(1) == d
+    if rows == 0:
+        return
+    _, _, kernel, _ = _triton()
+    kernel[(rows, hq)](
+        q, q.stride(0), kc, vc, tables, tables.stride(0), lens, out, out.stride(0), scale, window or 0,
+        num_blocks, G=hq // hkv, D=d, BD=_pow2(d), BS=size, PAGES=PAGES,
+    )  # fmt: skip
+
+
+def act_mul(x: torch.Tensor, silu: bool) -> torch.Tensor:
+    """x [M, 2N] (gate, then up) -> act(gate) * up [M, N]; act silu, else gelu (tanh approximation)."""
+    m, n2 = x.shape
+    n = n2 // 2
+    out = x.new_empty(m, n)
+    if m:
+        _, _, _, kernel = _triton()
+        block = 1024
+        kernel[(m, -(-n // block))](x, x.stride(0), out, out.stride(0), n, SILU=silu, BN=block)
+    return out
+
+
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
