@@ -4,6 +4,8 @@ tokens. tests/test_gpu.py runs the same forward compiled for a real GPU (batch i
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import torch.nn.functional as F
 
 from engine.model.attention import attend, gather
 from engine.model.lean import LeanLlama
-from engine.model.lean.forward import FusedDense, _rotate
+from engine.model.lean.forward import Dense, FusedDense, _rotate
 from tests.families import PROMPTS, build, engine_over, reference
 from tests.greedy import describe_divergence, engine_generate
 
@@ -113,3 +115,18 @@ def test_every_family_on_the_kernels_gives_transformers_greedy_tokens(name: str,
         assert all(isinstance(layer.mlp, FusedDense) for layer in lean.layers)
         got = [tokens for tokens, _ in engine_generate(engine, PROMPTS, [N_TOKENS] * len(PROMPTS))]
     assert got == want, describe_divergence(f"{name} on the GPU kernels vs transformers", got, want)
+
+
+def test_a_kernel_that_computes_something_else_fails_the_check_and_the_forward_runs_torch_ops(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = build("llama3")
+    gpu_kernels.self_check.cache_clear()
+    assert LeanLlama(copy.deepcopy(model)).gpu
+    monkeypatch.setattr(gpu_kernels, "act_mul", lambda x, silu: x[:, : x.shape[1] // 2] * 0)
+    gpu_kernels.self_check.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="hearth.engine"):
+        lean = LeanLlama(copy.deepcopy(model))
+    gpu_kernels.self_check.cache_clear()
+    assert not lean.gpu and all(isinstance(layer.mlp, Dense) for layer in lean.layers)
+    assert "GPU kernels failed their check" in caplog.text

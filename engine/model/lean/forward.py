@@ -138,7 +138,13 @@ class LeanLlama:
         self.fused = fused.usable(param)
         # on a GPU: the rotary embedding, cache writes, decode attention and MLP activation as Triton
         # kernels (engine.model.lean.gpu_kernels); gate and up as one product
-        self.gpu = gpu_kernels.usable(param) and not self.fused
+        self.gpu = (
+            gpu_kernels.usable(param)
+            and not self.fused
+            and gpu_kernels.self_check(
+                param.device, param.dtype, self.heads, self.kv_heads, self.head_dim, self._rotary_dims(param)
+            )
+        )
         self.norm = Norm(inner.norm, eps, family.gemma_norm, self.fused)
 
         def proj(*linears: Any) -> Proj:
@@ -198,6 +204,15 @@ class LeanLlama:
                     setattr(mlp, name, None)
         self.lm_head = proj(model.lm_head)
         model.lm_head = None
+
+    def _rotary_dims(self, like: torch.Tensor) -> tuple[int, ...]:
+        """The rotary embedding's width per head (below head_dim under a partial rotary factor), for
+        each of its layer types."""
+        x = torch.zeros(1, 1, 1, dtype=like.dtype, device=like.device)
+        pos = torch.zeros(1, 1, dtype=torch.long, device=like.device)
+        kinds: list[str | None] = [*self.rope_types] or [None]
+        cos = [(self.rotary(x, pos) if kind is None else self.rotary(x, pos, kind))[0] for kind in kinds]
+        return tuple(sorted({c.shape[-1] for c in cos}))
 
     def _qk_norm(self, attn: Any, eps: float) -> tuple[torch.Tensor, float]:
         """The q and k norms' weights, one row per head, scaled as the family's norm scales."""

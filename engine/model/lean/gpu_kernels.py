@@ -141,6 +141,69 @@ def _importable() -> bool:
     return True
 
 
+@functools.cache
+def self_check(
+    device: torch.device,
+    dtype: torch.dtype,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    rotary: tuple[int, ...],
+) -> bool:
+    """Whether the kernels, compiled for a model of these shapes, give torch's results on `device`:
+    each is run once on random inputs (which compiles it for these shapes, as the forward will call
+    it) and compared. A failure is logged and the forward runs torch's ops instead: a Triton or
+    driver this code was not tested with costs speed, never a request."""
+    from engine.model.attention import gather
+
+    try:
+        g = torch.Generator(device="cpu").manual_seed(0)
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+
+        def close(got: torch.Tensor, want: torch.Tensor) -> None:
+            torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+
+        t, blocks, size = 3, 4, 16
+        heads_all = heads + kv_heads
+        for r in rotary:
+            qkv = rand(t, (heads_all + kv_heads) * head_dim)
+            qk = qkv[:, : heads_all * head_dim].view(t, heads_all, head_dim)
+            v = qkv[:, heads_all * head_dim :].view(t, kv_heads, head_dim)
+            cos, sin = rand(t, r), rand(t, r)
+            part, half = qk[..., :r].float(), r // 2
+            turned = torch.cat((-part[..., half:], part[..., :half]), dim=-1)
+            want = qk.float().clone()
+            want[..., :r] = part * cos[:, None].float() + turned * sin[:, None].float()
+            kc, vc = rand(kv_heads, blocks, size, head_dim), rand(kv_heads, blocks, size, head_dim)
+            where = torch.tensor([1, 2, 3], device=device)
+            at = torch.tensor([0, 5, 15], device=device)
+            rope_write(qk, v, cos, sin, kc, vc, where, at)
+            close(qk, want)
+            close(kc[:, where, at], want[:, heads:].transpose(0, 1))
+        tables = torch.tensor([[2, 1, 0, 3], [0, 0, 0, 0]], device=device)
+        lens = torch.tensor([50, 1], device=device)
+        q = rand(2, heads, head_dim)
+        out = torch.empty_like(q)
+        paged_decode(q, kc, vc, tables, lens, out, head_dim**-0.5, None)
+        k, vv = gather(kc, tables).float(), gather(vc, tables).float()  # [2, Hkv, 64, D]
+        for row, n in enumerate(lens.tolist()):
+            kr = k[row, :, :n].repeat_interleave(heads // kv_heads, 0)  # [Hq, n, D]
+            vr = vv[row, :, :n].repeat_interleave(heads // kv_heads, 0)
+            probs = torch.softmax((q[row].float()[:, None] * kr).sum(-1) * head_dim**-0.5, -1)
+            close(out[row], (probs[..., None] * vr).sum(1))
+        x = rand(2, 64).float()
+        want = torch.nn.functional.silu(x[:, :32]) * x[:, 32:]
+        close(act_mul(x.to(dtype), True), want)
+    except Exception as exc:  # a kernel that fails to compile, or computes something else
+        log.warning("Hearth's GPU kernels failed their check on %s, running torch's ops: %.400s", device, exc)
+        return False
+    return True
+
+
 def usable(x: torch.Tensor) -> bool:
     """Whether the kernels run on tensors like `x`: on CUDA, or on CPU under Triton's interpreter."""
     if os.environ.get("HEARTH_GPU_KERNELS", "1") == "0":
