@@ -90,6 +90,38 @@ def test_paged_decode_reads_the_cache_in_place_as_gathered_attention(
         torch.testing.assert_close(out[r].float(), want, atol=tol, rtol=tol)
 
 
+def test_paged_decode_splits_long_rows_and_a_rows_bits_do_not_depend_on_the_padded_length() -> None:
+    """Past SPLIT keys a row's keys are summed by several programs and added up in split order: the
+    result is attention over all of them, and a row gives the same bits whatever key length its
+    step pads the tables to (one split or several: the splits past its keys add exact zeros)."""
+    torch.manual_seed(2)
+    hq, hkv, d, blocks = 4, 2, 32, 130
+    kc, vc = torch.randn(hkv, blocks, 16, d), torch.randn(hkv, blocks, 16, d)
+    order = torch.randperm(blocks - 1) + 1
+    lens = torch.tensor([300, 1000])  # one split at the narrowest padding, two
+    q = torch.randn(2, hq, d)
+
+    def run(width: int, window: int | None = None) -> torch.Tensor:
+        out = torch.empty(2, hq, d)
+        tables = torch.zeros(2, width, dtype=torch.long)  # each row's blocks, then the scratch block
+        tables[0, :64], tables[1, :64] = order[:64], order[64:128]
+        gpu_kernels.paged_decode(q, kc, vc, tables, lens, out, 0.2, window)
+        return out
+
+    for window in (None, 700):
+        narrow, wide = run(64, window), run(128 if window is None else 96, window)  # 2 splits; 4 or 3
+        assert torch.equal(narrow, wide)
+        k, v = gather(kc, order[None, 64:128]).float()[0], gather(vc, order[None, 64:128]).float()[0]
+        j = torch.arange(1024)
+        ok = (j < 1000) & (j >= (1000 - window if window else 0))
+        bias = torch.zeros(1024).masked_fill_(~ok, float("-inf"))
+        want = attend(q[1].view(hkv, hq // hkv, d), k, v, bias, 0.2).reshape(hq, d)
+        torch.testing.assert_close(narrow[1], want, atol=1e-5, rtol=1e-5)
+    one_split = torch.empty(1, hq, d)
+    gpu_kernels.paged_decode(q[:1], kc, vc, order[None, :32], lens[:1], one_split, 0.2, None)
+    assert torch.equal(one_split[0], run(64)[0])
+
+
 @pytest.mark.parametrize("silu", [True, False], ids=["silu", "gelu_tanh"])
 def test_act_mul_is_the_activation_of_gate_times_up(silu: bool) -> None:
     x = torch.randn(3, 2 * 1500)  # more than one program's block per row

@@ -10,8 +10,9 @@ MLP's activation and product 2. Here:
   token of a step, decode or prompt.
 - `paged_decode`: attention for decode rows, reading the keys and values in place through each
   row's block table (no gather), with an online softmax in float32 (its sliding window too): one
-  kernel per step and layer. A program per (row, query head) sums over its row's own keys alone,
-  in a fixed order: a row's bits do not depend on the other rows (batch invariance).
+  kernel per step and layer (two past `SPLIT` keys). A program per (row, query head, `SPLIT` keys)
+  sums over its row's own keys alone, in a fixed order: a row's bits do not depend on the other
+  rows (batch invariance).
 - `act_mul`: act(gate) * up of a gated MLP whose gate and up are one product.
 They run on CUDA where Triton is installed (it comes with torch's CUDA builds), eagerly and inside
 CUDA graphs alike; prompt rows keep the gather and SDPA (engine.model.attention).
@@ -34,6 +35,10 @@ import torch
 log = logging.getLogger("hearth.engine")
 
 PAGES = 4  # cache blocks a decode program reads per iteration
+# keys per decode program: a long row's keys are split over several programs (flash-decoding), whose
+# partial sums one more kernel adds up in split order; where a row's keys end depends on the row
+# alone, so its bits do not depend on the key length its step pads to (nor on the other rows)
+SPLIT = 512
 
 
 def _interpreted() -> bool:
@@ -79,11 +84,13 @@ def _triton() -> Any:
 
     @triton.jit
     def paged_decode_kernel(
-        q, q_row, kc, vc, tables, table_row, lens, out, out_row, scale, window, num_blocks,
+        q, q_row, kc, vc, tables, table_row, lens, out, out_row, part, scale, window, num_blocks,
         G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr, PAGES: tl.constexpr,
+        SPLIT: tl.constexpr, SPLITS: tl.constexpr,
     ):  # fmt: skip
         r = tl.program_id(0)
         h = tl.program_id(1)
+        s = tl.program_id(2)  # this program's keys: [s * SPLIT, (s + 1) * SPLIT) of the row's
         d = tl.arange(0, BD)
         inside = d < D
         qv = tl.load(q + r.to(tl.int64) * q_row + h * D + d, mask=inside, other=0.0).to(tl.float32)
@@ -95,11 +102,12 @@ def _triton() -> Any:
         total = tl.zeros([1], tl.float32)
         acc = tl.zeros([BD], tl.float32)
         step = PAGES * BS
-        for start in range(first // step * step, length, step):
+        end = tl.minimum(length, (s + 1) * SPLIT)
+        for start in range(tl.maximum(first // step * step, s * SPLIT), end, step):
             pos = start + n
-            page = tl.load(tables + r.to(tl.int64) * table_row + pos // BS, mask=pos < length, other=0)
+            page = tl.load(tables + r.to(tl.int64) * table_row + pos // BS, mask=pos < end, other=0)
             rows = head + (page.to(tl.int64) * BS + pos % BS) * D
-            seen = (pos < length) & (pos >= first)
+            seen = (pos < end) & (pos >= first)
             both = seen[:, None] & inside[None, :]
             k = tl.load(kc + rows[:, None] + d[None, :], mask=both, other=0.0).to(tl.float32)
             scores = tl.where(seen, tl.sum(k * qv[None, :], axis=1) * scale, float("-inf"))
@@ -110,8 +118,35 @@ def _triton() -> Any:
             total = total * fade + tl.sum(p, axis=0)
             acc = acc * fade + tl.sum(p[:, None] * vv, axis=0)
             best = top
+        if SPLITS == 1:
+            o = acc / total
+            tl.store(out + r.to(tl.int64) * out_row + h * D + d, o.to(out.dtype.element_ty), mask=inside)
+        else:  # this split's running max, sum and weighted values, for `paged_reduce_kernel`
+            slot = part + ((r.to(tl.int64) * tl.num_programs(1) + h) * SPLITS + s) * (BD + 2)
+            one = tl.arange(0, 1)
+            tl.store(slot + one, best)
+            tl.store(slot + 1 + one, total)
+            tl.store(slot + 2 + d, acc)
+
+    @triton.jit
+    def paged_reduce_kernel(part, out, out_row, D: tl.constexpr, BD: tl.constexpr, SPLITS: tl.constexpr):
+        r = tl.program_id(0)
+        h = tl.program_id(1)
+        d = tl.arange(0, BD)
+        one = tl.arange(0, 1)
+        base = part + (r.to(tl.int64) * tl.num_programs(1) + h) * SPLITS * (BD + 2)
+        best = tl.zeros([1], tl.float32) - float("inf")
+        for s in range(SPLITS):
+            best = tl.maximum(best, tl.load(base + s * (BD + 2) + one))
+        total = tl.zeros([1], tl.float32)
+        acc = tl.zeros([BD], tl.float32)
+        for s in range(SPLITS):  # in split order: a split past the row's keys adds exact zeros
+            slot = base + s * (BD + 2)
+            w = tl.exp(tl.load(slot + one) - best)
+            total += w * tl.load(slot + 1 + one)
+            acc += w * tl.load(slot + 2 + d)
         o = acc / total
-        tl.store(out + r.to(tl.int64) * out_row + h * D + d, o.to(out.dtype.element_ty), mask=inside)
+        tl.store(out + r.to(tl.int64) * out_row + h * D + d, o.to(out.dtype.element_ty), mask=d < D)
 
     @triton.jit
     def act_mul_kernel(x, x_row, out, out_row, N, SILU: tl.constexpr, BN: tl.constexpr):
@@ -128,7 +163,7 @@ def _triton() -> Any:
             a = g / (1.0 + tl.exp(-2.0 * y))
         tl.store(out + r.to(tl.int64) * out_row + i, (a * u).to(out.dtype.element_ty), mask=inside)
 
-    return triton, rope_write_kernel, paged_decode_kernel, act_mul_kernel
+    return triton, rope_write_kernel, (paged_decode_kernel, paged_reduce_kernel), act_mul_kernel
 
 
 @functools.cache
@@ -167,7 +202,7 @@ def self_check(
         def close(got: torch.Tensor, want: torch.Tensor) -> None:
             torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
 
-        t, blocks, size = 3, 4, 16
+        t, blocks, size = 3, 40, 16
         heads_all = heads + kv_heads
         for r in rotary:
             qkv = rand(t, (heads_all + kv_heads) * head_dim)
@@ -184,12 +219,12 @@ def self_check(
             rope_write(qk, v, cos, sin, kc, vc, where, at)
             close(qk, want)
             close(kc[:, where, at], want[:, heads:].transpose(0, 1))
-        tables = torch.tensor([[2, 1, 0, 3], [0, 0, 0, 0]], device=device)
-        lens = torch.tensor([50, 1], device=device)
+        tables = torch.stack([torch.arange(blocks).flip(0), torch.zeros(blocks, dtype=torch.long)]).to(device)
+        lens = torch.tensor([600, 1], device=device)  # two splits of keys (and the reduce), one key
         q = rand(2, heads, head_dim)
         out = torch.empty_like(q)
         paged_decode(q, kc, vc, tables, lens, out, head_dim**-0.5, None)
-        k, vv = gather(kc, tables).float(), gather(vc, tables).float()  # [2, Hkv, 64, D]
+        k, vv = gather(kc, tables).float(), gather(vc, tables).float()  # [2, Hkv, 640, D]
         for row, n in enumerate(lens.tolist()):
             kr = k[row, :, :n].repeat_interleave(heads // kv_heads, 0)  # [Hq, n, D]
             vr = vv[row, :, :n].repeat_interleave(heads // kv_heads, 0)
@@ -255,11 +290,16 @@ def paged_decode(
     assert q.stride(2) == 1 and q.stride(1) == d and out.stride(2) == 1 and out.stride(1) == d
     if rows == 0:
         return
-    _, _, kernel, _ = _triton()
-    kernel[(rows, hq)](
-        q, q.stride(0), kc, vc, tables, tables.stride(0), lens, out, out.stride(0), scale, window or 0,
-        num_blocks, G=hq // hkv, D=d, BD=_pow2(d), BS=size, PAGES=PAGES,
+    _, _, (kernel, reduce), _ = _triton()
+    splits = -(-tables.shape[1] * size // SPLIT)  # fixed by the key length the rows are padded to
+    bd = _pow2(d)
+    part = q.new_empty(rows * hq * splits * (bd + 2) if splits > 1 else 1, dtype=torch.float32)
+    kernel[(rows, hq, splits)](
+        q, q.stride(0), kc, vc, tables, tables.stride(0), lens, out, out.stride(0), part, scale, window or 0,
+        num_blocks, G=hq // hkv, D=d, BD=bd, BS=size, PAGES=PAGES, SPLIT=SPLIT, SPLITS=splits,
     )  # fmt: skip
+    if splits > 1:
+        reduce[(rows, hq)](part, out, out.stride(0), D=d, BD=bd, SPLITS=splits)
 
 
 def act_mul(x: torch.Tensor, silu: bool) -> torch.Tensor:
