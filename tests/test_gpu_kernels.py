@@ -42,19 +42,22 @@ def interpreted() -> Iterator[None]:
         yield
 
 
+@pytest.mark.parametrize("normed", [False, True], ids=["", "qk_norm"])
 @pytest.mark.parametrize("rotary", [32, 24], ids=["full", "partial"])
-def test_rope_write_rotates_in_place_and_writes_the_cache(rotary: int) -> None:
+def test_rope_write_rotates_in_place_and_writes_the_cache(rotary: int, normed: bool) -> None:
     torch.manual_seed(0)
     t, hq, hkv, d, blocks = 5, 4, 2, 32, 6
     qkv = torch.randn(t, (hq + 2 * hkv) * d)
     qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)  # strided rows, as the forward's
     v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
     cos, sin = torch.randn(t, 1, rotary), torch.randn(t, 1, rotary)
-    want = _rotate(qk.clone(), cos, sin)
+    norm = (torch.rand(hq + hkv, d) + 0.5, 1e-6) if normed else None  # per-head weights, as Qwen3's
+    heads = qk if norm is None else torch.rms_norm(qk, (d,), None, norm[1]) * norm[0]
+    want = _rotate(heads.clone(), cos, sin)
     kc, vc = torch.zeros(hkv, blocks, 16, d), torch.zeros(hkv, blocks, 16, d)
     where, at = torch.tensor([1, 1, 3, 5, 0]), torch.tensor([0, 15, 2, 7, 9])
 
-    gpu_kernels.rope_write(qk, v, cos[:, 0], sin[:, 0], kc, vc, where, at)
+    gpu_kernels.rope_write(qk, v, cos[:, 0], sin[:, 0], kc, vc, where, at, norm)
 
     torch.testing.assert_close(qk, want, atol=1e-6, rtol=1e-6)  # to rounding (a fused multiply-add)
     assert torch.equal(kc[:, where, at], qk[:, hq:].transpose(0, 1))

@@ -142,7 +142,13 @@ class LeanLlama:
             gpu_kernels.usable(param)
             and not self.fused
             and gpu_kernels.self_check(
-                param.device, param.dtype, self.heads, self.kv_heads, self.head_dim, self._rotary_dims(param)
+                param.device,
+                param.dtype,
+                self.heads,
+                self.kv_heads,
+                self.head_dim,
+                self._rotary_dims(param),
+                _qk_norm_dtype(family, param.dtype),
             )
         )
         self.norm = Norm(inner.norm, eps, family.gemma_norm, self.fused)
@@ -284,16 +290,16 @@ class LeanLlama:
         for layer in self.layers:
             qkv = layer.qkv(layer.input_norm(x))  # [T, (Hq + 2 Hkv) D]
             qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
-            if layer.qk_norm is not None:
-                weight, eps = layer.qk_norm
-                qk = (torch.rms_norm(qk.to(weight.dtype), (d,), None, eps) * weight).to(qkv.dtype)
             v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
             kc, vc = step.cache.k[layer.index], step.cache.v[layer.index]  # [Hkv, blocks, BLOCK_SIZE, D]
             cos, sin = ropes[layer.rope]
-            if self.gpu:  # rotated in place, the keys and values written: one kernel
+            if self.gpu:  # normed and rotated in place, the keys and values written: one kernel
                 blocks, offsets = step.write_blocks, step.write_offsets
-                gpu_kernels.rope_write(qk, v, cos[:, 0], sin[:, 0], kc, vc, blocks, offsets)
+                gpu_kernels.rope_write(qk, v, cos[:, 0], sin[:, 0], kc, vc, blocks, offsets, layer.qk_norm)
             else:
+                if layer.qk_norm is not None:
+                    weight, eps = layer.qk_norm
+                    qk = (torch.rms_norm(qk.to(weight.dtype), (d,), None, eps) * weight).to(qkv.dtype)
                 if self.fused and qk.dtype == torch.bfloat16:
                     qk = torch.ops.hearth.rope(qk.reshape(t, -1), hq + hkv, d, cos[:, 0], sin[:, 0])
                     qk = qk.view(t, hq + hkv, d)
@@ -320,6 +326,13 @@ class LeanLlama:
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         return logits
+
+
+def _qk_norm_dtype(family: Any, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype of the per-head q/k norms' weights (`LeanLlama._qk_norm`), None without them."""
+    if not family.qk_norm:
+        return None
+    return torch.float32 if family.gemma_norm else dtype
 
 
 def _mlp_linears(mlp: Any) -> list[Any]:

@@ -6,8 +6,8 @@ writes of the new key and value into the paged cache 2, attention 6 (the decode 
 place, the keys and values gathered out of the cache, SDPA, the output copied back), the gated
 MLP's activation and product 2. Here:
 - `rope_write`: the rotary embedding of every row's q and k heads, in place (its partial-rotary
-  form too), and the writes of the rotated key and the value into the cache: one kernel for every
-  token of a step, decode or prompt.
+  form too, and the heads' RMSNorm before it where the family has one), and the writes of the
+  rotated key and the value into the cache: one kernel for every token of a step, decode or prompt.
 - `paged_decode`: attention for decode rows, reading the keys and values in place through each
   row's block table (no gather), with an online softmax in float32 (its sliding window too): one
   kernel per step and layer (two past `SPLIT` keys). A program per (row, query head, `SPLIT` keys)
@@ -53,9 +53,9 @@ def _triton() -> Any:
 
     @triton.jit
     def rope_write_kernel(
-        qk, qk_row, v, v_row, cos, sin, cs_row, kc, vc, blocks, offsets, num_blocks,
+        qk, qk_row, v, v_row, cos, sin, cs_row, kc, vc, blocks, offsets, num_blocks, norm, eps,
         HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, R: tl.constexpr,
-        BS: tl.constexpr,
+        BS: tl.constexpr, NORM: tl.constexpr,
     ):  # fmt: skip
         t = tl.program_id(0)
         h = tl.program_id(1)
@@ -69,6 +69,13 @@ def _triton() -> Any:
             rotated = d < R
             partner = tl.where(d < half, d + half, d - half)
             xp = tl.load(head + partner, mask=rotated, other=0.0).to(tl.float32)
+            if NORM:  # the head's RMSNorm first (Qwen3, Gemma 3), rounded as the torch ops round it
+                rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+                w = norm + h * D
+                x = x * rstd * tl.load(w + d, mask=inside, other=0.0).to(tl.float32)
+                xp = xp * rstd * tl.load(w + partner, mask=rotated, other=0.0).to(tl.float32)
+                x = x.to(qk.dtype.element_ty).to(tl.float32)
+                xp = xp.to(qk.dtype.element_ty).to(tl.float32)
             c = tl.load(cos + t.to(tl.int64) * cs_row + d, mask=rotated, other=1.0).to(tl.float32)
             s = tl.load(sin + t.to(tl.int64) * cs_row + d, mask=rotated, other=0.0).to(tl.float32)
             y = tl.where(rotated, x * c + tl.where(d < half, -xp, xp) * s, x)
@@ -184,11 +191,13 @@ def self_check(
     kv_heads: int,
     head_dim: int,
     rotary: tuple[int, ...],
+    norm_dtype: torch.dtype | None = None,
 ) -> bool:
     """Whether the kernels, compiled for a model of these shapes, give torch's results on `device`:
     each is run once on random inputs (which compiles it for these shapes, as the forward will call
-    it) and compared. A failure is logged and the forward runs torch's ops instead: a Triton or
-    driver this code was not tested with costs speed, never a request."""
+    it; `norm_dtype`: the dtype of the q/k norms' weights, where the model has them) and compared.
+    A failure is logged and the forward runs torch's ops instead: a Triton or driver this code was
+    not tested with costs speed, never a request."""
     from engine.model.attention import gather
 
     try:
@@ -209,14 +218,19 @@ def self_check(
             qk = qkv[:, : heads_all * head_dim].view(t, heads_all, head_dim)
             v = qkv[:, heads_all * head_dim :].view(t, kv_heads, head_dim)
             cos, sin = rand(t, r), rand(t, r)
-            part, half = qk[..., :r].float(), r // 2
+            norm, heads_in = None, qk.float()
+            if norm_dtype is not None:  # the heads normed first, rounded to the dtype as the kernel does
+                norm = (torch.rand(heads_all, head_dim, generator=g).to(device, norm_dtype) + 0.5, 1e-6)
+                normed = torch.rms_norm(heads_in, (head_dim,), None, norm[1]) * norm[0].float()
+                heads_in = normed.to(dtype).float()
+            part, half = heads_in[..., :r], r // 2
             turned = torch.cat((-part[..., half:], part[..., :half]), dim=-1)
-            want = qk.float().clone()
+            want = heads_in.clone()
             want[..., :r] = part * cos[:, None].float() + turned * sin[:, None].float()
             kc, vc = rand(kv_heads, blocks, size, head_dim), rand(kv_heads, blocks, size, head_dim)
             where = torch.tensor([1, 2, 3], device=device)
             at = torch.tensor([0, 5, 15], device=device)
-            rope_write(qk, v, cos, sin, kc, vc, where, at)
+            rope_write(qk, v, cos, sin, kc, vc, where, at, norm)
             close(qk, want)
             close(kc[:, where, at], want[:, heads:].transpose(0, 1))
         tables = torch.stack([torch.arange(blocks).flip(0), torch.zeros(blocks, dtype=torch.long)]).to(device)
@@ -255,9 +269,11 @@ def rope_write(
     vc: torch.Tensor,
     blocks: torch.Tensor,
     offsets: torch.Tensor,
+    norm: tuple[torch.Tensor, float] | None = None,
 ) -> None:
     """qk [T, Hq + Hkv, D] (rows contiguous) rotated in place by cos/sin [T, R] (the first R dims of
-    each head, rotate-half); the rotated keys and v [T, Hkv, D] written to the layer's cache
+    each head, rotate-half), each head RMS-normalised first where `norm` (weights [Hq + Hkv, D],
+    eps) is given; the rotated keys and v [T, Hkv, D] written to the layer's cache
     kc/vc [Hkv, blocks, BLOCK_SIZE, D] at (blocks[t], offsets[t])."""
     t, heads, d = qk.shape
     hkv, num_blocks, size, _ = kc.shape
@@ -266,9 +282,12 @@ def rope_write(
     if t == 0:
         return
     _, kernel, _, _ = _triton()
+    weight, eps = norm if norm is not None else (qk, 0.0)  # (an unread stand-in without a norm)
+    assert norm is None or (weight.is_contiguous() and weight.shape == qk.shape[1:])
     kernel[(t, heads + hkv)](
         qk, qk.stride(0), v, v.stride(0), cos, sin, cos.stride(0), kc, vc, blocks, offsets, num_blocks,
-        HQ=heads - hkv, HKV=hkv, D=d, BD=_pow2(d), R=cos.shape[-1], BS=size,
+        weight, eps, HQ=heads - hkv, HKV=hkv, D=d, BD=_pow2(d), R=cos.shape[-1], BS=size,
+        NORM=norm is not None,
     )  # fmt: skip
 
 
