@@ -27,14 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import load_catalog  # noqa: E402
-from engine.model.lean.projections import Bf16, bf16_kernel  # noqa: E402
+from engine.model.lean.projections import Dot, bf16_kernel  # noqa: E402
 from engine.model.loader import load_model  # noqa: E402
 
 
 class _Served(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
-        self.proj = Bf16([linear])
+        self.proj = Dot([linear])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).reshape(*x.shape[:-1], -1)

@@ -85,8 +85,9 @@ def test_traced_decode_steps_give_the_eager_tokens(
 def test_plain_weights_trace_too_and_give_the_eager_tokens(smollm2_dir: Path, dtype: str) -> None:
     """Plain models trace their small decode steps, and their tokens are the eager engine's, alone
     and in a shrinking batch: oneDNN-packed weights (the traces' inputs) from 2 rows (1 row takes
-    another oneDNN kernel), bfloat16 ones on Hearth's AVX512-BF16 kernel from 1 row."""
-    own_kernel = dtype == "bfloat16" and fused.bf16_dot()
+    another oneDNN kernel), bfloat16 and float32 ones on Hearth's own kernel (AVX512-BF16, AVX-512F)
+    from 1 row."""
+    own_kernel = fused.bf16_dot() if dtype == "bfloat16" else fused.f32_dot()
     tokens = {}
     for traced in (False, True):
         cfg = ModelConfig(

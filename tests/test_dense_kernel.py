@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.model.lean import fused
-from engine.model.lean.projections import Bf16, plain_linear
+from engine.model.lean.projections import Dot, plain_linear
 
 
 def _has_bf16() -> bool:
@@ -31,7 +31,7 @@ def test_rows_are_independent_and_the_residual_rounds_as_transformers(n: int, k:
     bias = torch.randn(n, generator=g).bfloat16()
     x = torch.randn(37, k, generator=g).bfloat16()
     residual = torch.randn(37, n, generator=g).bfloat16()
-    proj = Bf16([plain_linear(weight, bias)])
+    proj = Dot([plain_linear(weight, bias)])
     y = proj(x)
     ref = F.linear(x.float(), weight.float(), bias.float())
     assert float((y.float() - ref).abs().max() / ref.abs().max()) < 0.01

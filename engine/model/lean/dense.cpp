@@ -1,4 +1,4 @@
-// bfloat16 products on AVX512-BF16 (engine/model/lean/projections.py's `Bf16`).
+// bfloat16 products on AVX512-BF16, float32 ones on AVX-512F (engine/model/lean/projections.py's `Dot`).
 //
 // oneDNN's packed products give a row the same bits only from 2 rows up, so the engine pads every
 // step to 4 rows: at one decode stream that is 4 rows of work and oneDNN's small-row kernel. Here
@@ -8,6 +8,8 @@
 //
 // Tiles of 4 rows of x by 4 weight rows (16 sums in registers); x is taken 256 rows at a time so a
 // long prompt's rows stay in cache while every weight row passes; the weights are prefetched ahead.
+// The float32 products are the same code over 16 float lanes and `vfmadd` (`F32`); the bfloat16 ones
+// take 32 lanes a step and `vdpbf16ps` (`BF16`).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -28,46 +30,70 @@
 
 namespace {
 
-#ifdef HEARTH_BF16DOT
-
+#ifdef __AVX512F__
 using hearth::simd::reduce16;
 using hearth::simd::widen;
 
 constexpr int64_t kTile = 4;        // rows of x and of the weight a tile computes
-constexpr int64_t kBlockRows = 256; // rows of x kept in cache while the weights pass
+constexpr int64_t kBlockRows = 256; // bfloat16 rows of x kept in cache while the weights pass
 constexpr int64_t kAhead = 8192;     // bytes of weights prefetched ahead
+#endif
 
-inline __m512bh load_bh(const c10::BFloat16* p) { return (__m512bh)_mm512_loadu_si512(p); }
-inline __m512bh load_bh(const c10::BFloat16* p, __mmask32 mask) { return (__m512bh)_mm512_maskz_loadu_epi16(mask, p); }
+#ifdef HEARTH_BF16DOT
+// A dot-product policy: the element type, lanes per step, loads and the multiply-add into 16 float sums.
+struct BF16 {
+  using T = c10::BFloat16;
+  using V = __m512bh;
+  static constexpr int64_t kStep = 32;
+  static inline V load(const T* p) { return (__m512bh)_mm512_loadu_si512(p); }
+  static inline V load(const T* p, int64_t left) {
+    return (__m512bh)_mm512_maskz_loadu_epi16(static_cast<__mmask32>((1ULL << left) - 1), p);
+  }
+  static inline __m512 madd(__m512 acc, V x, V w) { return _mm512_dpbf16_ps(acc, x, w); }
+};
+
+#endif  // HEARTH_BF16DOT
+
+#ifdef __AVX512F__
+struct F32 {
+  using T = float;
+  using V = __m512;
+  static constexpr int64_t kStep = 16;
+  static inline V load(const T* p) { return _mm512_loadu_ps(p); }
+  static inline V load(const T* p, int64_t left) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1U << left) - 1), p);
+  }
+  static inline __m512 madd(__m512 acc, V x, V w) { return _mm512_fmadd_ps(x, w, acc); }
+};
 
 // MR rows of x (xstride apart) against NR weight rows (k apart), MR * NR <= 16: out[i * NR + j].
-template <int64_t MR, int64_t NR>
-__attribute__((always_inline)) inline void tile(const c10::BFloat16* x, int64_t xstride, const c10::BFloat16* w, int64_t k,
-                                                 float* out, bool ahead) {
+template <class D, int64_t MR, int64_t NR>
+__attribute__((always_inline)) inline void tile(const typename D::T* x, int64_t xstride, const typename D::T* w,
+                                                 int64_t k, float* out, bool ahead) {
   static_assert(MR * NR <= 16, "a tile is at most 16 sums");
+  constexpr int64_t kAheadElems = kAhead / sizeof(typename D::T);
   __m512 acc[MR][NR];
   for (int64_t i = 0; i < MR; ++i)
     for (int64_t j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
   int64_t c = 0;
-  for (; c + 32 <= k; c += 32) {
-    __m512bh wv[NR];
+  for (; c + D::kStep <= k; c += D::kStep) {
+    typename D::V wv[NR];
     for (int64_t j = 0; j < NR; ++j) {
       // the weights a few tiles on, a cache line per line read (past the end: a harmless hint)
-      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(w + j * k + c) + kAhead, _MM_HINT_T0);
-      wv[j] = load_bh(w + j * k + c);
+      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(w + j * k + c + kAheadElems), _MM_HINT_T0);
+      wv[j] = D::load(w + j * k + c);
     }
     for (int64_t i = 0; i < MR; ++i) {
-      const __m512bh xv = load_bh(x + i * xstride + c);
-      for (int64_t j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
+      const typename D::V xv = D::load(x + i * xstride + c);
+      for (int64_t j = 0; j < NR; ++j) acc[i][j] = D::madd(acc[i][j], xv, wv[j]);
     }
   }
   if (c < k) {
-    const __mmask32 mask = static_cast<__mmask32>((1ULL << (k - c)) - 1);
-    __m512bh wv[NR];
-    for (int64_t j = 0; j < NR; ++j) wv[j] = load_bh(w + j * k + c, mask);
+    typename D::V wv[NR];
+    for (int64_t j = 0; j < NR; ++j) wv[j] = D::load(w + j * k + c, k - c);
     for (int64_t i = 0; i < MR; ++i) {
-      const __m512bh xv = load_bh(x + i * xstride + c, mask);
-      for (int64_t j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
+      const typename D::V xv = D::load(x + i * xstride + c, k - c);
+      for (int64_t j = 0; j < NR; ++j) acc[i][j] = D::madd(acc[i][j], xv, wv[j]);
     }
   }
   alignas(64) __m512 all[16];  // the tile's sums, zeros past them (a register array would spill)
@@ -75,17 +101,48 @@ __attribute__((always_inline)) inline void tile(const c10::BFloat16* x, int64_t 
   _mm512_storeu_ps(out, reduce16(all));  // out holds 16 floats; the first MR * NR are the tile's
 }
 
-template <int64_t NR>
-inline void tile_rows(int64_t mr, const c10::BFloat16* x, int64_t xstride, const c10::BFloat16* w, int64_t k, float* out,
-                      bool ahead) {
+template <class D, int64_t NR>
+inline void tile_rows(int64_t mr, const typename D::T* x, int64_t xstride, const typename D::T* w, int64_t k,
+                      float* out, bool ahead) {
   switch (mr) {
-    case 4: return tile<4, NR>(x, xstride, w, k, out, ahead);
-    case 3: return tile<3, NR>(x, xstride, w, k, out, ahead);
-    case 2: return tile<2, NR>(x, xstride, w, k, out, ahead);
-    default: return tile<1, NR>(x, xstride, w, k, out, ahead);
+    case 4: return tile<D, 4, NR>(x, xstride, w, k, out, ahead);
+    case 3: return tile<D, 3, NR>(x, xstride, w, k, out, ahead);
+    case 2: return tile<D, 2, NR>(x, xstride, w, k, out, ahead);
+    default: return tile<D, 1, NR>(x, xstride, w, k, out, ahead);
   }
 }
 
+// Where a float32 tile's sums go: y = (sum + bias) + residual, as `residual + linear(x)`.
+struct OutF32 {
+  const float* bias;
+  const float* residual;
+  int64_t rstride, n;
+  float* y;
+  inline void put(int64_t r, int64_t j, float v) const {
+    if (bias) v += bias[j];
+    if (residual) v += residual[r * rstride + j];
+    y[r * n + j] = v;
+  }
+  inline void put16(int64_t r, int64_t j, __m512 v) const {
+    if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j));
+    if (residual) v = _mm512_add_ps(v, _mm512_loadu_ps(residual + r * rstride + j));
+    _mm512_storeu_ps(y + r * n + j, v);
+  }
+  // a 4 x 4 tile's sums (lane 4i + jj: row r + i, column j + jj)
+  inline void put4x4(int64_t r, int64_t j, __m512 v) const {
+    const __m128 rows[4] = {_mm512_extractf32x4_ps(v, 0), _mm512_extractf32x4_ps(v, 1),
+                            _mm512_extractf32x4_ps(v, 2), _mm512_extractf32x4_ps(v, 3)};
+    for (int64_t i = 0; i < 4; ++i) {
+      __m128 o = rows[i];
+      if (bias) o = _mm_add_ps(o, _mm_loadu_ps(bias + j));
+      if (residual) o = _mm_add_ps(o, _mm_loadu_ps(residual + (r + i) * rstride + j));
+      _mm_storeu_ps(y + (r + i) * n + j, o);
+    }
+  }
+};
+#endif  // __AVX512F__
+
+#ifdef HEARTH_BF16DOT
 inline __m256i narrow(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }  // round to nearest even, as c10
 
 // Where a tile's sums go: y = round(sum + bias), then round(y + residual), as `residual + linear(x)`.
@@ -129,41 +186,47 @@ struct Out {
   }
 };
 
+#endif  // HEARTH_BF16DOT
+
+#ifdef __AVX512F__
 // One row of x: 16 weight rows a tile.
-void bf16_row(const c10::BFloat16* x, const c10::BFloat16* w, int64_t n, int64_t k, const Out& o) {
+template <class D, class O>
+void dot_row(const typename D::T* x, const typename D::T* w, int64_t n, int64_t k, const O& o) {
   constexpr int64_t kWide = 16;
   at::parallel_for(0, (n + kWide - 1) / kWide, 1, [&](int64_t begin, int64_t end) {
     float out[16];
     for (int64_t b = begin; b < end; ++b) {
       const int64_t j0 = b * kWide, nr = std::min(kWide, n - j0);
       if (nr == kWide) {
-        tile<1, kWide>(x, 0, w + j0 * k, k, out, true);
+        tile<D, 1, kWide>(x, 0, w + j0 * k, k, out, true);
         o.put16(0, j0, _mm512_loadu_ps(out));
         continue;
       }
       for (int64_t j = 0; j < nr; ++j) {
         float one[16];
-        tile<1, 1>(x, 0, w + (j0 + j) * k, k, one, true);
+        tile<D, 1, 1>(x, 0, w + (j0 + j) * k, k, one, true);
         o.put(0, j0 + j, one[0]);
       }
     }
   });
 }
 
-void bf16_rows(const c10::BFloat16* x, int64_t rows, int64_t xstride, const c10::BFloat16* w, int64_t n, int64_t k,
-               const Out& o) {
-  if (rows == 1) return bf16_row(x, w, n, k, o);
-  for (int64_t m0 = 0; m0 < rows; m0 += kBlockRows) {
-    const int64_t m1 = std::min(rows, m0 + kBlockRows);
+template <class D, class O>
+void dot_rows(const typename D::T* x, int64_t rows, int64_t xstride, const typename D::T* w, int64_t n, int64_t k,
+              const O& o) {
+  if (rows == 1) return dot_row<D>(x, w, n, k, o);
+  constexpr int64_t block = kBlockRows * 2 / sizeof(typename D::T);  // the same bytes of x: 128 float rows
+  for (int64_t m0 = 0; m0 < rows; m0 += block) {
+    const int64_t m1 = std::min(rows, m0 + block);
     at::parallel_for(0, (n + kTile - 1) / kTile, 1, [&](int64_t begin, int64_t end) {
       float out[16];
       for (int64_t b = begin; b < end; ++b) {
         const int64_t j0 = b * kTile, nr = std::min(kTile, n - j0);
-        const c10::BFloat16* wb = w + j0 * k;
+        const typename D::T* wb = w + j0 * k;
         for (int64_t r = m0; r < m1; r += kTile) {
           const int64_t mr = std::min(kTile, m1 - r);
           if (nr == kTile) {
-            tile_rows<kTile>(mr, x + r * xstride, xstride, wb, k, out, r == m0);
+            tile_rows<D, kTile>(mr, x + r * xstride, xstride, wb, k, out, r == m0);
             if (mr == kTile) {
               o.put4x4(r, j0, _mm512_loadu_ps(out));
               continue;
@@ -172,7 +235,7 @@ void bf16_rows(const c10::BFloat16* x, int64_t rows, int64_t xstride, const c10:
               for (int64_t j = 0; j < nr; ++j) o.put(r + i, j0 + j, out[i * kTile + j]);
           } else {
             for (int64_t j = 0; j < nr; ++j) {
-              tile_rows<1>(mr, x + r * xstride, xstride, wb + j * k, k, out, r == m0);
+              tile_rows<D, 1>(mr, x + r * xstride, xstride, wb + j * k, k, out, r == m0);
               for (int64_t i = 0; i < mr; ++i) o.put(r + i, j0 + j, out[i]);
             }
           }
@@ -181,8 +244,7 @@ void bf16_rows(const c10::BFloat16* x, int64_t rows, int64_t xstride, const c10:
     });
   }
 }
-
-#endif  // HEARTH_BF16DOT
+#endif  // __AVX512F__
 
 bool bf16_dot() {
 #ifdef HEARTH_BF16DOT
@@ -218,7 +280,47 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const c10::opti
   auto y = at::empty({rows, n}, x.options());
 #ifdef HEARTH_BF16DOT
   const Out out{b, res, rstride, n, y.data_ptr<c10::BFloat16>()};
-  bf16_rows(x.data_ptr<c10::BFloat16>(), rows, x.stride(0), w.data_ptr<c10::BFloat16>(), n, k, out);
+  dot_rows<BF16>(x.data_ptr<c10::BFloat16>(), rows, x.stride(0), w.data_ptr<c10::BFloat16>(), n, k, out);
+#endif
+  return y;
+}
+
+bool f32_dot() {
+#ifdef __AVX512F__
+  return true;
+#else
+  return false;
+#endif
+}
+
+// y = x @ w.T (+ bias) (+ residual), float32: each output one fixed-order sum (see the top).
+at::Tensor f32_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                      const c10::optional<at::Tensor>& residual) {
+  TORCH_CHECK(f32_dot(), "f32_linear: built without AVX-512");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kFloat,
+              "f32_linear: x must be float32 [M, K] rows on the CPU");
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.scalar_type() == at::kFloat && w.size(1) == x.size(1),
+              "f32_linear: w must be contiguous float32 [N, K]");
+  const int64_t rows = x.size(0), n = w.size(0), k = w.size(1);
+  const float* b = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->is_contiguous() && bias->numel() == n && bias->scalar_type() == at::kFloat,
+                "f32_linear: bias must be float32 [N]");
+    b = bias->data_ptr<float>();
+  }
+  const float* res = nullptr;
+  int64_t rstride = 0;
+  if (residual.has_value() && residual->defined()) {
+    TORCH_CHECK(residual->dim() == 2 && residual->size(0) == rows && residual->size(1) == n && residual->stride(1) == 1 &&
+                    residual->scalar_type() == at::kFloat,
+                "f32_linear: residual must be float32 [M, N] rows");
+    res = residual->data_ptr<float>();
+    rstride = residual->stride(0);
+  }
+  auto y = at::empty({rows, n}, x.options());
+#ifdef __AVX512F__
+  const OutF32 out{b, res, rstride, n, y.data_ptr<float>()};
+  dot_rows<F32>(x.data_ptr<float>(), rows, x.stride(0), w.data_ptr<float>(), n, k, out);
 #endif
   return y;
 }
@@ -228,6 +330,11 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const c10::opti
 TORCH_LIBRARY_FRAGMENT(hearth, m) {
   m.def("bf16_dot() -> bool", &bf16_dot);
   m.def("bf16_linear(Tensor x, Tensor w, Tensor? bias, Tensor? residual) -> Tensor");
+  m.def("f32_dot() -> bool", &f32_dot);
+  m.def("f32_linear(Tensor x, Tensor w, Tensor? bias, Tensor? residual) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(hearth, CPU, m) { m.impl("bf16_linear", &bf16_linear); }
+TORCH_LIBRARY_IMPL(hearth, CPU, m) {
+  m.impl("bf16_linear", &bf16_linear);
+  m.impl("f32_linear", &f32_linear);
+}

@@ -20,7 +20,7 @@ from engine.model.lean import fused, gpu_kernels
 from engine.model.lean.families import activation, family_of
 from engine.model.lean.moe import MoE
 from engine.model.lean.projections import (
-    Bf16,
+    Dot,
     Linear,
     Packed,
     Proj,
@@ -260,7 +260,7 @@ class LeanLlama:
         """Rows a step must be padded to a multiple of for batch invariance: 1 where every product
         is a quantized kernel or Hearth's bfloat16 one (rows independent from one row up), else
         `ROW_MULTIPLE`."""
-        apart = all(isinstance(p, Bf16) or isinstance(p.module, QUANTIZED_LINEARS) for p in self._projections)
+        apart = all(isinstance(p, Dot) or isinstance(p.module, QUANTIZED_LINEARS) for p in self._projections)
         return 1 if apart else ROW_MULTIPLE
 
     @property

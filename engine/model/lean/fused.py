@@ -14,8 +14,8 @@ Where no compiler is found or the build fails, the forward runs the aten ops as 
 once). `HEARTH_FUSED=0` turns them off (to compare).
 
 The same library holds Hearth's own products: `quant.cpp` (int8 weights on AVX-512 VNNI,
-`Int8Linear`) and `dense.cpp` (bfloat16 weights on AVX512-BF16, the lean forward's `Bf16`); each
-says whether it was built for this CPU (`vnni()`, `bf16_dot()`).
+`Int8Linear`) and `dense.cpp` (bfloat16 weights on AVX512-BF16 and float32 ones on AVX-512F, the lean
+forward's `Dot`); each says whether it was built for this CPU (`vnni()`, `bf16_dot()`, `f32_dot()`).
 
 They take bfloat16 activations (plain bfloat16 weights and the quantized kernels'); float32 keeps
 aten's ops, whose bits are transformers' own. They round where the aten chains round; a row's sum
@@ -101,6 +101,12 @@ def vnni() -> bool:
 def bf16_dot() -> bool:
     """Whether the bfloat16 products of `dense.cpp` (AVX512-BF16) are built and loaded."""
     return available() and bool(torch.ops.hearth.bf16_dot())
+
+
+@functools.cache
+def f32_dot() -> bool:
+    """Whether the float32 products of `dense.cpp` (AVX-512F) are built and loaded."""
+    return available() and bool(torch.ops.hearth.f32_dot())
 
 
 def usable(x: torch.Tensor) -> bool:

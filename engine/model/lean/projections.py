@@ -1,7 +1,8 @@
 """The products of the lean forward: one projection of one input, with the follow-up ops it needs.
 
 `projection(linears)` computes the concatenated outputs of several linears of the same input
-as one product: bfloat16 ones on CPUs with AVX512-BF16 on Hearth's own kernel (`Bf16`); else on
+as one product: bfloat16 ones on CPUs with AVX512-BF16 and float32 ones on AVX-512 on Hearth's own
+kernel (`Dot`); else on
 CPU with oneDNN-packed weights (`_Packed`), whose residual add, product with
 another tensor and activation ride on the product as post-ops; else as one `F.linear`
 (`_Linear`), one quantized kernel (engine.model.packed_linear's `Int8Linear`, `Int4Linear`,
@@ -138,34 +139,44 @@ class Packed(Proj):
         return self._unary(x, *ACTIVATIONS[kind])
 
 
-class Bf16(Proj):
-    """Plain bfloat16 linears of the same input as one product on Hearth's AVX512-BF16 kernel
-    (engine/model/lean/dense.cpp): a row's bits do not depend on how many rows share the call, so
-    steps need no padding rows, and the weights stay as they are (one concatenated copy where
-    several linears share an input; none for one). The residual add rides on the product."""
+class Dot(Proj):
+    """Plain bfloat16 or float32 linears of the same input as one product on Hearth's own CPU kernel
+    (engine/model/lean/dense.cpp: AVX512-BF16 and AVX-512F): a row's bits do not depend on how many
+    rows share the call, so steps need no padding rows, and the weights stay as they are (one
+    concatenated copy where several linears share an input; none for one). The residual add rides
+    on the product."""
 
     def __init__(self, linears: list[nn.Linear]) -> None:
         super().__init__(None)
         weights = [m.weight.detach() for m in linears]
         self.weight = weights[0].contiguous() if len(weights) == 1 else torch.cat(weights)
         self.bias = concat_bias(linears, self.weight)
+        bf16 = self.weight.dtype == torch.bfloat16
+        self.op = torch.ops.hearth.bf16_linear if bf16 else torch.ops.hearth.f32_linear
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.hearth.bf16_linear(as_rows(x, x.shape[-1]), self.weight, self.bias, None)
+        return self.op(as_rows(x, x.shape[-1]), self.weight, self.bias, None)
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if residual.dim() != 2 or residual.stride(1) != 1:
             return residual + self(x)
-        return torch.ops.hearth.bf16_linear(as_rows(x, x.shape[-1]), self.weight, self.bias, residual)
+        return self.op(as_rows(x, x.shape[-1]), self.weight, self.bias, residual)
+
+
+def _cpu_weights(linears: list[Any], dtype: torch.dtype) -> bool:
+    return all(is_plain_linear(m) for m in linears) and all(
+        m.weight.dtype == dtype and m.weight.device.type == "cpu" for m in linears
+    )
 
 
 def bf16_kernel(linears: list[Any]) -> bool:
     """Whether `linears` are plain bfloat16 CPU linears that Hearth's AVX512-BF16 kernel takes."""
-    return (
-        all(is_plain_linear(m) for m in linears)
-        and all(m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu" for m in linears)
-        and fused.bf16_dot()
-    )
+    return _cpu_weights(linears, torch.bfloat16) and fused.bf16_dot()
+
+
+def dot_kernel(linears: list[Any]) -> bool:
+    """Whether `linears` are plain bfloat16 or float32 CPU linears that Hearth's own kernel takes."""
+    return bf16_kernel(linears) or (_cpu_weights(linears, torch.float32) and fused.f32_dot())
 
 
 def trace_weights(projections: list[Proj]) -> list[torch.Tensor]:
@@ -175,8 +186,8 @@ def trace_weights(projections: list[Proj]) -> list[torch.Tensor]:
 
 def projection(linears: list[Any], batch_hint: int, packing: bool) -> Proj:
     """One projection computing the concatenated outputs of `linears` (same input) as cheaply as we can."""
-    if bf16_kernel(linears):
-        return Bf16(linears)
+    if dot_kernel(linears):
+        return Dot(linears)
     if all(is_plain_linear(m) for m in linears):
         return Packed(linears, batch_hint) if packing else Linear(linears)
     for kind in QUANTIZED_LINEARS:
