@@ -60,6 +60,7 @@ PRODUCTS = {
     "aten::_weight_int8pack_mm",
     "hearth::int8_linear",
     "hearth::bf16_linear",
+    "hearth::f32_linear",
     "aten::mm",
     "aten::addmm",
 }

@@ -1,7 +1,7 @@
-"""engine/model/lean/dense.cpp: the AVX512-BF16 product builds on every CPU that has the
-instructions, computes `F.linear` (up to the order of its sums), rounds a residual add as
-`residual + linear(x)` does, and gives a row the same bits alone as among 36 others, for shapes
-that fill its tiles and shapes that do not."""
+"""engine/model/lean/dense.cpp: the AVX512-BF16 and AVX-512F products build on every CPU that has the
+instructions, compute `F.linear` (up to the order of their sums), add a residual as
+`residual + linear(x)` does (bfloat16: rounded as it rounds), and give a row the same bits alone as
+among 36 others, for shapes that fill their tiles and shapes that do not."""
 
 from __future__ import annotations
 
@@ -23,18 +23,31 @@ def test_the_kernel_loads_where_the_cpu_has_the_instructions() -> None:
     assert fused.bf16_dot() == (_has_bf16() and fused.available())
 
 
-@pytest.mark.skipif(not _has_bf16(), reason="this CPU has no AVX512-BF16")
+def _has_avx512() -> bool:
+    return "avx512f" in Path("/proc/cpuinfo").read_text()
+
+
+def test_the_float32_kernel_loads_where_the_cpu_has_avx512() -> None:
+    assert fused.f32_dot() == (_has_avx512() and fused.available())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize(("n", "k"), [(960, 576), (37, 70)])  # whole tiles; ragged rows and K
-def test_rows_are_independent_and_the_residual_rounds_as_transformers(n: int, k: int) -> None:
+def test_rows_are_independent_and_the_residual_adds_as_transformers(
+    n: int, k: int, dtype: torch.dtype
+) -> None:
+    if not (fused.bf16_dot() if dtype == torch.bfloat16 else fused.f32_dot()):
+        pytest.skip(f"this CPU has no {dtype} kernel")
     g = torch.Generator().manual_seed(3)
-    weight = torch.randn(n, k, generator=g).bfloat16()
-    bias = torch.randn(n, generator=g).bfloat16()
-    x = torch.randn(37, k, generator=g).bfloat16()
-    residual = torch.randn(37, n, generator=g).bfloat16()
+    weight = torch.randn(n, k, generator=g).to(dtype)
+    bias = torch.randn(n, generator=g).to(dtype)
+    x = torch.randn(37, k, generator=g).to(dtype)
+    residual = torch.randn(37, n, generator=g).to(dtype)
     proj = Dot([plain_linear(weight, bias)])
     y = proj(x)
     ref = F.linear(x.float(), weight.float(), bias.float())
-    assert float((y.float() - ref).abs().max() / ref.abs().max()) < 0.01
-    assert torch.equal(proj.add(x, residual), (y.float() + residual.float()).bfloat16())
+    tol = 0.01 if dtype == torch.bfloat16 else 1e-5
+    assert float((y.float() - ref).abs().max() / ref.abs().max()) < tol
+    assert torch.equal(proj.add(x, residual), (y.float() + residual.float()).to(dtype))
     for i in (0, 5, 36):
         assert torch.equal(proj(x[i : i + 1].contiguous())[0], y[i])

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from engine.model.attention import ROW_MULTIPLE
+from engine.model.lean import fused
 from engine.model.llama import LeanLlama
 from tests.greedy import describe_divergence, engine_generate, hf_greedy, prompts, running_engine
 from tests.random_llama import TINY, build_random_model, llama_config
@@ -33,7 +34,8 @@ def test_lean_forward_drops_the_models_own_projections(smollm2_dir: Path) -> Non
         assert layer.self_attn.q_proj is None and layer.mlp.gate_proj is None
         assert engine.model.lm_head is None
         assert not any(isinstance(m, torch.nn.Linear) for m in engine.model.modules())
-        assert engine.runner.row_multiple == ROW_MULTIPLE  # oneDNN products: rows padded to 4
+        # Hearth's float32 kernel (AVX-512): rows independent from one row; else oneDNN's, padded to 4
+        assert engine.runner.row_multiple == (1 if fused.f32_dot() else ROW_MULTIPLE)
 
 
 def test_biases_are_kept(tmp_path: Path, smollm2_dir: Path) -> None:

@@ -8,8 +8,7 @@
 //
 // Tiles of 4 rows of x by 4 weight rows (16 sums in registers); x is taken 256 rows at a time so a
 // long prompt's rows stay in cache while every weight row passes; the weights are prefetched ahead.
-// The float32 products are the same code over 16 float lanes and `vfmadd` (`F32`); the bfloat16 ones
-// take 32 lanes a step and `vdpbf16ps` (`BF16`).
+// float32 products (AVX-512F) take another shape: see `f32_tile`.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -55,17 +54,6 @@ struct BF16 {
 #endif  // HEARTH_BF16DOT
 
 #ifdef __AVX512F__
-struct F32 {
-  using T = float;
-  using V = __m512;
-  static constexpr int64_t kStep = 16;
-  static inline V load(const T* p) { return _mm512_loadu_ps(p); }
-  static inline V load(const T* p, int64_t left) {
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1U << left) - 1), p);
-  }
-  static inline __m512 madd(__m512 acc, V x, V w) { return _mm512_fmadd_ps(x, w, acc); }
-};
-
 // MR rows of x (xstride apart) against NR weight rows (k apart), MR * NR <= 16: out[i * NR + j].
 template <class D, int64_t MR, int64_t NR>
 __attribute__((always_inline)) inline void tile(const typename D::T* x, int64_t xstride, const typename D::T* w,
@@ -112,33 +100,12 @@ inline void tile_rows(int64_t mr, const typename D::T* x, int64_t xstride, const
   }
 }
 
-// Where a float32 tile's sums go: y = (sum + bias) + residual, as `residual + linear(x)`.
+// Where a float32 product's sums go: y = (sum + bias) + residual, as `residual + linear(x)`.
 struct OutF32 {
   const float* bias;
   const float* residual;
   int64_t rstride, n;
   float* y;
-  inline void put(int64_t r, int64_t j, float v) const {
-    if (bias) v += bias[j];
-    if (residual) v += residual[r * rstride + j];
-    y[r * n + j] = v;
-  }
-  inline void put16(int64_t r, int64_t j, __m512 v) const {
-    if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j));
-    if (residual) v = _mm512_add_ps(v, _mm512_loadu_ps(residual + r * rstride + j));
-    _mm512_storeu_ps(y + r * n + j, v);
-  }
-  // a 4 x 4 tile's sums (lane 4i + jj: row r + i, column j + jj)
-  inline void put4x4(int64_t r, int64_t j, __m512 v) const {
-    const __m128 rows[4] = {_mm512_extractf32x4_ps(v, 0), _mm512_extractf32x4_ps(v, 1),
-                            _mm512_extractf32x4_ps(v, 2), _mm512_extractf32x4_ps(v, 3)};
-    for (int64_t i = 0; i < 4; ++i) {
-      __m128 o = rows[i];
-      if (bias) o = _mm_add_ps(o, _mm_loadu_ps(bias + j));
-      if (residual) o = _mm_add_ps(o, _mm_loadu_ps(residual + (r + i) * rstride + j));
-      _mm_storeu_ps(y + (r + i) * n + j, o);
-    }
-  }
 };
 #endif  // __AVX512F__
 
@@ -285,6 +252,79 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const c10::opti
   return y;
 }
 
+#ifdef __AVX512F__
+// float32: the weight packed once as [N / 16][K][16] (`f32_pack`), and MR rows of x against NB blocks of
+// 16 columns: at each k, NB weight vectors times x[i][k] broadcast, added into MR x NB sums. Every output
+// is one multiply-add chain over k in order, whatever MR and NB: a row's bits do not depend on the rows
+// beside it. No horizontal sums, and at MR = 6 ten loads feed 24 multiply-adds.
+constexpr int64_t kMR = 8, kNB = 3;
+constexpr int64_t kAheadLines = 32;  // weight lines (k steps) prefetched ahead, on a block's first rows
+
+template <int64_t MR, int64_t NB>
+void f32_tile(const float* x, int64_t xstride, const float* p, int64_t k, int64_t r, int64_t col, const OutF32& o,
+              bool ahead) {
+  __m512 acc[MR][NB];
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t block = k * 16;  // floats between column blocks
+  for (int64_t c = 0; c < k; ++c) {
+    __m512 w[NB];
+    for (int64_t j = 0; j < NB; ++j) {
+      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(p + j * block + (c + kAheadLines) * 16), _MM_HINT_T0);
+      w[j] = _mm512_loadu_ps(p + j * block + c * 16);
+    }
+    for (int64_t i = 0; i < MR; ++i) {
+      const __m512 xb = _mm512_set1_ps(x[i * xstride + c]);
+      for (int64_t j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(xb, w[j], acc[i][j]);
+    }
+  }
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < NB; ++j) {
+      const int64_t at = col + j * 16, left = o.n - at;
+      const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1U << left) - 1);
+      __m512 v = acc[i][j];
+      if (o.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o.bias + at));
+      if (o.residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o.residual + (r + i) * o.rstride + at));
+      _mm512_mask_storeu_ps(o.y + (r + i) * o.n + at, m, v);
+    }
+}
+
+template <int64_t NB>
+void f32_tile_rows(int64_t mr, const float* x, int64_t xstride, const float* p, int64_t k, int64_t r, int64_t col,
+                   const OutF32& o) {
+  const bool ahead = r == 0;  // the weights come from memory on the first rows, from cache after
+  switch (mr) {
+    case 8: return f32_tile<8, NB>(x, xstride, p, k, r, col, o, ahead);
+    case 7: return f32_tile<7, NB>(x, xstride, p, k, r, col, o, ahead);
+    case 6: return f32_tile<6, NB>(x, xstride, p, k, r, col, o, ahead);
+    case 5: return f32_tile<5, NB>(x, xstride, p, k, r, col, o, ahead);
+    case 4: return f32_tile<4, NB>(x, xstride, p, k, r, col, o, ahead);
+    case 3: return f32_tile<3, NB>(x, xstride, p, k, r, col, o, ahead);
+    case 2: return f32_tile<2, NB>(x, xstride, p, k, r, col, o, ahead);
+    default: return f32_tile<1, NB>(x, xstride, p, k, r, col, o, ahead);
+  }
+}
+
+void f32_rows(const float* x, int64_t rows, int64_t xstride, const float* p, int64_t k, const OutF32& o) {
+  const int64_t blocks = (o.n + 15) / 16, groups = (blocks + kNB - 1) / kNB;
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t b0 = g * kNB, nb = std::min(kNB, blocks - b0);
+      const float* pg = p + b0 * k * 16;
+      for (int64_t r = 0; r < rows; r += kMR) {
+        const int64_t mr = std::min(kMR, rows - r);
+        const float* xr = x + r * xstride;
+        switch (nb) {
+          case 3: f32_tile_rows<3>(mr, xr, xstride, pg, k, r, b0 * 16, o); break;
+          case 2: f32_tile_rows<2>(mr, xr, xstride, pg, k, r, b0 * 16, o); break;
+          default: f32_tile_rows<1>(mr, xr, xstride, pg, k, r, b0 * 16, o); break;
+        }
+      }
+    }
+  });
+}
+#endif  // __AVX512F__
+
 bool f32_dot() {
 #ifdef __AVX512F__
   return true;
@@ -293,15 +333,17 @@ bool f32_dot() {
 #endif
 }
 
-// y = x @ w.T (+ bias) (+ residual), float32: each output one fixed-order sum (see the top).
-at::Tensor f32_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+// y = x @ w.T (+ bias) (+ residual), float32, w packed by `f32_pack` from [n, K]: each output one
+// fixed-order sum (see `f32_tile`).
+at::Tensor f32_linear(const at::Tensor& x, const at::Tensor& w, int64_t n, const c10::optional<at::Tensor>& bias,
                       const c10::optional<at::Tensor>& residual) {
   TORCH_CHECK(f32_dot(), "f32_linear: built without AVX-512");
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kFloat,
               "f32_linear: x must be float32 [M, K] rows on the CPU");
-  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.scalar_type() == at::kFloat && w.size(1) == x.size(1),
-              "f32_linear: w must be contiguous float32 [N, K]");
-  const int64_t rows = x.size(0), n = w.size(0), k = w.size(1);
+  TORCH_CHECK(w.dim() == 3 && w.is_contiguous() && w.scalar_type() == at::kFloat && w.size(0) == (n + 15) / 16 &&
+                  w.size(1) == x.size(1) && w.size(2) == 16,
+              "f32_linear: w must be float32 packed by f32_pack: [ceil(n / 16), K, 16]");
+  const int64_t rows = x.size(0), k = x.size(1);
   const float* b = nullptr;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->is_contiguous() && bias->numel() == n && bias->scalar_type() == at::kFloat,
@@ -320,9 +362,18 @@ at::Tensor f32_linear(const at::Tensor& x, const at::Tensor& w, const c10::optio
   auto y = at::empty({rows, n}, x.options());
 #ifdef __AVX512F__
   const OutF32 out{b, res, rstride, n, y.data_ptr<float>()};
-  dot_rows<F32>(x.data_ptr<float>(), rows, x.stride(0), w.data_ptr<float>(), n, k, out);
+  f32_rows(x.data_ptr<float>(), rows, x.stride(0), w.data_ptr<float>(), k, out);
 #endif
   return y;
+}
+
+// w [N, K] -> [ceil(N / 16), K, 16]: 16 columns' weights side by side at each k (zeros past N).
+at::Tensor f32_pack(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat, "f32_pack: w must be float32 [N, K]");
+  const int64_t n = w.size(0), k = w.size(1), blocks = (n + 15) / 16;
+  auto padded = at::zeros({blocks * 16, k}, w.options());
+  padded.narrow(0, 0, n).copy_(w);
+  return padded.view({blocks, 16, k}).transpose(1, 2).contiguous();
 }
 
 }  // namespace
@@ -331,10 +382,12 @@ TORCH_LIBRARY_FRAGMENT(hearth, m) {
   m.def("bf16_dot() -> bool", &bf16_dot);
   m.def("bf16_linear(Tensor x, Tensor w, Tensor? bias, Tensor? residual) -> Tensor");
   m.def("f32_dot() -> bool", &f32_dot);
-  m.def("f32_linear(Tensor x, Tensor w, Tensor? bias, Tensor? residual) -> Tensor");
+  m.def("f32_linear(Tensor x, Tensor w, int n, Tensor? bias, Tensor? residual) -> Tensor");
+  m.def("f32_pack(Tensor w) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hearth, CPU, m) {
   m.impl("bf16_linear", &bf16_linear);
   m.impl("f32_linear", &f32_linear);
+  m.impl("f32_pack", &f32_pack);
 }

@@ -140,27 +140,34 @@ class Packed(Proj):
 
 
 class Dot(Proj):
-    """Plain bfloat16 or float32 linears of the same input as one product on Hearth's own CPU kernel
+    """Plain bfloat16 or float32 linears of the same input as one product on Hearth's own CPU kernels
     (engine/model/lean/dense.cpp: AVX512-BF16 and AVX-512F): a row's bits do not depend on how many
-    rows share the call, so steps need no padding rows, and the weights stay as they are (one
-    concatenated copy where several linears share an input; none for one). The residual add rides
-    on the product."""
+    rows share the call, so steps need no padding rows. bfloat16 weights stay as they are (one
+    concatenated copy where several linears share an input; none for one); float32 ones are packed
+    once, 16 columns side by side. The residual add rides on the product."""
 
     def __init__(self, linears: list[nn.Linear]) -> None:
         super().__init__(None)
         weights = [m.weight.detach() for m in linears]
-        self.weight = weights[0].contiguous() if len(weights) == 1 else torch.cat(weights)
-        self.bias = concat_bias(linears, self.weight)
-        bf16 = self.weight.dtype == torch.bfloat16
-        self.op = torch.ops.hearth.bf16_linear if bf16 else torch.ops.hearth.f32_linear
+        weight = weights[0].contiguous() if len(weights) == 1 else torch.cat(weights)
+        self.bias = concat_bias(linears, weight)
+        # float32: packed 16 columns side by side (dense.cpp's `f32_pack`), its width kept
+        self.n: int | None = None if weight.dtype == torch.bfloat16 else weight.shape[0]
+        self.weight = weight if self.n is None else torch.ops.hearth.f32_pack(weight)
+
+    def _product(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        x = as_rows(x, x.shape[-1])
+        if self.n is None:
+            return torch.ops.hearth.bf16_linear(x, self.weight, self.bias, residual)
+        return torch.ops.hearth.f32_linear(x, self.weight, self.n, self.bias, residual)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(as_rows(x, x.shape[-1]), self.weight, self.bias, None)
+        return self._product(x, None)
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if residual.dim() != 2 or residual.stride(1) != 1:
             return residual + self(x)
-        return self.op(as_rows(x, x.shape[-1]), self.weight, self.bias, residual)
+        return self._product(x, residual)
 
 
 def _cpu_weights(linears: list[Any], dtype: torch.dtype) -> bool:
