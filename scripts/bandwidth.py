@@ -59,8 +59,7 @@ PRODUCTS = {
     "aten::_weight_int4pack_mm_for_cpu",
     "aten::_weight_int8pack_mm",
     "hearth::int8_linear",
-    "hearth::bf16_linear",
-    "hearth::f32_linear",
+    "hearth::packed_linear",
     "aten::mm",
     "aten::addmm",
 }

@@ -23,6 +23,7 @@ from engine.model.lean.projections import (
     Dot,
     Linear,
     Packed,
+    PackedEmbedding,
     Proj,
     bf16_kernel,
     projection,
@@ -209,6 +210,9 @@ class LeanLlama:
                 if hasattr(mlp, name):
                     setattr(mlp, name, None)
         self.lm_head = proj(model.lm_head)
+        if isinstance(self.lm_head, Dot) and model.lm_head.weight is self.embed.weight:  # tied: one copy
+            self.embed = PackedEmbedding(self.embed, self.lm_head)
+            inner.embed_tokens = None
         model.lm_head = None
 
     def _rotary_dims(self, like: torch.Tensor) -> tuple[int, ...]:

@@ -140,26 +140,23 @@ class Packed(Proj):
 
 
 class Dot(Proj):
-    """Plain bfloat16 or float32 linears of the same input as one product on Hearth's own CPU kernels
-    (engine/model/lean/dense.cpp: AVX512-BF16 and AVX-512F): a row's bits do not depend on how many
-    rows share the call, so steps need no padding rows. bfloat16 weights stay as they are (one
-    concatenated copy where several linears share an input; none for one); float32 ones are packed
-    once, 16 columns side by side. The residual add rides on the product."""
+    """Plain bfloat16 or float32 linears of the same input as one product on Hearth's own CPU kernel
+    (engine/model/lean/dense.cpp, AVX-512F; bfloat16 where the CPU has AVX512-BF16 too): the weights
+    packed once, 16 columns side by side (`pack_columns`, in their own dtype), each output one
+    multiply-add chain in order, so a row's bits do not depend on how many rows share the call and
+    steps need no padding rows. The residual add rides on the product."""
 
     def __init__(self, linears: list[nn.Linear]) -> None:
         super().__init__(None)
         weights = [m.weight.detach() for m in linears]
-        weight = weights[0].contiguous() if len(weights) == 1 else torch.cat(weights)
+        weight = weights[0] if len(weights) == 1 else torch.cat(weights)
         self.bias = concat_bias(linears, weight)
-        # float32: packed 16 columns side by side (dense.cpp's `f32_pack`), its width kept
-        self.n: int | None = None if weight.dtype == torch.bfloat16 else weight.shape[0]
-        self.weight = weight if self.n is None else torch.ops.hearth.f32_pack(weight)
+        self.n = weight.shape[0]
+        self.weight = torch.ops.hearth.pack_columns(weight)
 
     def _product(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        x = as_rows(x, x.shape[-1])
-        if self.n is None:
-            return torch.ops.hearth.bf16_linear(x, self.weight, self.bias, residual)
-        return torch.ops.hearth.f32_linear(x, self.weight, self.n, self.bias, residual)
+        rows = as_rows(x, x.shape[-1])
+        return torch.ops.hearth.packed_linear(rows, self.weight, self.n, self.bias, residual)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._product(x, None)
@@ -168,6 +165,25 @@ class Dot(Proj):
         if residual.dim() != 2 or residual.stride(1) != 1:
             return residual + self(x)
         return self._product(x, residual)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` of the weight as it was before packing ([len(ids), K]): a tied embedding's lookup."""
+        return self.weight[torch.div(ids, 16, rounding_mode="floor"), :, ids % 16]
+
+
+class PackedEmbedding:
+    """A tied embedding looked up in its lm_head's packed weight (`Dot.rows`), so the model holds one
+    copy of it; times the module's `embed_scale` where it has one (Gemma's scaled embedding), as
+    transformers multiplies it."""
+
+    def __init__(self, module: Any, head: Dot) -> None:
+        self.head = head
+        scale = getattr(module, "embed_scale", None)
+        self.scale = None if scale is None else scale.to(head.weight.dtype)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.head.rows(ids)
+        return rows if self.scale is None else rows * self.scale
 
 
 def _cpu_weights(linears: list[Any], dtype: torch.dtype) -> bool:
