@@ -108,6 +108,8 @@ class ModelRunner:
             self.row_multiple = self.lean.row_multiple
         elif packing_available(self.device, self.dtype):
             pack_linears(self.model, batch_hint=self.max_batch)
+        if self.device.type == "cpu":
+            _own_copies(self.model)
         # the weights the fused products were concatenated or packed from are free now: back to the
         # OS (SmolLM2's Q4_1 server kept ~41 MiB of them in the heap, a 1 B Q4_1 model ~380 MiB)
         release_memory()
@@ -239,3 +241,15 @@ class ModelRunner:
         if buffer is None or buffer.shape[0] < rows or buffer.shape[1] != vocab:
             buffer = self._logits = torch.empty(max(rows, self.max_batch), vocab, device=logits.device)
         return buffer[:rows].copy_(logits)
+
+
+def _own_copies(model: Any) -> None:
+    """The float parameters left in `model` (norms, an untied embedding) copied into memory of their
+    own. Loaded from safetensors they point into the file's mapping, and while any of them does, the
+    whole mapping stays resident beside the packed copies made from it (a 1 B bfloat16 model held
+    2 GiB of it)."""
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            plain = type(param) is torch.nn.Parameter and type(param.data) is torch.Tensor
+            if plain and param.is_floating_point():
+                module._parameters[name] = torch.nn.Parameter(param.detach().clone(), requires_grad=False)

@@ -40,7 +40,7 @@ class Norm:
     def __init__(self, module: Any, eps: float, gemma: bool, fuse: bool = False) -> None:
         weight = module.weight.detach()
         self.gemma = gemma
-        self.weight = 1.0 + weight.float() if gemma else weight.contiguous()
+        self.weight = 1.0 + weight.float() if gemma else weight.clone()  # its own (see runner._own_copies)
         self.shape = (weight.shape[-1],)
         self.eps = eps
         self.fuse = fuse
