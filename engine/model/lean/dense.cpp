@@ -7,8 +7,8 @@
 // column alone, so a product of any number of rows, one included, gives a row the same bits: no
 // padding. The weights are packed once, 16 columns side by side; a tile is 8 rows of x by 48 columns
 // (24 sums in registers), with the weights prefetched ahead on a block's first rows. bfloat16 weights
-// and activations are widened to float32 (exactly) and multiplied in float32 (`vfmadd`): on the CPUs
-// measured that ran 1.0-1.65x the speed of `vdpbf16ps` dot products, the most at many rows.
+// and activations are widened to float32 (exactly) and multiplied in float32 (`vfmadd`): on the 2-core
+// Xeon measured that ran 1.0-1.65x the speed of `vdpbf16ps` dot products, the most at many rows.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
