@@ -220,18 +220,24 @@ def steps(device: str, model_dirs: list[Path], tokens: int) -> int:
 
 def _kernel_count(engine: Any, n: int = 5) -> int:
     """Kernels per replay of the one-row CUDA graph (torch's profiler; 0 when there is none)."""
+    rows = _graph_kernels(engine, n)
+    return 0 if rows is None else round(sum(e.count for e in rows) / n)
+
+
+def _graph_kernels(engine: Any, n: int) -> list[Any] | None:
+    """torch's profiler over `n` replays of the one-row CUDA graph: its kernels' averages, or None
+    when there is no such graph."""
     graphs = engine.runner.graphs
     replay = getattr(graphs, "_replays", {}).get((1, 256))
     if replay is None or not torch.cuda.is_available():
-        return 0
+        return None
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(n):
             replay(graphs._inputs)
         torch.cuda.synchronize()
-    rows = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or e.self_device_time_total > 0]
-    return round(sum(e.count for e in rows) / n)
+    return [e for e in prof.key_averages() if e.device_type.name == "CUDA" or e.self_device_time_total > 0]
 
 
 def _gpu_name() -> str:
@@ -345,18 +351,10 @@ def graphs_experiment(device: str, model_dir: Path, tokens: int) -> int:
 
 def _profile(engine: Any, n: int = 10) -> None:
     """The kernels of `n` replays of the one-row graph: count per step and the top ten by time."""
-    graphs = engine.runner.graphs
-    replay = getattr(graphs, "_replays", {}).get((1, 256))
-    if replay is None or not torch.cuda.is_available():
+    rows = _graph_kernels(engine, n)
+    if rows is None:
         print("(no CUDA graph to profile)")
         return
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            replay(graphs._inputs)
-        torch.cuda.synchronize()
-    rows = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or e.self_device_time_total > 0]
     rows.sort(key=lambda e: -e.self_device_time_total)
     total = sum(e.self_device_time_total for e in rows) / n
     count = sum(e.count for e in rows) / n

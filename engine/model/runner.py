@@ -108,8 +108,8 @@ class ModelRunner:
             self.row_multiple = self.lean.row_multiple
         elif packing_available(self.device, self.dtype):
             pack_linears(self.model, batch_hint=self.max_batch)
-        if self.device.type == "cpu":
-            _own_copies(self.model)
+        if self.lean is not None and self.device.type == "cpu":
+            _own_copies(self.model)  # what the lean forward left of the model: small but for the embedding
         # the weights the fused products were concatenated or packed from are free now: back to the
         # OS (SmolLM2's Q4_1 server kept ~41 MiB of them in the heap, a 1 B Q4_1 model ~380 MiB)
         release_memory()
@@ -244,10 +244,10 @@ class ModelRunner:
 
 
 def _own_copies(model: Any) -> None:
-    """The float parameters left in `model` (norms, an untied embedding) copied into memory of their
-    own. Loaded from safetensors they point into the file's mapping, and while any of them does, the
-    whole mapping stays resident beside the packed copies made from it (a 1 B bfloat16 model held
-    2 GiB of it)."""
+    """The float parameters the lean forward left in `model` (norms, an untied embedding) copied into
+    memory of their own. Loaded from safetensors they point into the file's mapping, and while any
+    of them does, the whole mapping stays resident beside the packed copies made from it (a 1 B
+    bfloat16 model held 2 GiB of it)."""
     for module in model.modules():
         for name, param in list(module._parameters.items()):
             plain = type(param) is torch.nn.Parameter and type(param.data) is torch.Tensor

@@ -17,10 +17,11 @@ The same library holds Hearth's own products: `quant.cpp` (int8 weights on AVX-5
 `Int8Linear`) and `dense.cpp` (bfloat16 weights on AVX512-BF16 and float32 ones on AVX-512F, the lean
 forward's `Dot`); each says whether it was built for this CPU (`vnni()`, `bf16_dot()`, `f32_dot()`).
 
-They take bfloat16 activations (plain bfloat16 weights and the quantized kernels'); float32 keeps
-aten's ops, whose bits are transformers' own. They round where the aten chains round; a row's sum
-of squares is added up in another (fixed) order, so a norm's output can differ from aten's in the
-last bit of a few elements. A row's result depends on that row alone: batch invariance holds.
+The fused small ops take bfloat16 activations (plain bfloat16 weights and the quantized kernels');
+float32 keeps aten's ops there, whose bits are transformers' own. They round where the aten chains
+round; a row's sum of squares is added up in another (fixed) order, so a norm's output can differ
+from aten's in the last bit of a few elements. A row's result depends on that row alone: batch
+invariance holds.
 """
 
 from __future__ import annotations
