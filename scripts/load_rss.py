@@ -4,10 +4,11 @@
 
 Prints the process's RSS (anonymous and file-backed) after: the imports (torch, transformers,
 the engine and server with their dependencies), `load_model` (weights and tokenizer), the
-`Engine` (its KV cache, zeroed at load: every page resident from the start, so memory stays flat
-as the prefix cache fills), the engine's start (the lean forward), and one greedy request at 1, 2
-and 4 streams (each new decode bucket records a CPU trace). The line after `load_model` is what
-"load RSS" means in the README: the model loaded, before the engine and its KV cache.
+`Engine` (its KV cache: mapped at load, its pages resident only once written, so memory grows
+with the blocks sequences have used, up to the budget), the engine's start (the lean forward), and
+one greedy request at 1, 2 and 4 streams (each new decode bucket records a CPU trace). The line
+after `load_model` is what "load RSS" means in the README: the model loaded, before the engine
+and its KV cache.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """engine.model.lean.fused: the fused CPU kernels build here, round as transformers does (RMSNorm up
 to the last bit of a few elements, the rotary embedding bit for bit), a row's result does not
-depend on the rows beside it, and the lean forward runs them on bfloat16 models."""
+depend on the rows beside it, and the lean forward runs them on bfloat16 and float32 models."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ class _Module:
         self.weight = weight
 
 
-def _rows(n: int, width: int, seed: int = 0) -> torch.Tensor:
+def _rows(n: int, width: int, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, width, generator=g) * 3).to(torch.bfloat16)
+    return (torch.randn(n, width, generator=g) * 3).to(dtype)
 
 
 def test_the_kernels_build_on_this_machine() -> None:
     assert fused.available(), "torch.ops.hearth did not build: see the log (a C++ compiler is needed)"
-    assert fused.usable(torch.zeros(1, dtype=torch.bfloat16))
-    assert not fused.usable(torch.zeros(1))  # float32 keeps aten's ops
+    assert fused.usable(torch.zeros(1, dtype=torch.bfloat16)) and fused.usable(torch.zeros(1))
+    assert not fused.usable(torch.zeros(1, dtype=torch.float16))  # aten's ops there
 
 
 def test_rms_norm_rounds_as_transformers_does() -> None:
@@ -97,6 +97,35 @@ def test_act_mul_is_the_activation_times_up() -> None:
         # (~6 % of these rows differ from the exact ones); the kernel computes v / (1 + e^-2y)
         if silu:
             assert (mine != F.silu(gate) * up).float().mean() < 0.01
+
+
+def test_float32_norm_and_rope_are_atens_and_act_mul_is_within_an_ulp() -> None:
+    """On float32 rows (plain float32 weights) the norm and the rotary embedding are aten's within
+    an ulp (aten's `addcmul` may fuse a multiply-add), and the activation times up is within a
+    few float32 ulps of float64's."""
+    import torch.nn.functional as F
+
+    assert fused.available()
+    x = _rows(37, 576, dtype=torch.float32)
+    weight = torch.randn(576)
+    mine = Norm(_Module(weight), 1e-5, False, fuse=True)(x)
+    want = torch.rms_norm(x, (576,), weight, 1e-5)
+    assert mine.dtype == torch.float32 and torch.allclose(mine, want, rtol=1e-6, atol=0)
+    t, heads, d = 5, 12, 64
+    qkv = _rows(t, (heads + 3) * d, seed=5, dtype=torch.float32)
+    angles = torch.randn(t, d // 2)
+    cos, sin = torch.cat([angles.cos()] * 2, dim=-1), torch.cat([angles.sin()] * 2, dim=-1)
+    aten = _rotate(qkv[:, : heads * d].view(t, heads, d), cos[:, None, :], sin[:, None, :])
+    torch.testing.assert_close(torch.ops.hearth.rope(qkv, heads, d, cos, sin), aten, rtol=2**-22, atol=1e-6)
+    gu = _rows(9, 2 * 1543, seed=6, dtype=torch.float32)
+    gate, up = gu[:, :1543].double(), gu[:, 1543:].double()
+    for silu in (True, False):
+        exact = F.silu(gate) if silu else F.gelu(gate, approximate="tanh")
+        mine = torch.ops.hearth.act_mul(gu, silu)
+        assert mine.dtype == torch.float32
+        torch.testing.assert_close(mine.double(), exact * up, rtol=2**-19, atol=1e-6)
+    together = torch.ops.hearth.act_mul(gu, True)
+    assert torch.equal(torch.cat([torch.ops.hearth.act_mul(gu[i : i + 1], True) for i in range(9)]), together)
 
 
 def test_argmax_rows_is_torchs_argmax_and_flags_non_finite_rows() -> None:

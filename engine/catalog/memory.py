@@ -4,9 +4,10 @@ The cache is `kv_cache_tokens` positions in blocks (engine.core.kv_cache), share
 running sequence. Unset, the budget is what `gpu_memory_utilization` (vLLM's name) of the GPU's
 *free* memory, measured after the weights are loaded, holds; on a CPU it is
 `CPU_KV_SHARE` of the available RAM, at most `CPU_KV_TOKENS` and `max_batch_size` sequences of
-`max_context` tokens, and at least one (the cache is allocated and zeroed at load, so that memory
-is held from the start). A budget smaller than one sequence of `max_context` tokens, or larger
-than the device holds, fails the load with a message that names the field to change.
+`max_context` tokens, and at least one (on a CPU its pages become resident as blocks are first
+written, so the budget is what the process may grow to, not what it holds at start). A budget
+smaller than one sequence of `max_context` tokens, or larger than the device holds, fails the load
+with a message that names the field to change.
 """
 
 from __future__ import annotations

@@ -6,12 +6,16 @@ into `[rows, kv_heads, length, head_dim]`, contiguous: engine.model.attention). 
 scratch block that padding tokens write to and padded block tables point at; which sequence holds
 which block is `engine.core.blocks`' business.
 
-The cache is zeroed when it is made: no garbage (NaN) ever meets a zero attention weight, and on a
-CPU its pages are all touched at load, so the process's memory does not grow as the prefix cache
-fills (a growing cache would look like a leak, and would surprise whoever sized the machine).
+The cache reads as zeros until written: no garbage (NaN) ever meets a zero attention weight. On a
+GPU it is zeroed when it is made. On a CPU it is anonymous mapped memory (zero by the kernel's
+promise), so a page becomes resident only when a block on it is first written: a started server
+holds what its sequences have used, and grows up to the whole budget (`kv_cache_tokens`) as the
+prefix cache fills, never past it.
 """
 
 from __future__ import annotations
+
+import mmap
 
 import torch
 
@@ -29,8 +33,8 @@ class PagedKVCache:
         device: torch.device,
     ) -> None:
         shape = (num_layers, kv_heads, num_blocks, BLOCK_SIZE, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = _zeros(shape, dtype, device)
+        self.v = _zeros(shape, dtype, device)
         self.num_blocks = num_blocks
         self._gathered: list[torch.Tensor] = []  # CPU: the buffers keys and values are gathered into
 
@@ -50,3 +54,14 @@ class PagedKVCache:
         block: the copy-on-write of the prefix cache)."""
         self.k[:, :, dst] = self.k[:, :, src]
         self.v[:, :, dst] = self.v[:, :, src]
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero tensor; on a CPU, over fresh anonymous pages, resident only once written."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    numel = 1
+    for n in shape:
+        numel *= n
+    pages = mmap.mmap(-1, max(1, numel * dtype.itemsize))  # the tensor keeps the mapping alive
+    return torch.frombuffer(pages, dtype=dtype, count=numel).view(shape)

@@ -80,7 +80,7 @@ class ModelRunner:
         self.max_batch = max_batch
         self.row_multiple = ROW_MULTIPLE  # see LeanLlama.row_multiple
         self._logits: torch.Tensor | None = None  # see `_as_float`
-        with one_thread():  # zeroed here, on the loading thread: see engine.model.threads
+        with one_thread():  # made here, on the loading thread: see engine.model.threads
             self.cache = PagedKVCache(
                 num_layers=cfg.num_hidden_layers,
                 num_blocks=num_blocks or max_batch * blocks_for(max_context) + 1,

@@ -25,7 +25,7 @@ from engine.model.lean.projections import (
     Packed,
     PackedEmbedding,
     Proj,
-    bf16_kernel,
+    dot_kernel,
     projection,
     split,
     trace_weights,
@@ -35,7 +35,7 @@ from engine.model.packed_linear import QUANTIZED_LINEARS, is_plain_linear, packi
 
 class Norm:
     """RMSNorm over the last dim: Llama's (x̂ · w) or Gemma's (x̂ · (1 + w), in float32); one fused
-    op on bfloat16 rows where the fused kernels are loaded (engine.model.lean.fused)."""
+    op on bfloat16 or float32 rows where the fused kernels are loaded (engine.model.lean.fused)."""
 
     def __init__(self, module: Any, eps: float, gemma: bool, fuse: bool = False) -> None:
         weight = module.weight.detach()
@@ -46,7 +46,7 @@ class Norm:
         self.fuse = fuse
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fuse and x.dim() == 2 and x.dtype == torch.bfloat16:
+        if self.fuse and x.dim() == 2 and x.dtype in (torch.bfloat16, torch.float32):
             return torch.ops.hearth.rms_norm(x, self.weight, self.eps)
         if self.gemma:
             return torch.rms_norm(x.float(), self.shape, self.weight, self.eps).to(x.dtype)
@@ -136,6 +136,7 @@ class LeanLlama:
         param = next(model.parameters())
         packing = packing_available(param.device, param.dtype)
         # the fused kernels take bfloat16 activations (plain bfloat16 weights, the quantized kernels')
+        # and float32 ones (plain float32 weights)
         self.fused = fused.usable(param)
         # on a GPU: the rotary embedding, cache writes, decode attention and MLP activation as Triton
         # kernels (engine.model.lean.gpu_kernels); gate and up as one product
@@ -304,7 +305,7 @@ class LeanLlama:
                 if layer.qk_norm is not None:
                     weight, eps = layer.qk_norm
                     qk = (torch.rms_norm(qk.to(weight.dtype), (d,), None, eps) * weight).to(qkv.dtype)
-                if self.fused and qk.dtype == torch.bfloat16:
+                if self.fused and qk.dtype in (torch.bfloat16, torch.float32):
                     qk = torch.ops.hearth.rope(qk.reshape(t, -1), hq + hkv, d, cos[:, 0], sin[:, 0])
                     qk = qk.view(t, hq + hkv, d)
                 else:
@@ -348,8 +349,8 @@ def _mlp_linears(mlp: Any) -> list[Any]:
 
 def _one_kernel(gate: Any, up: Any) -> bool:
     """Whether a gated MLP's gate and up are quantized linears of one kind (and group), or bfloat16
-    linears for Hearth's kernel, that concatenate into one product without post-ops."""
-    if bf16_kernel([gate, up]):
+    or float32 linears for Hearth's kernel, that concatenate into one product without post-ops."""
+    if dot_kernel([gate, up]):
         return True
     return (
         type(gate) in QUANTIZED_LINEARS

@@ -3,8 +3,8 @@
 // Each replaces a chain of small aten ops whose cost at one decode row is their dispatch, not
 // their arithmetic: RMSNorm (~10 ops: upcast, pow, mean, add, rsqrt, mul, downcast, mul), the
 // rotary embedding of q and k (slices, neg, cat, mul, addcmul) and a gated MLP's activation and
-// product. They round where transformers' modules round (a bfloat16 result wherever those store
-// one); what differs is the order a row's sum of squares is added up, and exp's last bits.
+// product, on bfloat16 or float32 rows. They round where transformers' modules round (a bfloat16
+// result wherever those store one); what differs is the order a row's sum of squares is added up, and exp's last bits.
 // A row's result depends on that row alone: batch invariance holds. Beside them, `argmax_rows`:
 // the engine's greedy pick and finite check over a step's logits, in one pass.
 
@@ -78,8 +78,10 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     rms_rows(x.data_ptr<c10::BFloat16>(), weight.data_ptr<c10::BFloat16>(), y.data_ptr<c10::BFloat16>(), rows, n, x.stride(0), e);
   } else if (x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kFloat) {
     rms_rows(x.data_ptr<c10::BFloat16>(), weight.data_ptr<float>(), y.data_ptr<c10::BFloat16>(), rows, n, x.stride(0), e);
+  } else if (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat) {
+    rms_rows(x.data_ptr<float>(), weight.data_ptr<float>(), y.data_ptr<float>(), rows, n, x.stride(0), e);
   } else {
-    TORCH_CHECK(false, "rms_norm: takes bfloat16 rows with a bfloat16 or float32 weight");
+    TORCH_CHECK(false, "rms_norm: takes bfloat16 rows with a bfloat16 or float32 weight, or float32 rows and weight");
   }
   return y;
 }
@@ -88,40 +90,48 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 // [T, >= heads * D] (q and k heads, in place of transformers' rotate_half and addcmul) with
 // cos/sin [T, R] (R <= D rotated dims; the rest of each head is copied as it is):
 // out = round(round(x * cos) + rotated * sin), as `addcmul(x * cos, rotated, sin)` rounds.
-at::Tensor rope(const at::Tensor& qkv, int64_t heads, int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin) {
-  TORCH_CHECK(qkv.device().is_cpu() && qkv.dim() == 2 && qkv.stride(1) == 1, "rope: qkv must be [T, N] rows on the CPU");
-  TORCH_CHECK(qkv.scalar_type() == at::kBFloat16 && cos.scalar_type() == at::kBFloat16 && sin.scalar_type() == at::kBFloat16,
-              "rope: takes bfloat16 inputs");
-  TORCH_CHECK(cos.dim() == 2 && cos.is_contiguous() && sin.is_contiguous() && cos.sizes() == sin.sizes(), "rope: cos/sin must be [T, R]");
-  const int64_t t = qkv.size(0), r = cos.size(1), half = r / 2, d = head_dim;
-  TORCH_CHECK(cos.size(0) == t && r <= d && r % 2 == 0 && qkv.size(1) >= heads * d, "rope: shapes do not agree");
-  auto out = at::empty({t, heads, d}, qkv.options());
-  const auto* x = qkv.data_ptr<c10::BFloat16>();
-  const auto* c = cos.data_ptr<c10::BFloat16>();
-  const auto* s = sin.data_ptr<c10::BFloat16>();
-  auto* y = out.data_ptr<c10::BFloat16>();
-  const int64_t stride = qkv.stride(0);
+template <typename T>
+void rope_rows(const T* x, const T* c, const T* s, T* y, int64_t t, int64_t heads, int64_t d, int64_t r, int64_t stride) {
+  const int64_t half = r / 2;
   at::parallel_for(0, t * heads, 64, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
       const int64_t row = job / heads, head = job % heads;
-      const c10::BFloat16* xh = x + row * stride + head * d;
-      const c10::BFloat16* cr = c + row * r;
-      const c10::BFloat16* sr = s + row * r;
-      c10::BFloat16* yh = y + job * d;
+      const T* xh = x + row * stride + head * d;
+      const T* cr = c + row * r;
+      const T* sr = s + row * r;
+      T* yh = y + job * d;
       for (int64_t i = 0; i < r; ++i) {
         const float rotated = i < half ? -static_cast<float>(xh[i + half]) : static_cast<float>(xh[i - half]);
-        const float m = static_cast<float>(static_cast<c10::BFloat16>(static_cast<float>(xh[i]) * static_cast<float>(cr[i])));
-        yh[i] = static_cast<c10::BFloat16>(m + rotated * static_cast<float>(sr[i]));
+        const float m = static_cast<float>(static_cast<T>(static_cast<float>(xh[i]) * static_cast<float>(cr[i])));
+        yh[i] = static_cast<T>(m + rotated * static_cast<float>(sr[i]));
       }
       for (int64_t i = r; i < d; ++i) yh[i] = xh[i];
     }
   });
+}
+
+at::Tensor rope(const at::Tensor& qkv, int64_t heads, int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(qkv.device().is_cpu() && qkv.dim() == 2 && qkv.stride(1) == 1, "rope: qkv must be [T, N] rows on the CPU");
+  const auto dtype = qkv.scalar_type();
+  TORCH_CHECK((dtype == at::kBFloat16 || dtype == at::kFloat) && cos.scalar_type() == dtype && sin.scalar_type() == dtype,
+              "rope: takes bfloat16 or float32 inputs, all of one dtype");
+  TORCH_CHECK(cos.dim() == 2 && cos.is_contiguous() && sin.is_contiguous() && cos.sizes() == sin.sizes(), "rope: cos/sin must be [T, R]");
+  const int64_t t = qkv.size(0), r = cos.size(1), d = head_dim;
+  TORCH_CHECK(cos.size(0) == t && r <= d && r % 2 == 0 && qkv.size(1) >= heads * d, "rope: shapes do not agree");
+  auto out = at::empty({t, heads, d}, qkv.options());
+  if (dtype == at::kFloat) {
+    rope_rows(qkv.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), out.data_ptr<float>(), t, heads, d, r, qkv.stride(0));
+  } else {
+    rope_rows(qkv.data_ptr<c10::BFloat16>(), cos.data_ptr<c10::BFloat16>(), sin.data_ptr<c10::BFloat16>(),
+              out.data_ptr<c10::BFloat16>(), t, heads, d, r, qkv.stride(0));
+  }
   return out;
 }
 
-// A gated MLP's middle, gate and up computed as one product gu [M, 2I] (quantized kernels have no
-// post-ops to fuse them into): y = round(round(act(gate)) * up), as `act(gate) * up` rounds, with
-// act SiLU (x / (1 + e^-x)) or GELU's tanh approximation.
+// A gated MLP's middle, gate and up computed as one product gu [M, 2I] (quantized kernels and
+// Hearth's own have no post-ops to fuse them into): y = round(round(act(gate)) * up), as
+// `act(gate) * up` rounds (in float32 no rounding), with act SiLU (x / (1 + e^-x)) or GELU's tanh
+// approximation.
 #ifdef __AVX512F__
 // e^x for 16 floats: Cephes' expf (x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial in r),
 // within ~1 ulp of std::exp; x is clamped to +-88.38 (e^x overflows to inf just past it).
@@ -140,21 +150,30 @@ inline __m512 exp16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// 16 outputs of act_mul (see below)
+// act(v) for 16 floats (see act_mul below)
 template <bool kSilu>
-inline void act_mul16(const c10::BFloat16* g, const c10::BFloat16* u, c10::BFloat16* o) {
-  const __m512 v = load_bf16(g);
-  __m512 a;
+inline __m512 activation16(__m512 v) {
   if constexpr (kSilu) {
-    a = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+    return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
   } else {  // 0.5 v (1 + tanh(y)) = v / (1 + e^-2y): SiLU's form, without 1 + tanh's cancellation
     const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
     const __m512 y = _mm512_mul_ps(_mm512_set1_ps(static_cast<float>(-M_SQRT2 * M_2_SQRTPI)),
                                    _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(0.044715f), v3)));
-    a = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(y)));
+    return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(y)));
   }
+}
+
+// 16 outputs of act_mul (see below)
+template <bool kSilu>
+inline void act_mul16(const c10::BFloat16* g, const c10::BFloat16* u, c10::BFloat16* o) {
+  const __m512 a = activation16<kSilu>(load_bf16(g));
   const __m512 y = _mm512_mul_ps(widen(round_bf16(a)), load_bf16(u));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), round_bf16(y));
+}
+
+template <bool kSilu>
+inline void act_mul16(const float* g, const float* u, float* o) {
+  _mm512_storeu_ps(o, _mm512_mul_ps(activation16<kSilu>(_mm512_loadu_ps(g)), _mm512_loadu_ps(u)));
 }
 #endif
 
@@ -168,35 +187,44 @@ inline float activation(float v) {
   }
 }
 
-template <bool kSilu>
-void act_mul_rows(const c10::BFloat16* x, c10::BFloat16* out, int64_t rows, int64_t inner) {
+template <bool kSilu, typename T>
+void act_mul_rows(const T* x, T* out, int64_t rows, int64_t inner) {
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const c10::BFloat16* g = x + r * 2 * inner;
-      const c10::BFloat16* u = g + inner;
-      c10::BFloat16* o = out + r * inner;
+      const T* g = x + r * 2 * inner;
+      const T* u = g + inner;
+      T* o = out + r * inner;
       int64_t i = 0;
 #ifdef __AVX512F__
       for (; i + 16 <= inner; i += 16) act_mul16<kSilu>(g + i, u + i, o + i);
 #endif
       for (; i < inner; ++i) {
         const float a = activation<kSilu>(static_cast<float>(g[i]));
-        o[i] = static_cast<c10::BFloat16>(static_cast<float>(static_cast<c10::BFloat16>(a)) * static_cast<float>(u[i]));
+        o[i] = static_cast<T>(static_cast<float>(static_cast<T>(a)) * static_cast<float>(u[i]));
       }
     }
   });
 }
 
+template <typename T>
+void act_mul_typed(const at::Tensor& gu, at::Tensor& y, bool silu) {
+  const int64_t rows = gu.size(0), inner = gu.size(1) / 2;
+  if (silu) {
+    act_mul_rows<true>(gu.data_ptr<T>(), y.data_ptr<T>(), rows, inner);
+  } else {
+    act_mul_rows<false>(gu.data_ptr<T>(), y.data_ptr<T>(), rows, inner);
+  }
+}
+
 at::Tensor act_mul(const at::Tensor& gu, bool silu) {
   TORCH_CHECK(gu.device().is_cpu() && gu.dim() == 2 && gu.is_contiguous() && gu.size(1) % 2 == 0,
               "act_mul: gu must be contiguous [M, 2I] rows on the CPU");
-  TORCH_CHECK(gu.scalar_type() == at::kBFloat16, "act_mul: takes bfloat16 rows");
-  const int64_t rows = gu.size(0), inner = gu.size(1) / 2;
-  auto y = at::empty({rows, inner}, gu.options());
-  if (silu) {
-    act_mul_rows<true>(gu.data_ptr<c10::BFloat16>(), y.data_ptr<c10::BFloat16>(), rows, inner);
+  TORCH_CHECK(gu.scalar_type() == at::kBFloat16 || gu.scalar_type() == at::kFloat, "act_mul: takes bfloat16 or float32 rows");
+  auto y = at::empty({gu.size(0), gu.size(1) / 2}, gu.options());
+  if (gu.scalar_type() == at::kFloat) {
+    act_mul_typed<float>(gu, y, silu);
   } else {
-    act_mul_rows<false>(gu.data_ptr<c10::BFloat16>(), y.data_ptr<c10::BFloat16>(), rows, inner);
+    act_mul_typed<c10::BFloat16>(gu, y, silu);
   }
   return y;
 }

@@ -17,11 +17,10 @@ The same library holds Hearth's own products: `quant.cpp` (int8 weights on AVX-5
 `Int8Linear`) and `dense.cpp` (bfloat16 weights on AVX512-BF16 and float32 ones on AVX-512F, the lean
 forward's `Dot`); each says whether it was built for this CPU (`vnni()`, `bf16_dot()`, `f32_dot()`).
 
-The fused small ops take bfloat16 activations (plain bfloat16 weights and the quantized kernels');
-float32 keeps aten's ops there, whose bits are transformers' own. They round where the aten chains
-round; a row's sum of squares is added up in another (fixed) order, so a norm's output can differ
-from aten's in the last bit of a few elements. A row's result depends on that row alone: batch
-invariance holds.
+The fused small ops take bfloat16 activations (plain bfloat16 weights and the quantized kernels')
+and float32 ones (plain float32 weights). They round where the aten chains round; a row's sum of
+squares is added up in another (fixed) order, so a norm's output can differ from aten's in the
+last bit of a few elements. A row's result depends on that row alone: batch invariance holds.
 """
 
 from __future__ import annotations
@@ -111,8 +110,8 @@ def f32_dot() -> bool:
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether the fused kernels take activations like `x` (bfloat16 on the CPU) and are loaded."""
-    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and available()
+    """Whether the fused kernels take activations like `x` (bfloat16 or float32 on the CPU) and are loaded."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and available()
 
 
 def main() -> int:
