@@ -141,3 +141,35 @@ def test_argmax_rows_is_torchs_argmax_and_flags_non_finite_rows() -> None:
             y = x.clone()
             y[-1, vocab - 2] = bad
             assert torch.ops.hearth.argmax_rows(y)[1].tolist() == [True] * (rows - 1) + [False]
+
+
+def test_scaled_softmax_is_atens_and_a_rows_bits_ignore_masked_padding() -> None:
+    """Attention's float32 softmax in one op: `softmax(scores * scale + bias)` as aten's ops give it
+    (within float32 rounding), masked keys exactly 0, a fully masked row zeros (not NaN), and a row's
+    bits the same whatever masked keys pad it and whatever rows share the call."""
+    assert fused.available()
+    g = torch.Generator().manual_seed(7)
+    for shape, bias_shape in (
+        ((3, 12, 320), (12, 320)),
+        ((5, 3, 4, 64), (5, 1, 1, 64)),
+        ((2, 4, 37), (4, 37)),
+    ):
+        scores = torch.randn(shape, generator=g) * 6
+        ok = torch.rand(bias_shape, generator=g) > 0.3
+        ok[..., 0] = True
+        bias = torch.zeros(bias_shape).masked_fill_(~ok, float("-inf"))
+        want = torch.softmax(scores * 0.125 + bias, dim=-1)
+        mine = torch.ops.hearth.scaled_softmax_(scores.clone(), bias, 0.125)
+        torch.testing.assert_close(mine, want, rtol=1e-5, atol=1e-7)
+        assert bool((mine.masked_select(~ok.expand(shape)) == 0).all())
+    rows = torch.randn(6, 256, generator=g)
+    bias = torch.zeros(6, 256)
+    bias[:, 190:] = float("-inf")
+    bias[5] = float("-inf")  # a padding row: every key masked
+    padded = torch.ops.hearth.scaled_softmax_(rows.clone(), bias, 0.3)
+    trimmed = torch.ops.hearth.scaled_softmax_(rows[:, :192].contiguous(), bias[:, :192].contiguous(), 0.3)
+    assert torch.equal(padded[:, :192], trimmed) and not padded[:, 192:].any() and not padded[5].any()
+    alone = torch.cat(
+        [torch.ops.hearth.scaled_softmax_(rows[i : i + 1].clone(), bias[i : i + 1], 0.3) for i in range(6)]
+    )
+    assert torch.equal(alone, padded)

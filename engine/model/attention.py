@@ -17,7 +17,8 @@ gathers straight into the contiguous `[rows, Hkv, L, D]` that attention reads (o
 group and step), which the float32 products take without copying again.
 
 `torch.nn.functional.scaled_dot_product_attention` runs the products (flash or memory-efficient
-kernels), except on CPU in float32: written out there (scores, float32 softmax, blocked `probs @ V`).
+kernels), except on CPU in float32: written out there (scores; scale, mask and softmax in one op,
+`hearth::scaled_softmax_`; blocked `probs @ V`), over the keys up to a prefill chunk's last row.
 
 Batch invariance: greedy output must not depend on which other requests share the batch.
 CPU BLAS kernels give a row different bits depending on where it sits in a matrix, so every
@@ -29,6 +30,7 @@ multiple of 4 per (row, kv head), key lengths are rounded up to whole `KV_BLOCK`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,7 +158,7 @@ class StepMeta:
 
     def gather_index(self, key: Any, tables: torch.Tensor, kv_heads: int) -> torch.Tensor:
         """`flat_index(tables, ...)` of this step's cache, made once per step for every layer
-        (`key`: the decode group's index, or (-1 - i, first key) for prefill chunk i)."""
+        (`key`: the decode group's index, or (-1 - i, first key, last key) for prefill chunk i)."""
         if key not in self._index:
             self._index[key] = flat_index(tables, kv_heads, self.cache.num_blocks)
         return self._index[key]
@@ -207,11 +209,26 @@ def attend(
         if q.dim() == 3:  # [H, M, D]: the CPU flash kernel takes 4-D inputs (3-D ones take the math path)
             return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=bias, scale=scale)[0]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if softcap is None and _softmax_kernel(scores):  # the next three ops as one (lean/softmax.cpp)
+        return blocked_pv(torch.ops.hearth.scaled_softmax_(scores, bias, scale), v)
+    scores.mul_(scale)
     if softcap is not None:
         scores = torch.tanh(scores / softcap).mul_(softcap)
     scores.add_(bias)
     return blocked_pv(_softmax(scores), v)
+
+
+def _softmax_kernel(scores: torch.Tensor) -> bool:
+    """Whether Hearth's CPU kernel takes these scores (float32 on the CPU, the kernels loaded)."""
+    return scores.device.type == "cpu" and scores.dtype == torch.float32 and _kernels_loaded()
+
+
+@functools.cache
+def _kernels_loaded() -> bool:
+    from engine.model.lean import fused  # the lean package imports this module
+
+    return fused.available()
 
 
 def _fused_on_cpu(dtype: torch.dtype) -> bool:
@@ -332,16 +349,20 @@ def cached_attention(
             o = attend(qd[a:b], k, v, bias, scale, softcap)  # [count, Hkv, rows, D]
             out[a:b] = o[:, :, :g].reshape(group.count, hq, d)
 
+    fused = softcap is None and (q.device.type != "cpu" or _fused_on_cpu(q.dtype))
     for i, chunk in enumerate(step.prefills):
         c, s0 = chunk.count, chunk.token_start
         rows = round_up(c * g, ROW_MULTIPLE)
         qc = q[s0 : s0 + c].reshape(c, hkv, g, d).permute(1, 0, 2, 3).reshape(hkv, c * g, d)
         if rows != c * g:
             qc = torch.cat([qc, qc.new_zeros(hkv, rows - c * g, d)], dim=1)
-        bias = step.prefill_bias(i, g, sliding_window, q.dtype)  # [rows, L]
         first = chunk.first_key(sliding_window)  # a sliding window's keys only
-        table = chunk.table[None, first // BLOCK_SIZE :]
-        kp, vp = (t[0] for t in _gather_kv(step, kc, vc, table, (-1 - i, first)))  # [Hkv, L, D]
+        # written out, the key blocks past the chunk's last row are skipped (SDPA's flash kernel
+        # takes whole KV_SPLITs: see kv_length); they would add only exact zeros
+        last = chunk.kv_len if fused else round_up(chunk.start_pos + c, KV_BLOCK)
+        bias = step.prefill_bias(i, g, sliding_window, q.dtype)[:, : last - first]  # [rows, L]
+        table = chunk.table[None, first // BLOCK_SIZE : last // BLOCK_SIZE]
+        kp, vp = (t[0] for t in _gather_kv(step, kc, vc, table, (-1 - i, first, last)))  # [Hkv, L, D]
         o = attend(qc, kp, vp, bias, scale, softcap)  # [Hkv, rows, D]
         out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
     return out

@@ -38,7 +38,7 @@ import torch
 
 log = logging.getLogger("hearth.engine")
 
-SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))  # fused.cpp, quant.cpp (int8), dense.cpp (bfloat16)
+SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))  # fused, quant (int8), dense, softmax
 # (simd.h, their shared AVX-512 helpers, is tracked by the ninja build's header dependencies)
 # -fopenmp: at::parallel_for splits work only when built with OpenMP; the library links the libgomp
 # torch already loaded (same soname), so its threads are torch's own

@@ -1,5 +1,5 @@
-// SIMD helpers the kernels share (AVX-512F): bfloat16 lanes widened and rounded, and 16 sums
-// reduced at once.
+// SIMD helpers the kernels share (AVX-512F): bfloat16 lanes widened and rounded, 16 sums
+// reduced at once, e^x of 16 floats.
 
 #pragma once
 
@@ -44,6 +44,23 @@ __attribute__((always_inline)) inline __m512 reduce16(const __m512* acc) {
   for (int i = 0; i < 2; ++i)
     d[i] = _mm512_add_ps(_mm512_permutex2var_ps(c[2 * i], lo3, c[2 * i + 1]), _mm512_permutex2var_ps(c[2 * i], hi3, c[2 * i + 1]));
   return _mm512_add_ps(_mm512_permutex2var_ps(d[0], lo4, d[1]), _mm512_permutex2var_ps(d[0], hi4, d[1]));
+}
+
+// e^x for 16 floats: Cephes' expf (x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial in r),
+// within ~1 ulp of std::exp; x is clamped to +-88.38 (e^x overflows to inf just past it).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f)), _mm512_set1_ps(88.3762626647949f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
 }
 
 }  // namespace hearth::simd
