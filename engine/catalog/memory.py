@@ -161,8 +161,8 @@ def kv_bytes(engine: Engine | Embedder) -> int:
     runner = getattr(engine, "runner", None)
     if runner is None:
         return 0
-    cache = runner.cache
-    return int(cache.k.numel() * cache.k.element_size() + cache.v.numel() * cache.v.element_size())
+    caches = [c for c in (runner.cache, runner.window_cache) if c is not None]  # sliding-window layers apart
+    return sum(int(c.k.numel() * c.k.element_size() + c.v.numel() * c.v.element_size()) for c in caches)
 
 
 def tensor_bytes(roots: list[Any]) -> int:

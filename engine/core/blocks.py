@@ -119,6 +119,18 @@ class BlockPool:
                 if block.key is None:
                     self._free.move_to_end(b, last=False)
 
+    def label(self, b: int, key: int, tokens: tuple[int, ...]) -> None:
+        """Register block `b` (held, computed) under prefix-cache `key` (engine.core.window)."""
+        block = self._blocks[b]
+        if block.key is None:
+            block.key, block.tokens = key, tokens
+            self._by_key.setdefault(key, b)
+
+    def lookup(self, key: int, tokens: tuple[int, ...]) -> int | None:
+        """The registered block of `key` holding `tokens`, held or free, or None."""
+        b = self._by_key.get(key)
+        return b if b is not None and self._blocks[b].tokens == tokens else None
+
     def register(self, table: list[int], tokens: list[int], start: int, computed: int) -> int:
         """Register the full, computed blocks of a sequence from block index `start` on; returns
         the index of the first block not registered (the caller's next `start`)."""

@@ -24,8 +24,9 @@ from engine.core.blocks import BLOCK_SIZE
 from engine.core.detokenize import IncrementalDetokenizer, special_token_ids
 from engine.core.errors import ENGINE_FAILED, EngineDeadError, QueueFullError
 from engine.core.request import Delta, EngineStats, FinishReason, Logprob, SamplingParams
-from engine.core.scheduler import Scheduler
+from engine.core.scheduler import IDLE_PREFILL_FACTOR, Scheduler
 from engine.core.sequence import Sequence
+from engine.core.window import WindowBlocks
 from engine.core.worker import Worker
 from engine.model.info import ModelInfo, describe
 from engine.model.runner import ModelRunner
@@ -76,8 +77,14 @@ class Engine(Worker):
             self.model, config, self.max_batch_size, self.quantization, self.kv_cache_tokens
         )
         graphs = config.cuda_graphs if device.type == "cuda" else config.cpu_graphs
+        step_tokens = IDLE_PREFILL_FACTOR * config.prefill_chunk + self.max_batch_size
         self.runner = ModelRunner(
-            self.model, self.max_batch_size, self.max_context, self.num_blocks, graphs=graphs
+            self.model,
+            self.max_batch_size,
+            self.max_context,
+            self.num_blocks,
+            graphs=graphs,
+            step_tokens=step_tokens,
         )
         self.scheduler = self._scheduler()
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, sorted(self.eos_token_ids))
@@ -96,8 +103,17 @@ class Engine(Worker):
 
     def _scheduler(self) -> Scheduler:
         cfg = self.config
+        runner = self.runner
+        window = None
+        if runner.window is not None and runner.window_cache is not None:
+            window = WindowBlocks(runner.window, runner.window_cache.num_blocks, cfg.prefix_cache)
         return Scheduler(
-            self.max_batch_size, self.num_blocks, cfg.max_waiting, cfg.prefill_chunk, caching=cfg.prefix_cache
+            self.max_batch_size,
+            self.num_blocks,
+            cfg.max_waiting,
+            cfg.prefill_chunk,
+            caching=cfg.prefix_cache,
+            window=window,
         )
 
     @property

@@ -31,12 +31,23 @@ class PagedKVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device,
+        layers: list[int] | None = None,
     ) -> None:
+        """`layers`: the model's layers this cache holds, in order (default: all `num_layers`; a
+        model with sliding-window layers keeps those in a cache of their own, engine.core.window)."""
+        self.layers = list(range(num_layers)) if layers is None else layers
+        assert len(self.layers) == num_layers
+        self._at = {layer: i for i, layer in enumerate(self.layers)}
         shape = (num_layers, kv_heads, num_blocks, BLOCK_SIZE, head_dim)
         self.k = _zeros(shape, dtype, device)
         self.v = _zeros(shape, dtype, device)
         self.num_blocks = num_blocks
         self._gathered: list[torch.Tensor] = []  # CPU: the buffers keys and values are gathered into
+
+    def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values [kv_heads, num_blocks, BLOCK_SIZE, head_dim] of the model's `layer`."""
+        i = self._at[layer]
+        return self.k[i], self.v[i]
 
     def gather_buffers(self, numel: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """On a CPU, two reused flat buffers of at least `numel` elements to gather keys and values
@@ -58,7 +69,7 @@ class PagedKVCache:
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A zero tensor; on a CPU, over fresh anonymous pages, resident only once written."""
-    if device.type != "cpu":
+    if device.type != "cpu" or 0 in shape:  # (no layer left: every one kept apart, sliding)
         return torch.zeros(shape, dtype=dtype, device=device)
     numel = 1
     for n in shape:

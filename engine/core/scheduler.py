@@ -33,6 +33,7 @@ from collections import deque
 from engine.core.blocks import BLOCK_SIZE, BlockPool, blocks_for
 from engine.core.request import Status
 from engine.core.sequence import Sequence
+from engine.core.window import WindowBlocks
 
 log = logging.getLogger("hearth.engine")
 
@@ -54,9 +55,16 @@ class Scheduler:
     """`max_batch` running sequences at most, over a pool of `num_blocks` KV blocks."""
 
     def __init__(
-        self, max_batch: int, num_blocks: int, max_waiting: int, prefill_budget: int, caching: bool = True
+        self,
+        max_batch: int,
+        num_blocks: int,
+        max_waiting: int,
+        prefill_budget: int,
+        caching: bool = True,
+        window: WindowBlocks | None = None,
     ) -> None:
         self.blocks = BlockPool(num_blocks, caching)
+        self.window = window  # the sliding-window layers' own blocks, when the model has them
         self.max_batch = max_batch
         self.max_waiting = max_waiting
         self.prefill_budget = prefill_budget
@@ -107,6 +115,8 @@ class Scheduler:
             if budget <= 0:
                 break
             n = min(seq.remaining, budget, self.prefill_budget)
+            if seq.status is not Status.RUNNING or not self._fit_window(seq, n):
+                continue  # preempted to make room, or no room in the window pool this step
             plan.append((seq, n))
             budget -= n
         held: list[Sequence] = []
@@ -119,10 +129,14 @@ class Scheduler:
                 held.append(seq)
                 break  # first come, first served: nobody overtakes a request waiting for blocks
             n = min(seq.remaining, budget, self.prefill_budget)
-            plan.append((seq, n if seq.remaining > 1 else 1))
+            n = n if seq.remaining > 1 else 1
+            if self.window is not None:
+                grown = self.window.grow(seq, n)
+                assert grown, "window blocks reserved by _admit"
+            plan.append((seq, n))
             budget -= n
         self.waiting.extendleft(reversed(held))
-        return plan
+        return [(s, n) for s, n in plan if s.status is Status.RUNNING]
 
     def take_copies(self) -> list[tuple[int, int]]:
         """The KV block copies the last `schedule()` asked for; the caller must apply them first."""
@@ -134,6 +148,9 @@ class Scheduler:
         seq.num_registered = self.blocks.register(
             seq.block_table, seq.token_ids, seq.num_registered, seq.num_computed
         )
+        if self.window is not None:
+            self.window.register(seq)
+            self.window.trim(seq)
 
     def _grow(self) -> None:
         """Give each decoding sequence the block its next token goes to, preempting the newest
@@ -150,6 +167,20 @@ class Scheduler:
                         break
                     continue
                 seq.block_table.append(block)
+            if seq.status is Status.RUNNING and not self._fit_window(seq, 1):
+                self._preempt(seq)
+
+    def _fit_window(self, seq: Sequence, n: int) -> bool:
+        """Window blocks for `seq`'s next `n` tokens, preempting the newest other sequences while
+        the window pool has too few free; False when only `seq` itself could make room."""
+        if self.window is None:
+            return True
+        while not self.window.grow(seq, n):
+            victim = self.running[-1]
+            if victim is seq:
+                return False
+            self._preempt(victim)
+        return True
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -169,6 +200,8 @@ class Scheduler:
     def _free(self, seq: Sequence) -> None:
         self.blocks.release(seq.block_table)
         seq.block_table, seq.num_registered = [], 0
+        if self.window is not None:
+            self.window.release(seq)
         if seq.row is not None:
             self._rows.append(seq.row)
             seq.row = None
@@ -188,11 +221,23 @@ class Scheduler:
             if ready % BLOCK_SIZE:
                 copy_from = donor.block_table[ready // BLOCK_SIZE]
             cached = ready
+        window_shared: list[int] = []
+        if self.window is not None:  # whole blocks only, and only as far as the window's are there
+            lent = ready // BLOCK_SIZE if donor is not None else 0
+            cached, window_shared = self.window.shareable(seq, cached, donor, lent)
+            shared, copy_from = shared[: cached // BLOCK_SIZE], None
+            first = min(len(tokens) - cached, self.prefill_budget)
+            window_fresh = blocks_for(cached + first) - cached // BLOCK_SIZE
+            window_pool = self.window.pool
+            if window_pool.cost(window_shared) + window_fresh + len(self.running) > window_pool.free_count:
+                return False
         fresh = blocks_for(len(tokens)) - len(shared)
         reserve = len(self.running)  # a block each for the tokens running sequences decode next
         if self.blocks.cost(shared) + fresh + reserve > self.blocks.free_count:
             return False
         self.blocks.take(shared)
+        if self.window is not None:
+            self.window.adopt(seq, cached, window_shared)
         table = list(shared)
         for _ in range(fresh):
             block = self.blocks.new()

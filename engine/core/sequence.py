@@ -56,6 +56,9 @@ class Sequence:
         self.fresh_row = False
         self.block_table: list[int] = []
         self.num_registered = 0  # leading blocks of block_table in the prefix cache
+        self.window_table: list[int] = []  # sliding-window layers' blocks (engine.core.window)
+        self.window_registered = 0
+        self.block_keys: list[int] = []  # prefix-cache keys of the leading full blocks, as computed
         self.num_computed = 0
         self.cached_tokens = 0
         self.preemptions = 0

@@ -140,8 +140,14 @@ class StepMeta:
     decode_tokens: int  # the first `decode_tokens` tokens are decode tokens (incl. padding)
     decode: list[DecodeGroup]  # those tokens' rows, in groups that cover them in order
     prefills: list[PrefillChunk]
+    # the same step over the sliding-window layers' own cache and blocks (engine.core.window)
+    window: StepMeta | None = None
     _bias: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
     _index: dict[Any, torch.Tensor] = field(default_factory=dict)
+
+    def over(self, window: int | None) -> StepMeta:
+        """This step as a layer with `window` (None: global) reads and writes it."""
+        return self.window if window is not None and self.window is not None else self
 
     def decode_bias(self, i: int, window: int | None, dtype: torch.dtype) -> torch.Tensor:
         """Additive mask [count, 1, 1, kv_len] of decode group i: 0 where a row may look, -inf elsewhere."""
@@ -303,7 +309,7 @@ def slot_attention(
     """transformers attention interface: query [1, Hq, T, D], key/value [1, Hkv, T, D]."""
     step: StepMeta = kwargs["hearth_step"]
     layer = int(module.layer_idx)  # type: ignore[arg-type]
-    kc, vc = step.cache.k[layer], step.cache.v[layer]  # [Hkv, blocks, BLOCK_SIZE, D]
+    kc, vc = step.cache.kv(layer)  # [Hkv, blocks, BLOCK_SIZE, D]
     kc[:, step.write_blocks, step.write_offsets] = key[0]
     vc[:, step.write_blocks, step.write_offsets] = value[0]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5

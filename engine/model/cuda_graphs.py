@@ -13,19 +13,26 @@ from typing import Any
 import torch
 
 from engine.core.kv_cache import PagedKVCache
-from engine.model.decode_graphs import DecodeGraphs, Forward, Replay, input_size, log
+from engine.model.decode_graphs import DecodeGraphs, Forward, Replay, log
 
 
 class CudaGraphs(DecodeGraphs):
     what = "CUDA graph capture"
 
-    def __init__(self, forward: Forward, cache: PagedKVCache, max_rows: int, max_len: int) -> None:
-        super().__init__(forward, cache, max_rows, max_len, pinned=True)
+    def __init__(
+        self,
+        forward: Forward,
+        cache: PagedKVCache,
+        max_rows: int,
+        max_len: int,
+        window: PagedKVCache | None = None,
+    ) -> None:
+        super().__init__(forward, cache, max_rows, max_len, pinned=True, window=window)
         self._pool: Any = None  # the memory pool every graph shares
 
     def _record(self, rows: int, kv: int) -> Replay:
         start = time.perf_counter()
-        size = input_size(rows, kv)
+        size = self.input_size(rows, kv)
         inputs = self._inputs[:size].clone()
         self._inputs[:size] = self.example(rows, kv)  # warm-up and capture: every row uses block 0
         stream = torch.cuda.Stream()

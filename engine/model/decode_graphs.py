@@ -11,7 +11,8 @@ much as running them (on a GPU far more). A `DecodeGraphs` records the lean forw
   (engine.model.attention), so a recording's shapes depend only on its bucket, never on which
   blocks the sequences hold.
 - inputs (token, position and kv length of each row, then the rows' block tables padded with
-  block 0 to kv length / BLOCK_SIZE entries) are copied from one host buffer into a static
+  block 0 to kv length / BLOCK_SIZE entries, then as many of their sliding-window tables when the
+  model keeps those layers apart: engine.core.window) are copied from one host buffer into a static
   device buffer, in one copy; logits come back in the recording's own output buffer,
   read before the next replay (the engine samples every step before the next one).
 - recordings are made lazily, the first time a bucket is needed.
@@ -55,10 +56,10 @@ def kv_buckets(max_len: int) -> list[int]:
     return [*sizes, max_len]
 
 
-def input_size(rows: int, kv: int) -> int:
+def input_size(rows: int, kv: int, tables: int = 1) -> int:
     """Values in the inputs of a (rows, kv length) bucket: token, position and kv length of each
-    row, then each row's block table of kv / BLOCK_SIZE entries."""
-    return rows * (3 + kv // BLOCK_SIZE)
+    row, then each row's block table of kv / BLOCK_SIZE entries (and its window table: `tables` 2)."""
+    return rows * (3 + tables * (kv // BLOCK_SIZE))
 
 
 def _fit(buckets: list[int], n: int) -> int | None:
@@ -83,17 +84,21 @@ class DecodeGraphs:
         pinned: bool = False,
         min_rows: int = 1,
         weights: Sequence[torch.Tensor] = (),
+        window: PagedKVCache | None = None,
     ) -> None:
         """`min_rows`: the smallest bucket (steps of fewer rows are padded to it); `weights`: tensors
-        the recording takes as inputs rather than constants (see `CpuTraces`)."""
+        the recording takes as inputs rather than constants (see `CpuTraces`); `window`: the
+        sliding-window layers' cache, read through each row's window table."""
         self.forward = forward
         self.cache = cache
+        self.window = window
+        self.tables = 2 if window is not None else 1
         self.weights = tuple(weights)
         max_rows = min(max_rows, self.row_cap or max_rows)
         self.rows = sorted({max(b, min_rows) for b in batch_buckets(max_rows)})
         self.kv = kv_buckets(max_len)
         device = cache.k.device
-        size = input_size(self.rows[-1], self.kv[-1])
+        size = self.input_size(self.rows[-1], self.kv[-1])
         # the inputs of a bucket at the start of one host buffer and of one device buffer,
         # copied in one go
         self._host = torch.zeros(size, dtype=torch.long, pin_memory=pinned)
@@ -109,7 +114,13 @@ class DecodeGraphs:
         """The (rows, kv length) buckets recorded so far."""
         return set(self._replays)
 
-    def run(self, ids: list[int], pos: list[int], tables: list[list[int]]) -> torch.Tensor | None:
+    def input_size(self, rows: int, kv: int) -> int:
+        return input_size(rows, kv, self.tables)
+
+    def run(
+        self, ids: list[int], pos: list[int], tables: list[list[int]], windows: list[list[int]] | None = None
+    ) -> torch.Tensor | None:
+        """`windows`: the rows' window tables, when the model keeps sliding-window layers apart."""
         if self.failed is not None:
             return None
         n = len(ids)
@@ -117,13 +128,15 @@ class DecodeGraphs:
         kv = _fit(self.kv, max(pos) + 1)
         if rows is None or kv is None:
             return None
-        pad, width, size = rows - n, kv // BLOCK_SIZE, input_size(rows, kv)
+        pad, width, size = rows - n, kv // BLOCK_SIZE, self.input_size(rows, kv)
         lens = [p + 1 for p in pos]
-        flat = [b for t in tables for b in (*t[:width], *[0] * (width - len(t)))]
+        flat: list[int] = []
+        for part in (tables, windows) if self.window is not None else (tables,):
+            assert part is not None
+            flat += [b for t in part for b in (*t[:width], *[0] * (width - len(t)))]
+            flat += [0] * (pad * width)
         host = self._host[:size]
-        host.copy_(
-            torch.tensor([*ids, *[0] * pad, *pos, *[0] * pad, *lens, *[1] * pad, *flat, *[0] * (pad * width)])
-        )
+        host.copy_(torch.tensor([*ids, *[0] * pad, *pos, *[0] * pad, *lens, *[1] * pad, *flat]))
         self._inputs[:size].copy_(host, non_blocking=True)
         replay = self._replays.get((rows, kv))
         if replay is None:
@@ -141,21 +154,30 @@ class DecodeGraphs:
         """The recorded computation: the forward over `inputs` (ids, positions, kv lengths of
         `rows` rows, then their block tables: `input_size(rows, kv)`), for one bucket."""
         ids, pos, lens = inputs[: 3 * rows].view(3, rows)
-        tables = inputs[3 * rows : input_size(rows, kv)].view(rows, kv // BLOCK_SIZE)
-        step = StepMeta(  # built inside the recording: its masks are computed by the graph
-            cache=self.cache,
-            write_blocks=tables.gather(1, torch.div(pos, BLOCK_SIZE, rounding_mode="floor")[:, None])[:, 0],
-            write_offsets=torch.remainder(pos, BLOCK_SIZE),
-            write_pos=pos,
-            decode_tokens=rows,
-            decode=[DecodeGroup(0, rows, tables, lens, kv)],
-            prefills=[],
-        )
+        width = kv // BLOCK_SIZE
+        tables = inputs[3 * rows : self.input_size(rows, kv)].view(self.tables, rows, width)
+
+        def over(cache: PagedKVCache, tables: torch.Tensor) -> StepMeta:
+            # built inside the recording: its masks are computed by the graph
+            at = torch.div(pos, BLOCK_SIZE, rounding_mode="floor")[:, None]
+            return StepMeta(
+                cache=cache,
+                write_blocks=tables.gather(1, at)[:, 0],
+                write_offsets=torch.remainder(pos, BLOCK_SIZE),
+                write_pos=pos,
+                decode_tokens=rows,
+                decode=[DecodeGroup(0, rows, tables, lens, kv)],
+                prefills=[],
+            )
+
+        step = over(self.cache, tables[0])
+        if self.window is not None:
+            step.window = over(self.window, tables[1])
         return self.forward(ids, pos, step, self._keep[:rows])  # the runner makes it float32
 
     def example(self, rows: int, kv: int) -> torch.Tensor:
         """Inputs for a recording: every row writes and reads the scratch block 0."""
-        inputs = torch.zeros(input_size(rows, kv), dtype=torch.long, device=self._inputs.device)
+        inputs = torch.zeros(self.input_size(rows, kv), dtype=torch.long, device=self._inputs.device)
         inputs[2 * rows : 3 * rows] = 1  # kv lengths
         return inputs
 

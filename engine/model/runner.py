@@ -20,6 +20,7 @@ from engine.catalog.memory import release_memory
 from engine.core.blocks import BLOCK_SIZE, blocks_for
 from engine.core.kv_cache import PagedKVCache
 from engine.core.sequence import Sequence
+from engine.core.window import window_pool_blocks
 from engine.model.attention import (
     ROW_MULTIPLE,
     DecodeGroup,
@@ -35,6 +36,7 @@ from engine.model.cuda_graphs import CudaGraphs
 from engine.model.decode_graphs import DecodeGraphs
 from engine.model.lean import LeanLlama, lean_path
 from engine.model.lean import supported as lean_supported
+from engine.model.lean.families import layer_windows
 from engine.model.packed_linear import pack_linears, packing_available
 from engine.model.threads import one_thread
 
@@ -57,10 +59,12 @@ class ModelRunner:
         num_blocks: int | None = None,
         lean: bool = True,
         graphs: bool = True,
+        step_tokens: int = 1024,
     ) -> None:
         """`num_blocks`: the KV cache's blocks (engine.core.kv_cache), the scratch block included
         (default: `max_batch` sequences of `max_context`);
-        `graphs`: replay decode steps from recordings where they apply (engine.model.decode_graphs)."""
+        `graphs`: replay decode steps from recordings where they apply (engine.model.decode_graphs);
+        `step_tokens`: the most tokens a step runs (sizes the sliding-window layers' blocks)."""
         use_slot_attention(model)
         model.requires_grad_(False)  # inference only; a traced graph takes weights as constants
         self.model = model
@@ -80,15 +84,26 @@ class ModelRunner:
         self.max_batch = max_batch
         self.row_multiple = ROW_MULTIPLE  # see LeanLlama.row_multiple
         self._logits: torch.Tensor | None = None  # see `_as_float`
-        with one_thread():  # made here, on the loading thread: see engine.model.threads
-            self.cache = PagedKVCache(
-                num_layers=cfg.num_hidden_layers,
-                num_blocks=num_blocks or max_batch * blocks_for(max_context) + 1,
-                kv_heads=cfg.num_key_value_heads,
-                head_dim=head_dim,
-                dtype=self.dtype,
-                device=self.device,
+        num_blocks = num_blocks or max_batch * blocks_for(max_context) + 1
+        # sliding-window layers (one window for all of them) keep only their windows, in their own
+        # cache and blocks (engine.core.window); the lean forward reads them there
+        windows = layer_windows(model) if self.lean_wanted else [None] * cfg.num_hidden_layers
+        sizes = {w for w in windows if w is not None}
+        self.window: int | None = sizes.pop() if len(sizes) == 1 and min(sizes) < max_context else None
+        apart = [i for i, w in enumerate(windows) if self.window is not None and w == self.window]
+        kept = [i for i in range(cfg.num_hidden_layers) if i not in apart]
+
+        def cache(layers: list[int], blocks: int) -> PagedKVCache:
+            return PagedKVCache(
+                len(layers), blocks, cfg.num_key_value_heads, head_dim, self.dtype, self.device, layers
             )
+
+        with one_thread():  # made here, on the loading thread: see engine.model.threads
+            self.cache = cache(kept, num_blocks)
+            self.window_cache: PagedKVCache | None = None
+            if self.window is not None:
+                blocks = window_pool_blocks(self.window, max_batch, step_tokens, num_blocks)
+                self.window_cache = cache(apart, blocks)
 
     def prepare(self, threads: int) -> None:
         """Per-thread set-up, called on the engine thread before its first step.
@@ -125,9 +140,10 @@ class ModelRunner:
                     max_len,
                     weights=lean.trace_weights,
                     min_rows=lean.min_rows,
+                    window=self.window_cache,
                 )
             elif self.device.type == "cuda" and lean.plain:  # CUDA graphs take plain weights only
-                self.graphs = CudaGraphs(lean.forward, self.cache, self.max_batch, max_len)
+                self.graphs = CudaGraphs(lean.forward, self.cache, self.max_batch, max_len, self.window_cache)
 
     @torch.inference_mode()
     def run(self, plan: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
@@ -139,40 +155,56 @@ class ModelRunner:
                 [s.token_ids[-1] for s in decode],
                 [s.num_computed for s in decode],
                 [s.block_table for s in decode],
+                [s.window_table for s in decode],
             )
             if logits is not None:
                 return self._as_float(logits), decode
         # eagerly, longest first: the decode rows split into groups of similar key lengths
         decode.sort(key=lambda s: s.num_computed, reverse=True)
-        ids: list[int] = []
-        pos: list[int] = []
-        tables: list[list[int]] = []
-        for s in decode:
-            ids.append(s.token_ids[-1])
-            pos.append(s.num_computed)
-            tables.append(s.block_table)
+        ids = [s.token_ids[-1] for s in decode]
+        pos = [s.num_computed for s in decode]
         total = len(decode) + sum(n for _, n in prefill)
         pad = round_up(total, self.row_multiple) - total
         ids += [0] * pad
         pos += [0] * pad
-        tables += [[0]] * pad
         n_dec = len(ids)
         lens = [p + 1 for p in pos]
         spans = decode_groups([kv_length(n) for n in lens])  # (start, count, kv length)
-        blocks = [t[p // BLOCK_SIZE] for t, p in zip(tables, pos, strict=True)]
 
-        chunks: list[tuple[int, int, int, list[int]]] = []  # token start, count, start position, table
+        chunks: list[tuple[int, int, int, Sequence]] = []  # token start, count, start position
         logit_rows = list(range(len(decode)))
         sampled = list(decode)
         for s, n in prefill:
             start = s.num_computed
-            chunks.append((len(ids), n, start, s.block_table))
+            chunks.append((len(ids), n, start, s))
             ids += s.token_ids[start : start + n]
             pos += range(start, start + n)
-            blocks += [s.block_table[p // BLOCK_SIZE] for p in range(start, start + n)]
             if start + n == s.num_tokens:
                 logit_rows.append(len(ids) - 1)
                 sampled.append(s)
+        widths = [kv_length(start + n) // BLOCK_SIZE for _, n, start, _ in chunks]
+
+        # the blocks each token writes and the tables attention reads, over the block tables and,
+        # for a model with sliding-window layers apart, over the window tables
+        caches = [(self.cache, _block_table)]
+        if self.window_cache is not None:
+            caches.append((self.window_cache, _window_table))
+        indices: list[list[int]] = []
+        for _, table_of in caches:
+            tables = [table_of(s) for s in decode] + [[0]] * pad
+            blocks = [t[p // BLOCK_SIZE] for t, p in zip(tables, pos, strict=False)]
+            for _, n, start, s in chunks:
+                blocks += [table_of(s)[p // BLOCK_SIZE] for p in range(start, start + n)]
+            flat: list[int] = []
+            for start, count, kv in spans:
+                width = kv // BLOCK_SIZE
+                flat += [
+                    b for tb in tables[start : start + count] for b in (*tb[:width], *[0] * (width - len(tb)))
+                ]
+            for (_, _, _, s), w in zip(chunks, widths, strict=True):
+                tb = table_of(s)
+                flat += [*tb[:w], *[0] * (w - len(tb))]
+            indices.append(blocks + flat)
 
         # Logits only for rows that sample, padded to a multiple of `row_multiple` rows (a step
         # that only prefills the middle of a prompt still computes throwaway rows).
@@ -180,43 +212,32 @@ class ModelRunner:
         keep = keep + [keep[-1]] * (round_up(len(keep), self.row_multiple) - len(keep))
         # One host-to-device copy for every index the step needs; the pieces are views.
         t = len(ids)
-        flat: list[int] = []
-        for start, count, kv in spans:
-            width = kv // BLOCK_SIZE
-            flat += [
-                b for tb in tables[start : start + count] for b in (*tb[:width], *[0] * (width - len(tb)))
-            ]
-        widths = [kv_length(start + n) // BLOCK_SIZE for _, n, start, _ in chunks]
-        for (_, _, _, tb), w in zip(chunks, widths, strict=True):
-            flat += [*tb[:w], *[0] * (w - len(tb))]
         offsets = [p % BLOCK_SIZE for p in pos]
-        packed = torch.tensor([*ids, *pos, *blocks, *offsets, *lens, *keep, *flat])
+        packed = torch.tensor([*ids, *pos, *offsets, *lens, *keep, *(i for part in indices for i in part)])
         if self.device.type == "cuda":
             packed = packed.pin_memory()
         packed = packed.to(self.device, non_blocking=True)
-        ids_t, pos_t, blocks_t, offsets_t = packed[: 4 * t].view(4, t)
-        lens_t = packed[4 * t : 4 * t + n_dec]
-        at = 4 * t + n_dec + len(keep)
-        keep_t = packed[4 * t + n_dec : at]
-        groups: list[DecodeGroup] = []
-        for start, count, kv in spans:
-            width = kv // BLOCK_SIZE
-            group_tables = packed[at : at + count * width].view(count, width)
-            groups.append(DecodeGroup(start, count, group_tables, lens_t[start : start + count], kv))
-            at += count * width
-        prefills: list[PrefillChunk] = []
-        for (start_tok, n, start, _), w in zip(chunks, widths, strict=True):
-            prefills.append(PrefillChunk(start_tok, n, packed[at : at + w], start))
-            at += w
-        step = StepMeta(
-            cache=self.cache,
-            write_blocks=blocks_t,
-            write_offsets=offsets_t,
-            write_pos=pos_t,
-            decode_tokens=n_dec,
-            decode=groups,
-            prefills=prefills,
-        )
+        ids_t, pos_t, offsets_t = packed[: 3 * t].view(3, t)
+        lens_t = packed[3 * t : 3 * t + n_dec]
+        at = 3 * t + n_dec + len(keep)
+        keep_t = packed[3 * t + n_dec : at]
+        steps: list[StepMeta] = []
+        for cache, _ in caches:
+            blocks_t = packed[at : at + t]
+            at += t
+            groups: list[DecodeGroup] = []
+            for start, count, kv in spans:
+                width = kv // BLOCK_SIZE
+                group_tables = packed[at : at + count * width].view(count, width)
+                groups.append(DecodeGroup(start, count, group_tables, lens_t[start : start + count], kv))
+                at += count * width
+            prefills: list[PrefillChunk] = []
+            for (start_tok, n, start, _), w in zip(chunks, widths, strict=True):
+                prefills.append(PrefillChunk(start_tok, n, packed[at : at + w], start))
+                at += w
+            steps.append(StepMeta(cache, blocks_t, offsets_t, pos_t, n_dec, groups, prefills))
+        step = steps[0]
+        step.window = steps[1] if len(steps) > 1 else None
         if self.lean is not None:
             logits = self._as_float(self.lean.forward(ids_t, pos_t, step, keep_t)[: len(sampled)])
         else:
@@ -253,3 +274,11 @@ def _own_copies(model: Any) -> None:
             plain = type(param) is torch.nn.Parameter and type(param.data) is torch.Tensor
             if plain and param.is_floating_point():
                 module._parameters[name] = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
+
+
+def _block_table(seq: Sequence) -> list[int]:
+    return seq.block_table
+
+
+def _window_table(seq: Sequence) -> list[int]:
+    return seq.window_table

@@ -29,6 +29,13 @@ class Family:
     moe: bool = False  # layers may hold a top-k mixture of experts
 
 
+def layer_windows(model: Any) -> list[int | None]:
+    """Each decoder layer's sliding window (positions a query sees), None for a global layer."""
+    cfg = model.config.get_text_config()
+    default = getattr(cfg, "sliding_window", None)
+    return [getattr(layer.self_attn, "sliding_window", default) for layer in model.model.layers]
+
+
 FAMILIES = {
     "LlamaForCausalLM": Family("Llama"),
     "MistralForCausalLM": Family("Mistral"),

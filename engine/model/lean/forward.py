@@ -17,7 +17,7 @@ import torch
 
 from engine.model.attention import ROW_MULTIPLE, StepMeta, cached_attention
 from engine.model.lean import fused, gpu_kernels
-from engine.model.lean.families import activation, family_of
+from engine.model.lean.families import activation, family_of, layer_windows
 from engine.model.lean.moe import MoE
 from engine.model.lean.projections import (
     Dot,
@@ -135,24 +135,20 @@ class LeanLlama:
         act = activation(cfg) or "silu"
         param = next(model.parameters())
         packing = packing_available(param.device, param.dtype)
-        # the fused kernels take bfloat16 activations (plain bfloat16 weights, the quantized kernels')
-        # and float32 ones (plain float32 weights)
-        self.fused = fused.usable(param)
         # on a GPU: the rotary embedding, cache writes, decode attention and MLP activation as Triton
         # kernels (engine.model.lean.gpu_kernels); gate and up as one product
-        self.gpu = (
-            gpu_kernels.usable(param)
-            and not self.fused
-            and gpu_kernels.self_check(
-                param.device,
-                param.dtype,
-                self.heads,
-                self.kv_heads,
-                self.head_dim,
-                self._rotary_dims(param),
-                _qk_norm_dtype(family, param.dtype),
-            )
+        self.gpu = gpu_kernels.usable(param) and gpu_kernels.self_check(
+            param.device,
+            param.dtype,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self._rotary_dims(param),
+            _qk_norm_dtype(family, param.dtype),
         )
+        # the fused CPU kernels take bfloat16 activations (plain bfloat16 weights, the quantized
+        # kernels') and float32 ones (plain float32 weights)
+        self.fused = fused.usable(param) and not self.gpu
         self.norm = Norm(inner.norm, eps, family.gemma_norm, self.fused)
 
         def proj(*linears: Any) -> Proj:
@@ -162,6 +158,7 @@ class LeanLlama:
             return Norm(module, eps, family.gemma_norm, self.fused)
 
         layer_types = getattr(cfg, "layer_types", None)
+        windows = layer_windows(model)
         self.layers: list[Layer] = []
         for i, layer in enumerate(inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
@@ -198,7 +195,7 @@ class LeanLlama:
                     o=proj(attn.o_proj),
                     qk_norm=self._qk_norm(attn, eps) if family.qk_norm else None,
                     rope=layer_types[i] if self.rope_types and layer_types else None,
-                    window=getattr(attn, "sliding_window", getattr(cfg, "sliding_window", None)),
+                    window=windows[i],
                     scaling=float(attn.scaling),
                     softcap=getattr(attn, "attn_logit_softcapping", None),
                     mlp=dense,
@@ -296,10 +293,11 @@ class LeanLlama:
             qkv = layer.qkv(layer.input_norm(x))  # [T, (Hq + 2 Hkv) D]
             qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
             v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
-            kc, vc = step.cache.k[layer.index], step.cache.v[layer.index]  # [Hkv, blocks, BLOCK_SIZE, D]
+            at = step.over(layer.window)  # a sliding-window layer's own cache and blocks, if any
+            kc, vc = at.cache.kv(layer.index)  # [Hkv, blocks, BLOCK_SIZE, D]
             cos, sin = ropes[layer.rope]
             if self.gpu:  # normed and rotated in place, the keys and values written: one kernel
-                blocks, offsets = step.write_blocks, step.write_offsets
+                blocks, offsets = at.write_blocks, at.write_offsets
                 gpu_kernels.rope_write(qk, v, cos[:, 0], sin[:, 0], kc, vc, blocks, offsets, layer.qk_norm)
             else:
                 if layer.qk_norm is not None:
@@ -310,11 +308,11 @@ class LeanLlama:
                     qk = qk.view(t, hq + hkv, d)
                 else:
                     qk = _rotate(qk, cos, sin)
-                kc[:, step.write_blocks, step.write_offsets] = qk[:, hq:].transpose(0, 1)
-                vc[:, step.write_blocks, step.write_offsets] = v.transpose(0, 1)
+                kc[:, at.write_blocks, at.write_offsets] = qk[:, hq:].transpose(0, 1)
+                vc[:, at.write_blocks, at.write_offsets] = v.transpose(0, 1)
             in_place = gpu_kernels.paged_decode if self.gpu and layer.softcap is None else None
             out = cached_attention(
-                qk[:, :hq], kc, vc, step, layer.scaling, layer.window, layer.softcap, in_place
+                qk[:, :hq], kc, vc, at, layer.scaling, layer.window, layer.softcap, in_place
             ).view(t, hq * d)
             if layer.attn_out_norm is None:
                 x = layer.o.add(out, x)
