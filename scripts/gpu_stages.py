@@ -324,7 +324,9 @@ def graphs_experiment(device: str, model_dir: Path, tokens: int) -> int:
         runner = engine.runner
         ids = prompts(model_dir, 1)
         if runner.graphs is None:  # CPU dry run: recordings of the plain forward
-            runner.graphs = base(runner.lean.forward, runner.cache, runner.max_batch, 256)
+            runner.graphs = base(
+                runner.lean.forward, runner.cache, runner.max_batch, 256, window=runner.window_cache
+            )
         engine_generate(engine, ids, [16])
         start = time.perf_counter()
         [(want, _)] = engine_generate(engine, ids, [tokens])
@@ -332,7 +334,7 @@ def graphs_experiment(device: str, model_dir: Path, tokens: int) -> int:
         replay_ms = _replay_ms(engine)
         print(f"graphs: {eager_ms:.3f} ms/token, replay {replay_ms:.3f} ms\n")
         _profile(engine)
-        graphs = kind(runner.lean.forward, runner.cache, runner.max_batch, 256)
+        graphs = kind(runner.lean.forward, runner.cache, runner.max_batch, 256, window=runner.window_cache)
         runner.graphs = graphs
         start = time.perf_counter()
         engine_generate(engine, ids, [16])
