@@ -12,23 +12,13 @@ from typing import Any
 
 import torch
 
-from engine.core.kv_cache import PagedKVCache
-from engine.model.decode_graphs import DecodeGraphs, Forward, Replay, log
+from engine.model.decode_graphs import DecodeGraphs, Replay, log
 
 
 class CudaGraphs(DecodeGraphs):
     what = "CUDA graph capture"
-
-    def __init__(
-        self,
-        forward: Forward,
-        cache: PagedKVCache,
-        max_rows: int,
-        max_len: int,
-        window: PagedKVCache | None = None,
-    ) -> None:
-        super().__init__(forward, cache, max_rows, max_len, pinned=True, window=window)
-        self._pool: Any = None  # the memory pool every graph shares
+    pinned = True  # the inputs' host buffer
+    _pool: Any = None  # the memory pool every graph shares (set at the first capture)
 
     def _record(self, rows: int, kv: int) -> Replay:
         start = time.perf_counter()

@@ -73,6 +73,7 @@ class DecodeGraphs:
 
     what = "recording"
     row_cap: int | None = None  # the most rows a recording takes, whatever the batch
+    pinned = False  # whether the inputs' host buffer is pinned (CUDA)
 
     def __init__(
         self,
@@ -81,7 +82,6 @@ class DecodeGraphs:
         max_rows: int,
         max_len: int,
         *,
-        pinned: bool = False,
         min_rows: int = 1,
         weights: Sequence[torch.Tensor] = (),
         window: PagedKVCache | None = None,
@@ -101,7 +101,7 @@ class DecodeGraphs:
         size = self.input_size(self.rows[-1], self.kv[-1])
         # the inputs of a bucket at the start of one host buffer and of one device buffer,
         # copied in one go
-        self._host = torch.zeros(size, dtype=torch.long, pin_memory=pinned)
+        self._host = torch.zeros(size, dtype=torch.long, pin_memory=self.pinned)
         self._inputs = torch.zeros(size, dtype=torch.long, device=device)
         rows = self.rows[-1]
         self._keep = torch.arange(rows, device=device)

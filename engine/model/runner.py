@@ -143,7 +143,9 @@ class ModelRunner:
                     window=self.window_cache,
                 )
             elif self.device.type == "cuda" and lean.plain:  # CUDA graphs take plain weights only
-                self.graphs = CudaGraphs(lean.forward, self.cache, self.max_batch, max_len, self.window_cache)
+                self.graphs = CudaGraphs(
+                    lean.forward, self.cache, self.max_batch, max_len, window=self.window_cache
+                )
 
     @torch.inference_mode()
     def run(self, plan: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
