@@ -211,11 +211,18 @@ def test_stop_and_esc_end_the_stream_and_free_the_slot(browser: Any, server: Ser
     page = Page(browser, server)
     for how in ("button", "esc"):
         aborted = total(server.stats(), "aborted")
-        page.ask(
-            "Write a very long story about a dragon who learns to cook.", max_tokens=2000, temperature=0.8
-        )
-        until(lambda: len(page.answer()) > 40, what="a partial answer")
-        assert page.text("status") == "streaming…"
+        for _ in range(3):  # sampled: an answer may end on its own before 40 characters; ask again
+            page.ask(
+                "Write a very long story about a dragon who learns to cook.", max_tokens=2000, temperature=0.8
+            )
+            until(
+                lambda: len(page.answer()) > 40 or page.text("status").startswith(("done", "error")),
+                120,
+                "a partial answer",
+            )
+            if page.text("status") == "streaming…":
+                break
+        assert page.text("status") == "streaming…", (page.text("status"), page.answer())
         if how == "button":
             page.find("stop").click()
         else:

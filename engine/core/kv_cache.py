@@ -1,8 +1,9 @@
 """Pre-allocated paged KV memory: fixed-size blocks that sequences fill through their block tables.
 
-Layout per layer: `k[layer]: [kv_heads, num_blocks, BLOCK_SIZE, head_dim]` (heads first: seen as
-`[kv_heads * num_blocks, BLOCK_SIZE * head_dim]`, any rows' blocks are gathered by one `index_select`
-into `[rows, kv_heads, length, head_dim]`, contiguous: engine.model.attention). Block 0 is the
+Layout per layer (`kv(layer)`: its keys and values): `[kv_heads, num_blocks, BLOCK_SIZE, head_dim]`
+(heads first: seen as `[kv_heads * num_blocks, BLOCK_SIZE * head_dim]`, any rows' blocks are
+gathered by one `index_select` into `[rows, kv_heads, length, head_dim]`, contiguous:
+engine.model.attention). Block 0 is the
 scratch block that padding tokens write to and padded block tables point at; which sequence holds
 which block is `engine.core.blocks`' business.
 
