@@ -32,6 +32,14 @@ def block_hash(parent: int | None, tokens: tuple[int, ...]) -> int:
     return hash((parent, tokens))
 
 
+def prefix_keys(keys: list[int], tokens: list[int], full: int) -> list[int]:
+    """`keys` (the prefix-cache keys of a sequence's first blocks) extended to its first `full`."""
+    for i in range(len(keys), full):
+        chunk = tuple(tokens[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
+        keys.append(block_hash(keys[i - 1] if i else None, chunk))
+    return keys
+
+
 @dataclass
 class _Block:
     ref: int = 0
@@ -131,12 +139,19 @@ class BlockPool:
         b = self._by_key.get(key)
         return b if b is not None and self._blocks[b].tokens == tokens else None
 
-    def register(self, table: list[int], tokens: list[int], start: int, computed: int) -> int:
-        """Register the full, computed blocks of a sequence from block index `start` on; returns
-        the index of the first block not registered (the caller's next `start`)."""
+    def register(
+        self, table: list[int], keys: list[int], tokens: list[int], start: int, computed: int
+    ) -> int:
+        """Register the full, computed blocks of a sequence from block index `start` on, under the
+        sequence's prefix keys `keys` (extended here as far as needed: `prefix_keys`); returns the
+        index of the first block not registered (the caller's next `start`)."""
         full = min(computed // BLOCK_SIZE, len(table))
         if not self.caching:
             return full
+        prefix_keys(keys, tokens, full)
+        for i in range(start, full):
+            self.label(table[i], keys[i], tuple(tokens[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]))
+        return full
         parent = self._blocks[table[start - 1]].key if start > 0 else None
         for i in range(start, full):
             block = self._blocks[table[i]]

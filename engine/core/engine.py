@@ -103,17 +103,15 @@ class Engine(Worker):
 
     def _scheduler(self) -> Scheduler:
         cfg = self.config
-        runner = self.runner
-        window = None
-        if runner.window is not None and runner.window_cache is not None:
-            window = WindowBlocks(runner.window, runner.window_cache.num_blocks, cfg.prefix_cache)
+        window, cache = self.runner.window, self.runner.window_cache  # both set, or neither
+        blocks = WindowBlocks(window, cache.num_blocks, cfg.prefix_cache) if window and cache else None
         return Scheduler(
             self.max_batch_size,
             self.num_blocks,
             cfg.max_waiting,
             cfg.prefill_chunk,
             caching=cfg.prefix_cache,
-            window=window,
+            window=blocks,
         )
 
     @property

@@ -146,7 +146,7 @@ class Scheduler:
     def computed(self, seq: Sequence) -> None:
         """After a step: put `seq`'s newly full, computed blocks in the prefix cache."""
         seq.num_registered = self.blocks.register(
-            seq.block_table, seq.token_ids, seq.num_registered, seq.num_computed
+            seq.block_table, seq.block_keys, seq.token_ids, seq.num_registered, seq.num_computed
         )
         if self.window is not None:
             self.window.register(seq)

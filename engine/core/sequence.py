@@ -58,7 +58,7 @@ class Sequence:
         self.num_registered = 0  # leading blocks of block_table in the prefix cache
         self.window_table: list[int] = []  # sliding-window layers' blocks (engine.core.window)
         self.window_registered = 0
-        self.block_keys: list[int] = []  # prefix-cache keys of the leading full blocks, as computed
+        self.block_keys: list[int] = []  # prefix-cache keys of its leading full blocks (blocks.prefix_keys)
         self.num_computed = 0
         self.cached_tokens = 0
         self.preemptions = 0

@@ -16,7 +16,7 @@ and shares the longest prefix for which they are all still there (`shareable`). 
 
 from __future__ import annotations
 
-from engine.core.blocks import BLOCK_SIZE, BlockPool, block_hash, blocks_for
+from engine.core.blocks import BLOCK_SIZE, BlockPool, blocks_for, prefix_keys
 from engine.core.sequence import Sequence
 
 
@@ -24,14 +24,6 @@ def window_pool_blocks(window: int, max_batch: int, step_tokens: int, full_block
     """Blocks enough for `max_batch` sequences holding their windows and a step of `step_tokens`
     tokens, at most as many as the full cache's (`full_blocks`, the scratch block included)."""
     return min(full_blocks, max_batch * (blocks_for(window) + 3) + blocks_for(step_tokens) + 1)
-
-
-def prefix_keys(keys: list[int], tokens: list[int], full: int) -> list[int]:
-    """`keys` (the prefix-cache keys of a sequence's first blocks) extended to its first `full`."""
-    for i in range(len(keys), full):
-        chunk = tuple(tokens[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
-        keys.append(block_hash(keys[i - 1] if i else None, chunk))
-    return keys
 
 
 class WindowBlocks:

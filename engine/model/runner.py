@@ -11,6 +11,7 @@ traces on a CPU.
 from __future__ import annotations
 
 import logging
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -188,9 +189,9 @@ class ModelRunner:
 
         # the blocks each token writes and the tables attention reads, over the block tables and,
         # for a model with sliding-window layers apart, over the window tables
-        caches = [(self.cache, _block_table)]
+        caches = [(self.cache, attrgetter("block_table"))]
         if self.window_cache is not None:
-            caches.append((self.window_cache, _window_table))
+            caches.append((self.window_cache, attrgetter("window_table")))
         indices: list[list[int]] = []
         for _, table_of in caches:
             tables = [table_of(s) for s in decode] + [[0]] * pad
@@ -276,11 +277,3 @@ def _own_copies(model: Any) -> None:
             plain = type(param) is torch.nn.Parameter and type(param.data) is torch.Tensor
             if plain and param.is_floating_point():
                 module._parameters[name] = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
-
-
-def _block_table(seq: Sequence) -> list[int]:
-    return seq.block_table
-
-
-def _window_table(seq: Sequence) -> list[int]:
-    return seq.window_table
