@@ -143,33 +143,60 @@ def test_argmax_rows_is_torchs_argmax_and_flags_non_finite_rows() -> None:
             assert torch.ops.hearth.argmax_rows(y)[1].tolist() == [True] * (rows - 1) + [False]
 
 
-def test_scaled_softmax_is_atens_and_a_rows_bits_ignore_masked_padding() -> None:
-    """Attention's float32 softmax in one op: `softmax(scores * scale + bias)` as aten's ops give it
-    (within float32 rounding), masked keys exactly 0, a fully masked row zeros (not NaN), and a row's
-    bits the same whatever masked keys pad it and whatever rows share the call."""
-    assert fused.available()
-    g = torch.Generator().manual_seed(7)
-    for shape, bias_shape in (
-        ((3, 12, 320), (12, 320)),
-        ((5, 3, 4, 64), (5, 1, 1, 64)),
-        ((2, 4, 37), (4, 37)),
-    ):
-        scores = torch.randn(shape, generator=g) * 6
-        ok = torch.rand(bias_shape, generator=g) > 0.3
-        ok[..., 0] = True
-        bias = torch.zeros(bias_shape).masked_fill_(~ok, float("-inf"))
-        want = torch.softmax(scores * 0.125 + bias, dim=-1)
-        mine = torch.ops.hearth.scaled_softmax_(scores.clone(), bias, 0.125)
-        torch.testing.assert_close(mine, want, rtol=1e-5, atol=1e-7)
-        assert bool((mine.masked_select(~ok.expand(shape)) == 0).all())
-    rows = torch.randn(6, 256, generator=g)
-    bias = torch.zeros(6, 256)
-    bias[:, 190:] = float("-inf")
-    bias[5] = float("-inf")  # a padding row: every key masked
-    padded = torch.ops.hearth.scaled_softmax_(rows.clone(), bias, 0.3)
-    trimmed = torch.ops.hearth.scaled_softmax_(rows[:, :192].contiguous(), bias[:, :192].contiguous(), 0.3)
-    assert torch.equal(padded[:, :192], trimmed) and not padded[:, 192:].any() and not padded[5].any()
-    alone = torch.cat(
-        [torch.ops.hearth.scaled_softmax_(rows[i : i + 1].clone(), bias[i : i + 1], 0.3) for i in range(6)]
+def _attention64(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v in float64; a row that sees no key gives zeros."""
+    scores = (q.double() @ k.double().transpose(-1, -2)) * scale + bias.double()
+    return (torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v.double()).float()
+
+
+def test_attend_f32_is_attention_and_a_rows_bits_are_its_own() -> None:
+    """float32 attention in one op (`lean/attend.cpp`): within float32 rounding of float64's, for the
+    shapes the engine calls it with (a prefill chunk [Hkv, rows, D] with a causal mask; decode rows
+    [R, Hkv, 4, D] with a mask per row; head dims 64 to 256; an odd row count); a row that sees no
+    key gives zeros; and a query row's bits are the same alone or in a chunk, whatever masked keys
+    pad it, even where those keys hold NaN (a block's stale contents); read in place through block
+    tables, the same bits as from gathered copies."""
+    assert fused.f32_dot(), "attend_f32 needs the AVX-512 build"
+    g = torch.Generator().manual_seed(3)
+    inf = float("-inf")
+    for d, rows in ((64, 260), (256, 36), (128, 13)):
+        q, k, v = (torch.randn(3, n, d, generator=g) for n in (rows, 320, 320))
+        pos = 200 + torch.arange(rows) // 3  # 3 query heads a key head, as SmolLM2's
+        bias = torch.zeros(rows, 320).masked_fill_(torch.arange(320)[None, :] > pos[:, None], inf)
+        bias[rows - 1] = inf  # a padding row
+        chunk = torch.ops.hearth.attend_f32(q, k, v, None, bias, 0.125)
+        torch.testing.assert_close(chunk, _attention64(q, k, v, bias, 0.125), rtol=1e-5, atol=2e-6)
+        assert not chunk[:, rows - 1].any()
+        # the same rows decoded one at a time, over keys padded by a masked block of NaNs
+        pad = torch.full((3, 64, d), float("nan"))
+        kp, vp = torch.cat([k, pad], 1)[None], torch.cat([v, pad], 1)[None]
+        for i in (0, 1, rows // 2, rows - 2):
+            qd = torch.zeros(1, 3, 4, d)
+            qd[0, :, 0] = q[:, i]
+            bd = torch.cat([bias[i], torch.full((64,), inf)]).view(1, 1, 1, -1)
+            alone = torch.ops.hearth.attend_f32(qd, kp, vp, None, bd, 0.125)
+            assert torch.equal(alone[0, :, 0], chunk[:, i]), (d, i)
+    # read in place through block tables ([Hkv, blocks, 16, D] caches): the same bits as gathered
+    kc, vc = (torch.randn(3, 40, 16, 64, generator=g) for _ in range(2))
+    tables = torch.tensor([[7, 3, 39, 0, 12, 5, 6, 8], [1, 2, 4, 9, 0, 0, 0, 0]])
+    q = torch.randn(2, 3, 4, 64, generator=g)
+    bias = torch.zeros(2, 1, 1, 128)
+    bias[1, ..., 70:] = inf
+    gathered = [c[:, tables].reshape(3, 2, 128, 64).transpose(0, 1).contiguous() for c in (kc, vc)]
+    assert torch.equal(
+        torch.ops.hearth.attend_f32(q, kc, vc, tables, bias, 0.2),
+        torch.ops.hearth.attend_f32(q, *gathered, None, bias, 0.2),
     )
-    assert torch.equal(alone, padded)
+    # a sliding window: each row sees only its own span of keys
+    q, k, v = (torch.randn(2, n, 64, generator=g) for n in (8, 128, 128))
+    bias = torch.full((8, 128), inf)
+    for r in range(8):
+        bias[r, 10 + r : 50 + 3 * r] = 0.0
+    torch.testing.assert_close(
+        torch.ops.hearth.attend_f32(q, k, v, None, bias, 0.3),
+        _attention64(q, k, v, bias, 0.3),
+        rtol=1e-5,
+        atol=2e-6,
+    )

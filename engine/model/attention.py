@@ -17,15 +17,17 @@ gathers straight into the contiguous `[rows, Hkv, L, D]` that attention reads (o
 group and step), which the float32 products take without copying again.
 
 `torch.nn.functional.scaled_dot_product_attention` runs the products (flash or memory-efficient
-kernels), except on CPU in float32: written out there (scores; scale, mask and softmax in one op,
-`hearth::scaled_softmax_`; blocked `probs @ V`), over the keys up to a prefill chunk's last row.
+kernels), except on CPU in float32: there Hearth's own op does it (`hearth::attend_f32`,
+`lean/attend.cpp`: each query row over its own unmasked keys only, a row's bits its own), over the
+keys up to a prefill chunk's last row; written out in aten ops where that op is not built (and
+for Gemma 2's soft-capped scores).
 
 Batch invariance: greedy output must not depend on which other requests share the batch.
 CPU BLAS kernels give a row different bits depending on where it sits in a matrix, so every
-product here keeps the same shape class for a given row: query rows are padded to a
-multiple of 4 per (row, kv head), key lengths are rounded up to whole `KV_BLOCK`s (whole
-`KV_SPLIT`s past one: `kv_length`), and
-`probs @ V` is summed block by block in a fixed order, so padding only ever adds exact zeros.
+product here (on the aten paths; `attend_f32` needs none of it) keeps the same shape class for a
+given row: query rows are padded to a multiple of 4 per (row, kv head), key lengths are rounded
+up to whole `KV_BLOCK`s (whole `KV_SPLIT`s past one: `kv_length`), and `probs @ V` is summed
+block by block in a fixed order, so padding only ever adds exact zeros.
 """
 
 from __future__ import annotations
@@ -208,16 +210,16 @@ def attend(
     """softmax(cap(q k^T * scale) + bias) v for q [..., M, D], k/v [..., L, D], bias broadcastable to
     [..., M, L]; cap(s) = softcap * tanh(s / softcap) where a soft-cap is given (Gemma 2), else s.
 
-    SDPA's fused kernels, except on CPU in float32 or with a soft-cap: written out there (see
-    `_fused_on_cpu`).
+    SDPA's fused kernels, except on CPU in float32 (Hearth's `attend_f32`) or with a soft-cap
+    (written out; see `_fused_on_cpu`).
     """
     if softcap is None and (q.device.type != "cpu" or _fused_on_cpu(q.dtype)):
         if q.dim() == 3:  # [H, M, D]: the CPU flash kernel takes 4-D inputs (3-D ones take the math path)
             return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=bias, scale=scale)[0]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    if softcap is None and _attend_kernel(q, k):  # the ops below as one (lean/attend.cpp)
+        return torch.ops.hearth.attend_f32(q, k, v, None, bias, scale)
     scores = torch.matmul(q, k.transpose(-1, -2))
-    if softcap is None and _softmax_kernel(scores):  # the next three ops as one (lean/softmax.cpp)
-        return blocked_pv(torch.ops.hearth.scaled_softmax_(scores, bias, scale), v)
     scores.mul_(scale)
     if softcap is not None:
         scores = torch.tanh(scores / softcap).mul_(softcap)
@@ -225,16 +227,23 @@ def attend(
     return blocked_pv(_softmax(scores), v)
 
 
-def _softmax_kernel(scores: torch.Tensor) -> bool:
-    """Whether Hearth's CPU kernel takes these scores (float32 on the CPU, the kernels loaded)."""
-    return scores.device.type == "cpu" and scores.dtype == torch.float32 and _kernels_loaded()
+def _attend_kernel(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether Hearth's CPU kernel takes this attention: float32 on the CPU, head dim and key
+    length multiples of 16, the kernels loaded and built for AVX-512."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype == torch.float32
+        and q.shape[-1] % 16 == 0
+        and k.shape[-2] % 16 == 0
+        and _kernels_loaded()
+    )
 
 
 @functools.cache
 def _kernels_loaded() -> bool:
     from engine.model.lean import fused  # the lean package imports this module
 
-    return fused.available()
+    return fused.f32_dot()
 
 
 def _fused_on_cpu(dtype: torch.dtype) -> bool:
@@ -338,6 +347,8 @@ def cached_attention(
     hkv = kc.shape[0]
     g = hq // hkv
     out = q.new_empty(t, hq, d)
+    # CPU float32: Hearth's kernel reads the keys and values in place (no gathered copies)
+    paged = softcap is None and _attend_kernel(q, kc) and kc.stride(1) == kc.shape[2] * d
 
     n_dec = step.decode_tokens
     if n_dec and in_place is not None:
@@ -350,9 +361,12 @@ def cached_attention(
         qd[:, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
         for i, group in enumerate(step.decode):
             a, b = group.start, group.start + group.count
-            k, v = _gather_kv(step, kc, vc, group.tables, i)  # [count, Hkv, L, D]
             bias = step.decode_bias(i, sliding_window, q.dtype)
-            o = attend(qd[a:b], k, v, bias, scale, softcap)  # [count, Hkv, rows, D]
+            if paged:  # the cache read in place through the tables
+                o = torch.ops.hearth.attend_f32(qd[a:b], kc, vc, group.tables, bias, scale)
+            else:
+                k, v = _gather_kv(step, kc, vc, group.tables, i)  # [count, Hkv, L, D]
+                o = attend(qd[a:b], k, v, bias, scale, softcap)  # [count, Hkv, rows, D]
             out[a:b] = o[:, :, :g].reshape(group.count, hq, d)
 
     fused = softcap is None and (q.device.type != "cpu" or _fused_on_cpu(q.dtype))
@@ -368,7 +382,10 @@ def cached_attention(
         last = chunk.kv_len if fused else round_up(chunk.start_pos + c, KV_BLOCK)
         bias = step.prefill_bias(i, g, sliding_window, q.dtype)[:, : last - first]  # [rows, L]
         table = chunk.table[None, first // BLOCK_SIZE : last // BLOCK_SIZE]
-        kp, vp = (t[0] for t in _gather_kv(step, kc, vc, table, (-1 - i, first, last)))  # [Hkv, L, D]
-        o = attend(qc, kp, vp, bias, scale, softcap)  # [Hkv, rows, D]
+        if paged:
+            o = torch.ops.hearth.attend_f32(qc[None], kc, vc, table, bias, scale)[0]
+        else:
+            kp, vp = (t[0] for t in _gather_kv(step, kc, vc, table, (-1 - i, first, last)))  # [Hkv, L, D]
+            o = attend(qc, kp, vp, bias, scale, softcap)  # [Hkv, rows, D]
         out[s0 : s0 + c] = o[:, : c * g].reshape(hkv, c, g, d).permute(1, 0, 2, 3).reshape(c, hq, d)
     return out

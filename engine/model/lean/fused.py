@@ -16,6 +16,7 @@ once). `HEARTH_FUSED=0` turns them off (to compare).
 The same library holds Hearth's own products: `quant.cpp` (int8 weights on AVX-512 VNNI,
 `Int8Linear`) and `dense.cpp` (bfloat16 weights on AVX512-BF16 and float32 ones on AVX-512F, the lean
 forward's `Dot`); each says whether it was built for this CPU (`vnni()`, `bf16_dot()`, `f32_dot()`).
+`attend.cpp` is float32 attention in one op (engine.model.attention), on AVX-512F as `f32_dot()`.
 
 The fused small ops take bfloat16 activations (plain bfloat16 weights and the quantized kernels')
 and float32 ones (plain float32 weights). They round where the aten chains round; a row's sum of
@@ -38,7 +39,7 @@ import torch
 
 log = logging.getLogger("hearth.engine")
 
-SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))  # fused, quant (int8), dense, softmax
+SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))  # fused, quant (int8), dense, attend
 # (simd.h, their shared AVX-512 helpers, is tracked by the ninja build's header dependencies)
 # -fopenmp: at::parallel_for splits work only when built with OpenMP; the library links the libgomp
 # torch already loaded (same soname), so its threads are torch's own
