@@ -1,7 +1,7 @@
 """engine.model.attention: a query row keeps its bits whatever shares the step.
 
 Greedy output must not depend on the batch (tests/test_batching.py checks it end to end). Here
-the attention alone, in float32 (`hearth::attend_f32`) and in bfloat16 (SDPA's flash kernel):
+the attention alone, in float32 (`hearth::attend`) and in bfloat16 (SDPA's flash kernel):
 - a decoding row gives the same bits alone and beside other rows that pad the step to a longer
   key length;
 - a token gives the same bits decoded or as the last token of a prefill chunk of any length

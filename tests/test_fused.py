@@ -151,14 +151,14 @@ def _attention64(
     return (torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v.double()).float()
 
 
-def test_attend_f32_is_attention_and_a_rows_bits_are_its_own() -> None:
+def test_attend_is_attention_and_a_rows_bits_are_its_own() -> None:
     """float32 attention in one op (`lean/attend.cpp`): within float32 rounding of float64's, for the
     shapes the engine calls it with (a prefill chunk [Hkv, rows, D] with a causal mask; decode rows
     [R, Hkv, 4, D] with a mask per row; head dims 64 to 256; an odd row count); a row that sees no
     key gives zeros; and a query row's bits are the same alone or in a chunk, whatever masked keys
     pad it, even where those keys hold NaN (a block's stale contents); read in place through block
     tables, the same bits as from gathered copies."""
-    assert fused.f32_dot(), "attend_f32 needs the AVX-512 build"
+    assert fused.f32_dot(), "attend needs the AVX-512 build"
     g = torch.Generator().manual_seed(3)
     inf = float("-inf")
     for d, rows in ((64, 260), (256, 36), (128, 13)):
@@ -166,7 +166,7 @@ def test_attend_f32_is_attention_and_a_rows_bits_are_its_own() -> None:
         pos = 200 + torch.arange(rows) // 3  # 3 query heads a key head, as SmolLM2's
         bias = torch.zeros(rows, 320).masked_fill_(torch.arange(320)[None, :] > pos[:, None], inf)
         bias[rows - 1] = inf  # a padding row
-        chunk = torch.ops.hearth.attend_f32(q, k, v, None, bias, 0.125)
+        chunk = torch.ops.hearth.attend(q, k, v, None, bias, 0.125)
         torch.testing.assert_close(chunk, _attention64(q, k, v, bias, 0.125), rtol=1e-5, atol=2e-6)
         assert not chunk[:, rows - 1].any()
         # the same rows decoded one at a time, over keys padded by a masked block of NaNs
@@ -176,7 +176,7 @@ def test_attend_f32_is_attention_and_a_rows_bits_are_its_own() -> None:
             qd = torch.zeros(1, 3, 4, d)
             qd[0, :, 0] = q[:, i]
             bd = torch.cat([bias[i], torch.full((64,), inf)]).view(1, 1, 1, -1)
-            alone = torch.ops.hearth.attend_f32(qd, kp, vp, None, bd, 0.125)
+            alone = torch.ops.hearth.attend(qd, kp, vp, None, bd, 0.125)
             assert torch.equal(alone[0, :, 0], chunk[:, i]), (d, i)
     # read in place through block tables ([Hkv, blocks, 16, D] caches): the same bits as gathered
     kc, vc = (torch.randn(3, 40, 16, 64, generator=g) for _ in range(2))
@@ -186,8 +186,8 @@ def test_attend_f32_is_attention_and_a_rows_bits_are_its_own() -> None:
     bias[1, ..., 70:] = inf
     gathered = [c[:, tables].reshape(3, 2, 128, 64).transpose(0, 1).contiguous() for c in (kc, vc)]
     assert torch.equal(
-        torch.ops.hearth.attend_f32(q, kc, vc, tables, bias, 0.2),
-        torch.ops.hearth.attend_f32(q, *gathered, None, bias, 0.2),
+        torch.ops.hearth.attend(q, kc, vc, tables, bias, 0.2),
+        torch.ops.hearth.attend(q, *gathered, None, bias, 0.2),
     )
     # a sliding window: each row sees only its own span of keys
     q, k, v = (torch.randn(2, n, 64, generator=g) for n in (8, 128, 128))
@@ -195,7 +195,7 @@ def test_attend_f32_is_attention_and_a_rows_bits_are_its_own() -> None:
     for r in range(8):
         bias[r, 10 + r : 50 + 3 * r] = 0.0
     torch.testing.assert_close(
-        torch.ops.hearth.attend_f32(q, k, v, None, bias, 0.3),
+        torch.ops.hearth.attend(q, k, v, None, bias, 0.3),
         _attention64(q, k, v, bias, 0.3),
         rtol=1e-5,
         atol=2e-6,

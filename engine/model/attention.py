@@ -6,8 +6,9 @@ rounds T up to a multiple of 4), then prefill chunks. The model's own layers do 
 projections, norms and rotary embeddings; this function writes the new keys and values
 into their blocks (engine.core.kv_cache) and attends over each sequence's cached prefix.
 
-Each decode row, and each prefill chunk, reads its keys and values gathered out of the cache
-through its block table (padded with the scratch block 0 to its group's key length), so a decode
+Each decode row, and each prefill chunk, reads its keys and values through its block table
+(padded with the scratch block 0 to its group's key length): in place on CPU (`hearth::attend`),
+elsewhere gathered out of the cache (and on CPU where that op is not built), so a decode
 step's shapes depend only on its groups' rows and key lengths: a recorded graph
 (engine.model.decode_graphs, one group) replays for any placement of the blocks. A gather copies
 every key and value a group reads, each layer: its cost is the bytes (`index_select` runs at ~90 %
@@ -17,14 +18,15 @@ gathers straight into the contiguous `[rows, Hkv, L, D]` that attention reads (o
 group and step), which the float32 products take without copying again.
 
 `torch.nn.functional.scaled_dot_product_attention` runs the products (flash or memory-efficient
-kernels), except on CPU in float32: there Hearth's own op does it (`hearth::attend_f32`,
-`lean/attend.cpp`: each query row over its own unmasked keys only, a row's bits its own), over the
-keys up to a prefill chunk's last row; written out in aten ops where that op is not built (and
-for Gemma 2's soft-capped scores).
+kernels), except on CPU: there Hearth's own op does it in float32 and bfloat16 (`hearth::attend`,
+`lean/attend.cpp`: the cache read in place through the block tables, each query row over its own
+unmasked keys only, a row's bits its own), over the keys up to a prefill chunk's last row. Where
+that op is not built (and for Gemma 2's soft-capped scores), the keys and values are gathered and
+bfloat16 takes SDPA's flash kernel, float32 aten's products written out.
 
 Batch invariance: greedy output must not depend on which other requests share the batch.
 CPU BLAS kernels give a row different bits depending on where it sits in a matrix, so every
-product here (on the aten paths; `attend_f32` needs none of it) keeps the same shape class for a
+product here (on the aten paths; `hearth::attend` needs none of it) keeps the same shape class for a
 given row: query rows are padded to a multiple of 4 per (row, kv head), key lengths are rounded
 up to whole `KV_BLOCK`s (whole `KV_SPLIT`s past one: `kv_length`), and `probs @ V` is summed
 block by block in a fixed order, so padding only ever adds exact zeros.
@@ -210,15 +212,15 @@ def attend(
     """softmax(cap(q k^T * scale) + bias) v for q [..., M, D], k/v [..., L, D], bias broadcastable to
     [..., M, L]; cap(s) = softcap * tanh(s / softcap) where a soft-cap is given (Gemma 2), else s.
 
-    SDPA's fused kernels, except on CPU in float32 (Hearth's `attend_f32`) or with a soft-cap
-    (written out; see `_fused_on_cpu`).
+    On CPU Hearth's kernel where it is built (`hearth::attend`, float32 and bfloat16); else SDPA's
+    fused kernels, except on CPU in float32 or with a soft-cap: written out there (see `_fused_on_cpu`).
     """
+    if softcap is None and _attend_kernel(q, k):  # the ops below as one (lean/attend.cpp)
+        return torch.ops.hearth.attend(q, k, v, None, bias.float(), scale)
     if softcap is None and (q.device.type != "cpu" or _fused_on_cpu(q.dtype)):
         if q.dim() == 3:  # [H, M, D]: the CPU flash kernel takes 4-D inputs (3-D ones take the math path)
             return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=bias, scale=scale)[0]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    if softcap is None and _attend_kernel(q, k):  # the ops below as one (lean/attend.cpp)
-        return torch.ops.hearth.attend_f32(q, k, v, None, bias, scale)
     scores = torch.matmul(q, k.transpose(-1, -2))
     scores.mul_(scale)
     if softcap is not None:
@@ -228,12 +230,13 @@ def attend(
 
 
 def _attend_kernel(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether Hearth's CPU kernel takes this attention: float32 on the CPU, head dim and key
-    length multiples of 16, the kernels loaded and built for AVX-512."""
+    """Whether Hearth's CPU kernel takes this attention: float32 or bfloat16 on the CPU, head dim and
+    key length multiples of 16, the kernels loaded and built for AVX-512."""
     return (
         q.device.type == "cpu"
-        and q.dtype == torch.float32
+        and q.dtype in (torch.float32, torch.bfloat16)
         and q.shape[-1] % 16 == 0
+        and q.shape[-1] <= 512
         and k.shape[-2] % 16 == 0
         and _kernels_loaded()
     )
@@ -247,12 +250,12 @@ def _kernels_loaded() -> bool:
 
 
 def _fused_on_cpu(dtype: torch.dtype) -> bool:
-    """Whether attention on CPU runs SDPA's flash kernel. In bfloat16 it is ~5x faster than the
-    written-out products at one stream, and a query row's bits were measured independent of the
-    other rows (decode rows of other slots, the rest of a prefill chunk, from 4 rows up), of the
-    key length a step pads to (within one key block, and by whole key blocks: see KV_SPLIT), and of
-    whether the row is decoded or prefilled: batch invariance holds. float32's flash kernel changes
-    a row's bits with the key length: written out there."""
+    """Whether attention on CPU runs SDPA's flash kernel where Hearth's is not built. In bfloat16
+    it is ~5x faster than the written-out products at one stream, and a query row's bits were
+    measured independent of the other rows (decode rows of other slots, the rest of a prefill
+    chunk, from 4 rows up), of the key length a step pads to (within one key block, and by whole
+    key blocks: see KV_SPLIT), and of whether the row is decoded or prefilled: batch invariance
+    holds. float32's flash kernel changes a row's bits with the key length: written out there."""
     return dtype == torch.bfloat16
 
 
@@ -347,7 +350,7 @@ def cached_attention(
     hkv = kc.shape[0]
     g = hq // hkv
     out = q.new_empty(t, hq, d)
-    # CPU float32: Hearth's kernel reads the keys and values in place (no gathered copies)
+    # CPU: Hearth's kernel reads the keys and values in place (no gathered copies)
     paged = softcap is None and _attend_kernel(q, kc) and kc.stride(1) == kc.shape[2] * d
 
     n_dec = step.decode_tokens
@@ -361,15 +364,15 @@ def cached_attention(
         qd[:, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
         for i, group in enumerate(step.decode):
             a, b = group.start, group.start + group.count
-            bias = step.decode_bias(i, sliding_window, q.dtype)
+            bias = step.decode_bias(i, sliding_window, torch.float32 if paged else q.dtype)
             if paged:  # the cache read in place through the tables
-                o = torch.ops.hearth.attend_f32(qd[a:b], kc, vc, group.tables, bias, scale)
+                o = torch.ops.hearth.attend(qd[a:b], kc, vc, group.tables, bias, scale)
             else:
                 k, v = _gather_kv(step, kc, vc, group.tables, i)  # [count, Hkv, L, D]
                 o = attend(qd[a:b], k, v, bias, scale, softcap)  # [count, Hkv, rows, D]
             out[a:b] = o[:, :, :g].reshape(group.count, hq, d)
 
-    fused = softcap is None and (q.device.type != "cpu" or _fused_on_cpu(q.dtype))
+    fused = not paged and softcap is None and (q.device.type != "cpu" or _fused_on_cpu(q.dtype))
     for i, chunk in enumerate(step.prefills):
         c, s0 = chunk.count, chunk.token_start
         rows = round_up(c * g, ROW_MULTIPLE)
@@ -380,10 +383,11 @@ def cached_attention(
         # written out, the key blocks past the chunk's last row are skipped (SDPA's flash kernel
         # takes whole KV_SPLITs: see kv_length); they would add only exact zeros
         last = chunk.kv_len if fused else round_up(chunk.start_pos + c, KV_BLOCK)
-        bias = step.prefill_bias(i, g, sliding_window, q.dtype)[:, : last - first]  # [rows, L]
+        bias_dtype = torch.float32 if paged else q.dtype
+        bias = step.prefill_bias(i, g, sliding_window, bias_dtype)[:, : last - first]  # [rows, L]
         table = chunk.table[None, first // BLOCK_SIZE : last // BLOCK_SIZE]
         if paged:
-            o = torch.ops.hearth.attend_f32(qc[None], kc, vc, table, bias, scale)[0]
+            o = torch.ops.hearth.attend(qc[None], kc, vc, table, bias, scale)[0]
         else:
             kp, vp = (t[0] for t in _gather_kv(step, kc, vc, table, (-1 - i, first, last)))  # [Hkv, L, D]
             o = attend(qc, kp, vp, bias, scale, softcap)  # [Hkv, rows, D]

@@ -36,6 +36,7 @@ namespace {
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kRows = 4;   // query rows a tile: the rows share every key and value they load
 constexpr int64_t kLanes = 16;  // keys a vector
+constexpr int64_t kMaxHeadDim = 512;
 
 #ifdef __AVX512F__
 
@@ -64,6 +65,17 @@ void row_range(const float* b, int64_t n, int64_t* lo, int64_t* hi) {
   }
   *lo = a;
   *hi = z;
+}
+
+// 16 keys' or values' elements as floats (bfloat16 widened exactly)
+__attribute__((always_inline)) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((always_inline)) inline __m512 load16(const c10::BFloat16* p) { return hearth::simd::load_bf16(p); }
+
+// n (a multiple of 16) floats to a row of the output, rounded as c10::BFloat16 rounds where it is bfloat16
+inline void store_row(const float* x, float* out, int64_t n) { std::copy(x, x + n, out); }
+inline void store_row(const float* x, c10::BFloat16* out, int64_t n) {
+  for (int64_t i = 0; i < n; i += kLanes)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), hearth::simd::round_bf16(_mm512_loadu_ps(x + i)));
 }
 
 // A vector the compiler must keep in a register: loaded once, not folded again into each of the
@@ -95,8 +107,8 @@ __attribute__((always_inline)) inline void scores_block(const float* q, int64_t 
 
 // out[r][c0..c0 + 16 NC) = (sum over the row's keys i in order of p[r][i] v[i]) * inv[r]. Keys
 // every row sees run unchecked; at the edges of the rows' ranges each row takes only its own.
-template <int NC>
-__attribute__((always_inline)) inline void values_block(const float* const* v, int64_t d_size, int64_t c0, const float* p,
+template <int NC, typename T>
+__attribute__((always_inline)) inline void values_block(const T* const* v, int64_t d_size, int64_t c0, const float* p,
                                                         int64_t lp, const int64_t* lo, const int64_t* hi, int64_t tlo,
                                                         int64_t thi, const float* inv, float* out) {
   int64_t flo = tlo, fhi = thi;  // the keys all kRows rows see
@@ -111,7 +123,7 @@ __attribute__((always_inline)) inline void values_block(const float* const* v, i
   auto checked = [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       __m512 vv[NC];
-      for (int c = 0; c < NC; ++c) vv[c] = in_register(_mm512_loadu_ps(v[i / kLanes] + (i % kLanes) * d_size + c0 + c * kLanes));
+      for (int c = 0; c < NC; ++c) vv[c] = in_register(load16(v[i / kLanes] + (i % kLanes) * d_size + c0 + c * kLanes));
       for (int r = 0; r < kRows; ++r) {
         if (i < lo[r] || i >= hi[r]) continue;
         const __m512 w = _mm512_set1_ps(p[r * lp + i]);
@@ -122,7 +134,7 @@ __attribute__((always_inline)) inline void values_block(const float* const* v, i
   checked(tlo, flo);
   for (int64_t i = flo; i < fhi; ++i) {
     __m512 vv[NC];
-    for (int c = 0; c < NC; ++c) vv[c] = in_register(_mm512_loadu_ps(v[i / kLanes] + (i % kLanes) * d_size + c0 + c * kLanes));
+    for (int c = 0; c < NC; ++c) vv[c] = in_register(load16(v[i / kLanes] + (i % kLanes) * d_size + c0 + c * kLanes));
     for (int r = 0; r < kRows; ++r) {
       const __m512 w = _mm512_set1_ps(p[r * lp + i]);
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(w, vv[c], acc[r][c]);
@@ -138,8 +150,9 @@ __attribute__((always_inline)) inline void values_block(const float* const* v, i
 // One tile of up to kRows query rows against one batch's keys: out [rows, D] (row stride os).
 // kt: that batch's keys transposed [D, lp]; v: its values, a pointer per 16 keys ([16, D] each); bias rows (row stride bs); s: scratch
 // [kRows, lp]; o: scratch [kRows, D].
-void tile(const float* q, int64_t qs, int64_t rows, const float* kt, int64_t lp, const float* const* v, int64_t d_size,
-          const float* bias, int64_t bs, float scale, float* s, float* o, float* out, int64_t os) {
+template <typename T>
+void tile(const T* q, int64_t qs, int64_t rows, const float* kt, int64_t lp, const T* const* v, int64_t d_size,
+          const float* bias, int64_t bs, float scale, float* s, float* o, T* out, int64_t os) {
   int64_t lo[kRows], hi[kRows];
   int64_t tlo = lp, thi = 0;
   for (int64_t r = 0; r < kRows; ++r) {
@@ -151,21 +164,18 @@ void tile(const float* q, int64_t qs, int64_t rows, const float* kt, int64_t lp,
     }
   }
   if (tlo >= thi) {  // no row sees a key
-    for (int64_t r = 0; r < rows; ++r) std::fill(out + r * os, out + r * os + d_size, 0.0f);
+    for (int64_t r = 0; r < rows; ++r) std::fill(out + r * os, out + r * os + d_size, T(0.0f));
     return;
   }
-  std::vector<float> padded;
-  if (rows < kRows) {  // the last tile of an odd row count: its missing rows are zeros
-    padded.assign(kRows * d_size, 0.0f);
-    std::copy(q, q + rows * d_size, padded.data());
-    q = padded.data();
-    qs = d_size;
-  }
+  // the tile's queries as floats; the missing rows of an odd row count's last tile are zeros
+  float qf[kRows * kMaxHeadDim];
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int64_t d = 0; d < d_size; ++d) qf[r * d_size + d] = r < rows ? static_cast<float>(q[r * qs + d]) : 0.0f;
   const int64_t j0 = tlo / kLanes * kLanes, j1 = (thi + kLanes - 1) / kLanes * kLanes;
   // 1. scores, keys 64 at a time, then 16
   int64_t j = j0;
-  for (; j + 4 * kLanes <= j1; j += 4 * kLanes) scores_block<4>(q, qs, kt, lp, d_size, j, s);
-  for (; j < j1; j += kLanes) scores_block<1>(q, qs, kt, lp, d_size, j, s);
+  for (; j + 4 * kLanes <= j1; j += 4 * kLanes) scores_block<4>(qf, d_size, kt, lp, d_size, j, s);
+  for (; j < j1; j += kLanes) scores_block<1>(qf, d_size, kt, lp, d_size, j, s);
   // 2. per row: * scale + bias (a masked key stays -inf whatever its score), max, e^(x - max), sum
   const __m512 vs = _mm512_set1_ps(scale), minus_inf = _mm512_set1_ps(kMinusInf);
   float inv[kRows];
@@ -202,18 +212,19 @@ void tile(const float* q, int64_t qs, int64_t rows, const float* kt, int64_t lp,
   int64_t c0 = 0;
   for (; c0 + 4 * kLanes <= d_size; c0 += 4 * kLanes) {
     values_block<4>(v, d_size, c0, s, lp, lo, hi, tlo, thi, inv, o);
-    for (int64_t r = 0; r < rows; ++r) std::copy(o + r * d_size, o + r * d_size + 4 * kLanes, out + r * os + c0);
+    for (int64_t r = 0; r < rows; ++r) store_row(o + r * d_size, out + r * os + c0, 4 * kLanes);
   }
   for (; c0 < d_size; c0 += kLanes) {
     values_block<1>(v, d_size, c0, s, lp, lo, hi, tlo, thi, inv, o);
-    for (int64_t r = 0; r < rows; ++r) std::copy(o + r * d_size, o + r * d_size + kLanes, out + r * os + c0);
+    for (int64_t r = 0; r < rows; ++r) store_row(o + r * d_size, out + r * os + c0, kLanes);
   }
 }
 
 // a 16 x 16 block: src rows (stride ss) -> dst rows (stride ds), transposed
-inline void transpose16(const float* src, int64_t ss, float* dst, int64_t ds) {
+template <typename T>
+inline void transpose16(const T* src, int64_t ss, float* dst, int64_t ds) {
   __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ss);
+  for (int i = 0; i < 16; ++i) r[i] = load16(src + i * ss);
   for (int i = 0; i < 8; ++i) {
     t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
     t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
@@ -237,81 +248,49 @@ inline void transpose16(const float* src, int64_t ss, float* dst, int64_t ds) {
 }
 
 // keys j0 <= j < j1 (multiples of 16) -> columns of kt [D, lp]; k: a pointer per 16 keys ([16, D] each)
-void transpose(const float* const* k, int64_t d_size, float* kt, int64_t lp, int64_t j0, int64_t j1) {
+template <typename T>
+void transpose(const T* const* k, int64_t d_size, float* kt, int64_t lp, int64_t j0, int64_t j1) {
   for (int64_t j = j0; j < j1; j += kLanes)
     for (int64_t d = 0; d < d_size; d += kLanes) transpose16(k[j / kLanes] + d, d_size, kt + d * lp + j, lp);
 }
 
 #endif
 
-// q [..., M, D]; keys and values either [..., L, D] with q's leading dims (tables None), or, read in
-// place through block tables [R, N] (L = 16 N), a layer's cache [Hkv, blocks, 16, D] with q
-// [R, Hkv, M, D]; bias broadcastable to [..., M, L].
-at::Tensor attend_f32(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& tables,
-                      const at::Tensor& bias, double scale) {
-  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
-                  v.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat,
-              "attend_f32: float32 CPU tensors");
-  TORCH_CHECK(q.dim() >= 2 && v.sizes() == k.sizes() && k.stride(-1) == 1 && v.stride(-1) == 1 &&
-                  k.stride(-2) == k.size(-1) && v.stride(-2) == v.size(-1),
-              "attend_f32: q [..., M, D]; k and v alike, rows of D contiguous");
-  const int64_t m = q.size(-2), d_size = q.size(-1);
-  const bool paged = tables.has_value();
-  std::vector<int64_t> lead(q.sizes().begin(), q.sizes().end() - 2);
-  int64_t n = 0;
-  at::Tensor table;
-  if (paged) {
-    table = tables->to(at::kLong).contiguous();
-    TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && table.dim() == 2 && table.size(0) == q.size(0) && k.size(0) == q.size(1) &&
-                    k.size(2) == kLanes && k.stride(1) == kLanes * d_size && v.strides() == k.strides(),
-                "attend_f32: q [R, Hkv, M, D], a cache [Hkv, blocks, 16, D], tables [R, N]");
-    n = table.size(1) * kLanes;
-  } else {
-    TORCH_CHECK(k.dim() == q.dim() && k.is_contiguous() && v.is_contiguous(), "attend_f32: k and v [..., L, D], contiguous");
-    for (int64_t i = 0; i < q.dim() - 2; ++i) TORCH_CHECK(k.size(i) == lead[i], "attend_f32: q and k's leading dims differ");
-    n = k.size(-2);
-  }
-  TORCH_CHECK(k.size(-1) == d_size && d_size % kLanes == 0 && n % kLanes == 0,
-              "attend_f32: a head dim and a key length that are multiples of 16");
-  std::vector<int64_t> shape(lead);
-  shape.push_back(m);
-  shape.push_back(n);
-  const auto b = bias.expand(shape);
-  TORCH_CHECK(b.stride(-1) == 1, "attend_f32: bias must be contiguous along its last dim");
-  const auto qc = q.contiguous();
-  auto out = at::empty_like(qc);
+struct Shape {
+  std::vector<int64_t> lead;  // q's leading dims
+  int64_t m, d, n;            // query rows, head dim, keys
+  int64_t kv_heads, head_stride, block_stride;  // the cache's, where paged
+};
+
+// See `attend`. T: the queries', keys', values' and output's element type.
+template <typename T>
+void run(const Shape& sh, const T* qp, const T* kp, const T* vp, const int64_t* tp, const at::Tensor& b, float s, T* op) {
 #ifdef __AVX512F__
-  const int64_t dims = q.dim() - 2;
+  const int64_t dims = static_cast<int64_t>(sh.lead.size()), m = sh.m, d_size = sh.d, n = sh.n;
   int64_t batches = 1;
-  for (int64_t x : lead) batches *= x;
-  if (batches == 0 || m == 0) return out;
+  for (int64_t x : sh.lead) batches *= x;
+  if (batches == 0 || m == 0) return;
   const int64_t lp = n, blocks = n / kLanes, tiles = (m + kRows - 1) / kRows;
-  const float* qp = qc.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
   const float* bp = b.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const int64_t* tp = paged ? table.data_ptr<int64_t>() : nullptr;
-  const float s = static_cast<float>(scale);
   auto bias_at = [&](int64_t batch) {  // the bias rows of a flat batch index
     int64_t offset = 0, rest = batch;
     for (int64_t i = dims - 1; i >= 0; --i) {
-      offset += (rest % lead[i]) * b.stride(i);
-      rest /= lead[i];
+      offset += (rest % sh.lead[i]) * b.stride(i);
+      rest /= sh.lead[i];
     }
     return bp + offset;
   };
-  auto blocks_of = [&](int64_t batch, const float* base, std::vector<const float*>& at) {  // its 16-key blocks
+  auto blocks_of = [&](int64_t batch, const T* base, std::vector<const T*>& at) {  // its 16-key blocks
     at.resize(blocks);
-    if (paged) {
-      const int64_t* row = tp + (batch / k.size(0)) * blocks;
-      const float* head = base + (batch % k.size(0)) * k.stride(0);
-      for (int64_t i = 0; i < blocks; ++i) at[i] = head + row[i] * k.stride(1);
+    if (tp != nullptr) {
+      const int64_t* row = tp + (batch / sh.kv_heads) * blocks;
+      const T* head = base + (batch % sh.kv_heads) * sh.head_stride;
+      for (int64_t i = 0; i < blocks; ++i) at[i] = head + row[i] * sh.block_stride;
     } else {
       for (int64_t i = 0; i < blocks; ++i) at[i] = base + (batch * n + i * kLanes) * d_size;
     }
   };
-  auto run_tiles = [&](int64_t batch, const float* kt, const float* const* vb, float* scratch, int64_t t0, int64_t t1) {
+  auto run_tiles = [&](int64_t batch, const float* kt, const T* const* vb, float* scratch, int64_t t0, int64_t t1) {
     std::vector<float> o(kRows * d_size);
     const float* bb = bias_at(batch);
     for (int64_t t = t0; t < t1; ++t) {
@@ -323,7 +302,7 @@ at::Tensor attend_f32(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const int64_t threads = at::get_num_threads();
   if (tiles >= 4 * threads) {  // long chunks: each batch's keys transposed once, its tiles split
     std::vector<float> kt(d_size * lp);
-    std::vector<const float*> kb, vb;
+    std::vector<const T*> kb, vb;
     for (int64_t batch = 0; batch < batches; ++batch) {
       blocks_of(batch, kp, kb);
       blocks_of(batch, vp, vb);
@@ -338,7 +317,7 @@ at::Tensor attend_f32(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   } else {  // decode rows: a batch's keys transposed by the thread that runs its tiles
     at::parallel_for(0, batches, 1, [&](int64_t b0, int64_t b1) {
       std::vector<float> kt(d_size * lp), scratch(kRows * lp);
-      std::vector<const float*> kb, vb;
+      std::vector<const T*> kb, vb;
       for (int64_t batch = b0; batch < b1; ++batch) {
         blocks_of(batch, kp, kb);
         blocks_of(batch, vp, vb);
@@ -348,17 +327,65 @@ at::Tensor attend_f32(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     });
   }
 #else
-  TORCH_CHECK(false, "attend_f32: built without AVX-512");
+  TORCH_CHECK(false, "hearth::attend: built without AVX-512");
 #endif
+}
+
+// q [..., M, D]; keys and values either [..., L, D] with q's leading dims (tables None), or, read in
+// place through block tables [R, N] (L = 16 N), a layer's cache [Hkv, blocks, 16, D] with q
+// [R, Hkv, M, D]; float32 or bfloat16 alike; bias float32, broadcastable to [..., M, L].
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& tables,
+                  const at::Tensor& bias, double scale) {
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(q.device().is_cpu() && (dtype == at::kFloat || dtype == at::kBFloat16) && k.scalar_type() == dtype &&
+                  v.scalar_type() == dtype && bias.scalar_type() == at::kFloat,
+              "hearth::attend: float32 or bfloat16 CPU tensors, a float32 bias");
+  TORCH_CHECK(q.dim() >= 2 && v.sizes() == k.sizes() && k.stride(-1) == 1 && v.stride(-1) == 1 &&
+                  k.stride(-2) == k.size(-1) && v.stride(-2) == v.size(-1),
+              "hearth::attend: q [..., M, D]; k and v alike, rows of D contiguous");
+  Shape sh{{q.sizes().begin(), q.sizes().end() - 2}, q.size(-2), q.size(-1), 0, 0, 0, 0};
+  at::Tensor table;
+  if (tables.has_value()) {
+    table = tables->to(at::kLong).contiguous();
+    TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && table.dim() == 2 && table.size(0) == q.size(0) && k.size(0) == q.size(1) &&
+                    k.size(2) == kLanes && k.stride(1) == kLanes * sh.d && v.strides() == k.strides(),
+                "hearth::attend: q [R, Hkv, M, D], a cache [Hkv, blocks, 16, D], tables [R, N]");
+    sh.n = table.size(1) * kLanes;
+    sh.kv_heads = k.size(0);
+    sh.head_stride = k.stride(0);
+    sh.block_stride = k.stride(1);
+  } else {
+    TORCH_CHECK(k.dim() == q.dim(), "hearth::attend: k and v [..., L, D]");
+    for (int64_t i = 0; i < q.dim() - 2; ++i) TORCH_CHECK(k.size(i) == sh.lead[i], "hearth::attend: q and k's leading dims differ");
+    sh.n = k.size(-2);
+  }
+  TORCH_CHECK(k.size(-1) == sh.d && sh.d % kLanes == 0 && sh.d <= kMaxHeadDim && sh.n % kLanes == 0,
+              "hearth::attend: a head dim (at most 512) and a key length that are multiples of 16");
+  std::vector<int64_t> shape(sh.lead);
+  shape.push_back(sh.m);
+  shape.push_back(sh.n);
+  const auto b = bias.expand(shape);
+  TORCH_CHECK(b.stride(-1) == 1, "hearth::attend: bias must be contiguous along its last dim");
+  const auto qc = q.contiguous();
+  const auto kc = tables.has_value() ? k : k.contiguous(), vc = tables.has_value() ? v : v.contiguous();
+  auto out = at::empty_like(qc);
+  const int64_t* tp = tables.has_value() ? table.data_ptr<int64_t>() : nullptr;
+  const auto s = static_cast<float>(scale);
+  if (dtype == at::kFloat) {
+    run(sh, qc.data_ptr<float>(), kc.data_ptr<float>(), vc.data_ptr<float>(), tp, b, s, out.data_ptr<float>());
+  } else {
+    run(sh, qc.data_ptr<c10::BFloat16>(), kc.data_ptr<c10::BFloat16>(), vc.data_ptr<c10::BFloat16>(), tp, b, s,
+        out.data_ptr<c10::BFloat16>());
+  }
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(hearth, m) {
-  m.def("attend_f32(Tensor q, Tensor k, Tensor v, Tensor? tables, Tensor bias, float scale) -> Tensor");
+  m.def("attend(Tensor q, Tensor k, Tensor v, Tensor? tables, Tensor bias, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hearth, CPU, m) {
-  m.impl("attend_f32", &attend_f32);
+  m.impl("attend", &attend);
 }
