@@ -31,11 +31,15 @@ def test_the_float32_kernel_loads_where_the_cpu_has_avx512() -> None:
     assert fused.f32_dot() == (_has_avx512() and fused.available())
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize(("n", "k"), [(960, 576), (37, 70)])  # whole tiles; ragged rows and K
+@pytest.mark.parametrize(
+    ("dtype", "pairs"), [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False)]
+)
+@pytest.mark.parametrize(("n", "k"), [(960, 576), (37, 70), (20, 33)])  # whole tiles; ragged; odd K
 def test_rows_are_independent_and_the_residual_adds_as_transformers(
-    n: int, k: int, dtype: torch.dtype
+    n: int, k: int, dtype: torch.dtype, pairs: bool
 ) -> None:
+    """Both bfloat16 layouts (widened multiply-adds, `vdpbf16ps` pairs: fused.bf16_pairs picks one
+    per CPU) and float32."""
     if not (fused.bf16_dot() if dtype == torch.bfloat16 else fused.f32_dot()):
         pytest.skip(f"this CPU has no {dtype} kernel")
     g = torch.Generator().manual_seed(3)
@@ -43,7 +47,9 @@ def test_rows_are_independent_and_the_residual_adds_as_transformers(
     bias = torch.randn(n, generator=g).to(dtype)
     x = torch.randn(37, k, generator=g).to(dtype)
     residual = torch.randn(37, n, generator=g).to(dtype)
-    proj = Dot([plain_linear(weight, bias)])
+    proj = Dot([plain_linear(weight, bias)], pairs=pairs)
+    assert proj.weight.dim() == (4 if pairs else 3)
+    assert torch.equal(proj.rows(torch.tensor([0, n - 1, n // 2])), weight[[0, n - 1, n // 2]])
     y = proj(x)
     ref = F.linear(x.float(), weight.float(), bias.float())
     tol = 0.01 if dtype == torch.bfloat16 else 1e-5

@@ -110,6 +110,32 @@ def f32_dot() -> bool:
     return available() and bool(torch.ops.hearth.f32_dot())
 
 
+@functools.cache
+def bf16_pairs() -> bool:
+    """Whether bfloat16 weights are packed in pairs for `vdpbf16ps` (`pack_pairs`) rather than
+    widened to float32 multiply-adds (`pack_columns`). Which is faster depends on the CPU: on AMD's
+    (Zen 4 and 5) `vdpbf16ps` does ~1.75x the multiply-adds a second (measured on this project's
+    EPYC), on the Intel Xeon measured the widened multiply-adds did ~1.8x. So: pairs on AMD, widened
+    elsewhere; `HEARTH_BF16_PRODUCTS=pairs` or `widened` chooses. Either way a row's bits do not
+    depend on the rows beside it (one machine gives one answer), but the two round differently."""
+    if not bf16_dot():
+        return False
+    choice = os.environ.get("HEARTH_BF16_PRODUCTS", "auto")
+    if choice in ("pairs", "widened"):
+        return choice == "pairs"
+    return _cpu_vendor() == "AuthenticAMD"
+
+
+def _cpu_vendor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def usable(x: torch.Tensor) -> bool:
     """Whether the fused kernels take activations like `x` (bfloat16 or float32 on the CPU) and are loaded."""
     return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and available()

@@ -142,17 +142,21 @@ class Packed(Proj):
 class Dot(Proj):
     """Plain bfloat16 or float32 linears of the same input as one product on Hearth's own CPU kernel
     (engine/model/lean/dense.cpp, AVX-512F; bfloat16 where the CPU has AVX512-BF16 too): the weights
-    packed once, 16 columns side by side (`pack_columns`, in their own dtype), each output one
-    multiply-add chain in order, so a row's bits do not depend on how many rows share the call and
+    packed once, 16 columns side by side (`pack_columns`, in their own dtype; bfloat16 ones in
+    pairs for `vdpbf16ps` where that is faster, `pack_pairs`), each output one multiply-add chain
+    in order, so a row's bits do not depend on how many rows share the call and
     steps need no padding rows. The residual add rides on the product."""
 
-    def __init__(self, linears: list[nn.Linear]) -> None:
+    def __init__(self, linears: list[nn.Linear], pairs: bool | None = None) -> None:
         super().__init__(None)
         weights = [m.weight.detach() for m in linears]
         weight = weights[0] if len(weights) == 1 else torch.cat(weights)
         self.bias = concat_bias(linears, weight)
-        self.n = weight.shape[0]
-        self.weight = torch.ops.hearth.pack_columns(weight)
+        self.n, self.k = weight.shape
+        if weight.dtype == torch.bfloat16 and (fused.bf16_pairs() if pairs is None else pairs):
+            self.weight = torch.ops.hearth.pack_pairs(weight)  # `vdpbf16ps` (see fused.bf16_pairs)
+        else:
+            self.weight = torch.ops.hearth.pack_columns(weight)
 
     def _product(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         rows = as_rows(x, x.shape[-1])
@@ -168,7 +172,10 @@ class Dot(Proj):
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` of the weight as it was before packing ([len(ids), K]): a tied embedding's lookup."""
-        return self.weight[torch.div(ids, 16, rounding_mode="floor"), :, ids % 16]
+        blocks = torch.div(ids, 16, rounding_mode="floor")
+        if self.weight.dim() == 4:  # pairs: [blocks, K / 2, 16, 2]
+            return self.weight[blocks, :, ids % 16].flatten(-2)[..., : self.k]
+        return self.weight[blocks, :, ids % 16]
 
 
 class PackedEmbedding:
