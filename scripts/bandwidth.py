@@ -64,6 +64,8 @@ PRODUCTS = {
     "aten::addmm",
 }
 ATTENTION = {
+    "hearth::attend",
+    "hearth::kv_write",
     "aten::_scaled_dot_product_flash_attention_for_cpu",
     "aten::bmm",
     "aten::_softmax",

@@ -358,18 +358,24 @@ def cached_attention(
         for group in step.decode:
             a, b = group.start, group.start + group.count
             in_place(q[a:b], kc, vc, group.tables, group.lens, out[a:b], scale, sliding_window)
+    elif n_dec and paged:  # the cache read in place through the tables; q's rows as they are
+        for i, group in enumerate(step.decode):
+            a, b = group.start, group.start + group.count
+            bias = step.decode_bias(i, sliding_window, torch.float32)
+            qg = q[a:b].view(group.count, hkv, g, d)
+            o = torch.ops.hearth.attend(qg, kc, vc, group.tables, bias, scale).view(group.count, hq, d)
+            if group.count == t:  # the whole step (decode rows alone, one group)
+                return o
+            out[a:b] = o
     elif n_dec:
         rows = round_up(g, ROW_MULTIPLE) if q.device.type == "cpu" else g  # same shape class as prefill
         qd = q.new_zeros(n_dec, hkv, rows, d)
         qd[:, :, :g] = q[:n_dec].reshape(n_dec, hkv, g, d)
         for i, group in enumerate(step.decode):
             a, b = group.start, group.start + group.count
-            bias = step.decode_bias(i, sliding_window, torch.float32 if paged else q.dtype)
-            if paged:  # the cache read in place through the tables
-                o = torch.ops.hearth.attend(qd[a:b], kc, vc, group.tables, bias, scale)
-            else:
-                k, v = _gather_kv(step, kc, vc, group.tables, i)  # [count, Hkv, L, D]
-                o = attend(qd[a:b], k, v, bias, scale, softcap)  # [count, Hkv, rows, D]
+            bias = step.decode_bias(i, sliding_window, q.dtype)
+            k, v = _gather_kv(step, kc, vc, group.tables, i)  # [count, Hkv, L, D]
+            o = attend(qd[a:b], k, v, bias, scale, softcap)  # [count, Hkv, rows, D]
             out[a:b] = o[:, :, :g].reshape(group.count, hq, d)
 
     fused = not paged and softcap is None and (q.device.type != "cpu" or _fused_on_cpu(q.dtype))

@@ -10,7 +10,8 @@
 // A query row's result depends on its own query, the keys and values it may see, and nothing else:
 // - its score with key j is one multiply-add chain over the head dim, in order (keys sit in the
 //   lanes: a (row, key head)'s keys are transposed once, into a buffer), then * scale + bias;
-// - it reads only the keys from its first to its last unmasked one (its bias says which), so the
+// - it reads only the keys from its first to its last unmasked one (its bias says which: one span,
+//   as causal masks and sliding windows make), so the
 //   keys a step pads it with, and the rows beside it, are never added in (a masked key's stale
 //   NaN neither);
 // - its maximum is exact; its sum of exponentials is added up in 16 lanes by key position and
@@ -26,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -37,14 +39,16 @@ constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kRows = 4;   // query rows a tile: the rows share every key and value they load
 constexpr int64_t kLanes = 16;  // keys a vector
 constexpr int64_t kMaxHeadDim = 512;
+constexpr int64_t kSmallWork = 1 << 16;  // (keys x head dim x tiles) a thread's share must pass to fork
 
 #ifdef __AVX512F__
 
-// The first and one past the last finite bias of a row of n (a multiple of 16) keys; lo == hi:
-// it sees no key.
+// The first and one past the last finite bias of a row of n (a multiple of 16) keys, whose finite
+// biases are one span (a causal mask, a sliding window's): the scan reads up to the span's end, not
+// the padding after it. lo == hi: it sees no key.
 void row_range(const float* b, int64_t n, int64_t* lo, int64_t* hi) {
   const __m512 minus_inf = _mm512_set1_ps(kMinusInf);
-  int64_t a = 0, z = n;
+  int64_t a = 0;
   for (; a < n; a += kLanes) {
     const __mmask16 live = _mm512_cmp_ps_mask(_mm512_loadu_ps(b + a), minus_inf, _CMP_NEQ_OQ);
     if (live) {
@@ -56,10 +60,12 @@ void row_range(const float* b, int64_t n, int64_t* lo, int64_t* hi) {
     *lo = *hi = 0;
     return;
   }
-  for (; z > a; z -= kLanes) {
-    const __mmask16 live = _mm512_cmp_ps_mask(_mm512_loadu_ps(b + z - kLanes), minus_inf, _CMP_NEQ_OQ);
-    if (live) {
-      z -= __builtin_clz(static_cast<unsigned>(live)) - 16;
+  int64_t z = n;
+  for (int64_t j = a / kLanes * kLanes; j < n; j += kLanes) {
+    __mmask16 dead = _mm512_cmp_ps_mask(_mm512_loadu_ps(b + j), minus_inf, _CMP_EQ_OQ);
+    if (j < a) dead &= static_cast<__mmask16>(~((1U << (a - j)) - 1));  // the lanes before the span
+    if (dead) {
+      z = j + __builtin_ctz(dead);
       break;
     }
   }
@@ -147,17 +153,17 @@ __attribute__((always_inline)) inline void values_block(const T* const* v, int64
   }
 }
 
-// One tile of up to kRows query rows against one batch's keys: out [rows, D] (row stride os).
-// kt: that batch's keys transposed [D, lp]; v: its values, a pointer per 16 keys ([16, D] each); bias rows (row stride bs); s: scratch
-// [kRows, lp]; o: scratch [kRows, D].
+// One tile of up to kRows query rows against one batch's n keys: out [rows, D] (row stride os).
+// kt: that batch's keys transposed [D, lp]; v: its values, a pointer per 16 keys ([16, D] each);
+// bias rows (row stride bs); s: scratch [kRows, lp]; o: scratch [kRows, D].
 template <typename T>
-void tile(const T* q, int64_t qs, int64_t rows, const float* kt, int64_t lp, const T* const* v, int64_t d_size,
+void tile(const T* q, int64_t qs, int64_t rows, int64_t n, const float* kt, int64_t lp, const T* const* v, int64_t d_size,
           const float* bias, int64_t bs, float scale, float* s, float* o, T* out, int64_t os) {
   int64_t lo[kRows], hi[kRows];
-  int64_t tlo = lp, thi = 0;
+  int64_t tlo = n, thi = 0;
   for (int64_t r = 0; r < kRows; ++r) {
     lo[r] = hi[r] = 0;
-    if (r < rows) row_range(bias + r * bs, lp, &lo[r], &hi[r]);
+    if (r < rows) row_range(bias + r * bs, n, &lo[r], &hi[r]);
     if (lo[r] < hi[r]) {
       tlo = std::min(tlo, lo[r]);
       thi = std::max(thi, hi[r]);
@@ -256,6 +262,15 @@ void transpose(const T* const* k, int64_t d_size, float* kt, int64_t lp, int64_t
 
 #endif
 
+// A buffer of at least n floats kept by this thread across calls (uninitialized: a fresh zeroed
+// one a call cost more than a decode step's attention, its pages mapped and faulted in again).
+float* buffer(int which, int64_t n) {
+  thread_local std::vector<float> kept[3];
+  auto& b = kept[which];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  return b.data();
+}
+
 struct Shape {
   std::vector<int64_t> lead;  // q's leading dims
   int64_t m, d, n;            // query rows, head dim, keys
@@ -270,7 +285,9 @@ void run(const Shape& sh, const T* qp, const T* kp, const T* vp, const int64_t* 
   int64_t batches = 1;
   for (int64_t x : sh.lead) batches *= x;
   if (batches == 0 || m == 0) return;
-  const int64_t lp = n, blocks = n / kLanes, tiles = (m + kRows - 1) / kRows;
+  // kt's row stride: one vector past the keys, so its D rows do not fall on the same cache sets (a
+  // power-of-two stride made the transposition 4x slower)
+  const int64_t lp = n + kLanes, blocks = n / kLanes, tiles = (m + kRows - 1) / kRows;
   const float* bp = b.data_ptr<float>();
   auto bias_at = [&](int64_t batch) {  // the bias rows of a flat batch index
     int64_t offset = 0, rest = batch;
@@ -290,39 +307,59 @@ void run(const Shape& sh, const T* qp, const T* kp, const T* vp, const int64_t* 
       for (int64_t i = 0; i < blocks; ++i) at[i] = base + (batch * n + i * kLanes) * d_size;
     }
   };
+  auto key_range = [&](int64_t batch, int64_t* j0, int64_t* j1) {  // the 16-key blocks its rows see
+    const float* bb = bias_at(batch);
+    int64_t lo = n, hi = 0;
+    for (int64_t r = 0; r < m; ++r) {
+      int64_t a, z;
+      row_range(bb + r * b.stride(-2), n, &a, &z);
+      if (a < z) {
+        lo = std::min(lo, a);
+        hi = std::max(hi, z);
+      }
+    }
+    *j0 = lo >= hi ? 0 : lo / kLanes;
+    *j1 = lo >= hi ? 0 : (hi + kLanes - 1) / kLanes;
+  };
   auto run_tiles = [&](int64_t batch, const float* kt, const T* const* vb, float* scratch, int64_t t0, int64_t t1) {
-    std::vector<float> o(kRows * d_size);
+    float* o = buffer(2, kRows * d_size);
     const float* bb = bias_at(batch);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * kRows, rows = std::min(kRows, m - r0);
-      tile(qp + (batch * m + r0) * d_size, d_size, rows, kt, lp, vb, d_size, bb + r0 * b.stride(-2), b.stride(-2), s,
-           scratch, o.data(), op + (batch * m + r0) * d_size, d_size);
+      tile(qp + (batch * m + r0) * d_size, d_size, rows, n, kt, lp, vb, d_size, bb + r0 * b.stride(-2), b.stride(-2), s,
+           scratch, o, op + (batch * m + r0) * d_size, d_size);
     }
   };
   const int64_t threads = at::get_num_threads();
   if (tiles >= 4 * threads) {  // long chunks: each batch's keys transposed once, its tiles split
-    std::vector<float> kt(d_size * lp);
+    float* kt = buffer(0, d_size * lp);
     std::vector<const T*> kb, vb;
     for (int64_t batch = 0; batch < batches; ++batch) {
       blocks_of(batch, kp, kb);
       blocks_of(batch, vp, vb);
-      at::parallel_for(0, blocks, 4, [&](int64_t j0, int64_t j1) {
-        transpose(kb.data(), d_size, kt.data(), lp, j0 * kLanes, j1 * kLanes);
+      int64_t first, last;
+      key_range(batch, &first, &last);
+      at::parallel_for(first, last, 4, [&](int64_t j0, int64_t j1) {
+        transpose(kb.data(), d_size, kt, lp, j0 * kLanes, j1 * kLanes);
       });
       at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-        std::vector<float> scratch(kRows * lp);
-        run_tiles(batch, kt.data(), vb.data(), scratch.data(), t0, t1);
+        run_tiles(batch, kt, vb.data(), buffer(1, kRows * lp), t0, t1);
       });
     }
-  } else {  // decode rows: a batch's keys transposed by the thread that runs its tiles
-    at::parallel_for(0, batches, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<float> kt(d_size * lp), scratch(kRows * lp);
+  } else {  // decode rows: a batch's keys transposed by the thread that runs its tiles; one
+            // thread where the work is too small to split (one stream's few hundred keys)
+    const int64_t grain = std::max<int64_t>(1, kSmallWork / std::max<int64_t>(1, n * d_size * tiles));
+    at::parallel_for(0, batches, grain, [&](int64_t b0, int64_t b1) {
+      float* kt = buffer(0, d_size * lp);
+      float* scratch = buffer(1, kRows * lp);
       std::vector<const T*> kb, vb;
       for (int64_t batch = b0; batch < b1; ++batch) {
         blocks_of(batch, kp, kb);
         blocks_of(batch, vp, vb);
-        transpose(kb.data(), d_size, kt.data(), lp, 0, n);
-        run_tiles(batch, kt.data(), vb.data(), scratch.data(), 0, tiles);
+        int64_t first, last;
+        key_range(batch, &first, &last);
+        transpose(kb.data(), d_size, kt, lp, first * kLanes, last * kLanes);
+        run_tiles(batch, kt, vb.data(), scratch, 0, tiles);
       }
     });
   }
@@ -380,12 +417,47 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   return out;
 }
 
+// The step's new keys and values into their cache blocks, in place: k and v [T, Hkv, D] (any
+// strides, D contiguous), the cache [Hkv, blocks, 16, D], token t to block blocks[t], offset
+// offsets[t]. One op where indexed assignment took two, each with its own index checks.
+void kv_write(at::Tensor kc, at::Tensor vc, const at::Tensor& k, const at::Tensor& v, const at::Tensor& blocks,
+              const at::Tensor& offsets) {
+  TORCH_CHECK(kc.device().is_cpu() && kc.dim() == 4 && vc.sizes() == kc.sizes() && vc.strides() == kc.strides() &&
+                  kc.stride(3) == 1 && kc.stride(2) == kc.size(3),
+              "kv_write: caches [Hkv, blocks, 16, D], rows of D contiguous");
+  TORCH_CHECK(k.dim() == 3 && v.sizes() == k.sizes() && k.size(1) == kc.size(0) && k.size(2) == kc.size(3) &&
+                  k.stride(2) == 1 && v.stride(2) == 1 && k.scalar_type() == kc.scalar_type() &&
+                  v.scalar_type() == kc.scalar_type(),
+              "kv_write: k and v [T, Hkv, D] of the cache's dtype, D contiguous");
+  const auto bl = blocks.to(at::kLong).contiguous(), of = offsets.to(at::kLong).contiguous();
+  const int64_t t = k.size(0), heads = k.size(1), num_blocks = kc.size(1), size = kc.size(2);
+  TORCH_CHECK(bl.numel() == t && of.numel() == t, "kv_write: a block and an offset per token");
+  const int64_t* bp = bl.data_ptr<int64_t>();
+  const int64_t* op = of.data_ptr<int64_t>();
+  for (int64_t i = 0; i < t; ++i)
+    TORCH_CHECK(bp[i] >= 0 && bp[i] < num_blocks && op[i] >= 0 && op[i] < size, "kv_write: block or offset out of range");
+  const int64_t bytes = k.size(2) * k.element_size();
+  auto* kd = static_cast<char*>(kc.data_ptr());
+  auto* vd = static_cast<char*>(vc.data_ptr());
+  const auto* ks = static_cast<const char*>(k.data_ptr());
+  const auto* vs = static_cast<const char*>(v.data_ptr());
+  const int64_t e = k.element_size();
+  for (int64_t i = 0; i < t; ++i)
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t at = (h * kc.stride(0) + bp[i] * kc.stride(1) + op[i] * kc.stride(2)) * e;
+      std::memcpy(kd + at, ks + (i * k.stride(0) + h * k.stride(1)) * e, bytes);
+      std::memcpy(vd + at, vs + (i * v.stride(0) + h * v.stride(1)) * e, bytes);
+    }
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(hearth, m) {
+  m.def("kv_write(Tensor(a!) kc, Tensor(b!) vc, Tensor k, Tensor v, Tensor blocks, Tensor offsets) -> ()");
   m.def("attend(Tensor q, Tensor k, Tensor v, Tensor? tables, Tensor bias, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hearth, CPU, m) {
   m.impl("attend", &attend);
+  m.impl("kv_write", &kv_write);
 }

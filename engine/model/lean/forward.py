@@ -308,8 +308,11 @@ class LeanLlama:
                     qk = qk.view(t, hq + hkv, d)
                 else:
                     qk = _rotate(qk, cos, sin)
-                kc[:, at.write_blocks, at.write_offsets] = qk[:, hq:].transpose(0, 1)
-                vc[:, at.write_blocks, at.write_offsets] = v.transpose(0, 1)
+                if self.fused:  # one op for both (lean/attend.cpp)
+                    torch.ops.hearth.kv_write(kc, vc, qk[:, hq:], v, at.write_blocks, at.write_offsets)
+                else:
+                    kc[:, at.write_blocks, at.write_offsets] = qk[:, hq:].transpose(0, 1)
+                    vc[:, at.write_blocks, at.write_offsets] = v.transpose(0, 1)
             in_place = gpu_kernels.paged_decode if self.gpu and layer.softcap is None else None
             out = cached_attention(
                 qk[:, :hq], kc, vc, at, layer.scaling, layer.window, layer.softcap, in_place
