@@ -39,7 +39,6 @@ constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kRows = 4;   // query rows a tile: the rows share every key and value they load
 constexpr int64_t kLanes = 16;  // keys a vector
 constexpr int64_t kMaxHeadDim = 512;
-constexpr int64_t kSmallWork = 1 << 16;  // (keys x head dim x tiles) a thread's share must pass to fork
 
 #ifdef __AVX512F__
 
@@ -346,10 +345,10 @@ void run(const Shape& sh, const T* qp, const T* kp, const T* vp, const int64_t* 
         run_tiles(batch, kt, vb.data(), buffer(1, kRows * lp), t0, t1);
       });
     }
-  } else {  // decode rows: a batch's keys transposed by the thread that runs its tiles; one
-            // thread where the work is too small to split (one stream's few hundred keys)
-    const int64_t grain = std::max<int64_t>(1, kSmallWork / std::max<int64_t>(1, n * d_size * tiles));
-    at::parallel_for(0, batches, grain, [&](int64_t b0, int64_t b1) {
+  } else {  // decode rows: a batch's keys transposed by the thread that runs its tiles. Split even
+            // where one thread would do (one stream's 3 key heads): run on the calling thread
+            // alone, it left the next products ~40 % slower (their team's threads gone idle)
+    at::parallel_for(0, batches, 1, [&](int64_t b0, int64_t b1) {
       float* kt = buffer(0, d_size * lp);
       float* scratch = buffer(1, kRows * lp);
       std::vector<const T*> kb, vb;
