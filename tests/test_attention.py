@@ -1,7 +1,8 @@
 """engine.model.attention: a query row keeps its bits whatever shares the step.
 
 Greedy output must not depend on the batch (tests/test_batching.py checks it end to end). Here
-the attention alone, in float32 (`hearth::attend`) and in bfloat16 (SDPA's flash kernel):
+the attention alone, in float32 and bfloat16 (on a CPU with the kernels built, `hearth::attend`;
+without them, gathers and SDPA's flash kernel or written-out products):
 - a decoding row gives the same bits alone and beside other rows that pad the step to a longer
   key length;
 - a token gives the same bits decoded or as the last token of a prefill chunk of any length
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.core.blocks import BLOCK_SIZE
 from engine.core.kv_cache import PagedKVCache
@@ -23,7 +25,6 @@ from engine.model.attention import (
     DecodeGroup,
     PrefillChunk,
     StepMeta,
-    attend,
     decode_groups,
     gather,
     kv_length,
@@ -148,7 +149,8 @@ def test_rows_past_one_key_block_are_padded_by_whole_key_blocks() -> None:
     """bfloat16 SDPA (flash) sums keys in blocks of KV_SPLIT: padding a row's last, partly masked
     block to another length moved its bits (peaked softmaxes, seen at 854 keys: 896 vs 1024), whole
     masked blocks do not. So `kv_length` pads past KV_SPLIT by whole blocks, and any longer length a
-    step pads a row to (its group's, a recorded bucket's) leaves the row as it is."""
+    step pads a row to (its group's, a recorded bucket's) leaves the row as it is. (SDPA is the
+    fallback where Hearth's `attend` op is not built; that op reads only a row's own keys.)"""
     g = torch.Generator().manual_seed(0)
     rows = 16
     q = (torch.randn(rows, HKV, 4, D, generator=g) * 4).to(torch.bfloat16)  # peaked, as trained models' are
@@ -157,7 +159,8 @@ def test_rows_past_one_key_block_are_padded_by_whole_key_blocks() -> None:
     def out(sees: int, length: int) -> torch.Tensor:
         bias = torch.zeros(rows, 1, 1, length, dtype=torch.bfloat16)
         bias[..., sees:] = float("-inf")
-        return attend(q, k[:, :, :length], v[:, :, :length], bias, D**-0.5)
+        keys, values = k[:, :, :length], v[:, :, :length]
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=D**-0.5)
 
     for sees in (600, 854, 1000, 1300):
         own = kv_length(sees)
