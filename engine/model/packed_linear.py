@@ -122,9 +122,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if vnni_takes(x, self.in_features):
-            out = torch.ops.hearth.int8_linear(
-                as_rows(x, self.in_features), self.qdata, self.scale, self.act_group
-            )
+            # an lm_head's logits stay float32: rounded to bfloat16 (one step is 0.125 at 25), the
+            # top two of SmolLM2's "capital of France?" tied, and which won moved with the CPU
+            rows, logits = as_rows(x, self.in_features), self.act_group == LOGITS_GROUP
+            out = torch.ops.hearth.int8_linear(rows, self.qdata, self.scale, self.act_group, logits)
             return _finish(out, x, self.bias)
         scale = self.scale if self.scale.dtype == x.dtype else self.scale.to(x.dtype)
         out = torch._weight_int8pack_mm(as_rows(x, self.in_features), self.qdata, scale)  # [M, N]

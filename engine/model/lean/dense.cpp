@@ -64,22 +64,36 @@ struct StoreF32 {
   }
 };
 
-template <class W, class O, int64_t MR, int64_t NB>
-void packed_tile(const float* x, int64_t xstride, const W* p, int64_t k, int64_t r, int64_t col, const O& o,
-                 bool ahead) {
+// How a tile takes one step along K (`S` below). Widened: one k a step, x as float32, the weights
+// float32 or bfloat16 widened (exactly), `vfmadd`. Pairs (`Pairs`, further down): two k's a step.
+template <class W>
+struct Widened {
+  using X = float;
+  using Weight = W;
+  using Vec = __m512;
+  static constexpr int64_t kWidth = 16;  // a column block's weights a step
+  static __m512 weights(const W* p) { return load16(p); }
+  static __m512 operand(const float* x, int64_t c) { return _mm512_set1_ps(x[c]); }
+  static __m512 madd(__m512 acc, __m512 x, __m512 w) { return _mm512_fmadd_ps(x, w, acc); }
+};
+
+template <class S, class O, int64_t MR, int64_t NB>
+void packed_tile(const typename S::X* x, int64_t xstride, const typename S::Weight* p, int64_t steps, int64_t r,
+                 int64_t col, const O& o, bool ahead) {
   __m512 acc[MR][NB];
   for (int64_t i = 0; i < MR; ++i)
     for (int64_t j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
-  const int64_t block = k * 16;  // elements between column blocks
-  for (int64_t c = 0; c < k; ++c) {
-    __m512 w[NB];
+  const int64_t block = steps * S::kWidth;  // elements between column blocks
+  for (int64_t c = 0; c < steps; ++c) {
+    typename S::Vec w[NB];
     for (int64_t j = 0; j < NB; ++j) {
-      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(p + j * block + c * 16) + kAheadBytes, _MM_HINT_T0);
-      w[j] = load16(p + j * block + c * 16);
+      const auto* at = p + j * block + c * S::kWidth;
+      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(at) + kAheadBytes, _MM_HINT_T0);
+      w[j] = S::weights(at);
     }
     for (int64_t i = 0; i < MR; ++i) {
-      const __m512 xb = _mm512_set1_ps(x[i * xstride + c]);
-      for (int64_t j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(xb, w[j], acc[i][j]);
+      const auto xb = S::operand(x + i * xstride, c);
+      for (int64_t j = 0; j < NB; ++j) acc[i][j] = S::madd(acc[i][j], xb, w[j]);
     }
   }
   for (int64_t i = 0; i < MR; ++i)
@@ -90,36 +104,37 @@ void packed_tile(const float* x, int64_t xstride, const W* p, int64_t k, int64_t
     }
 }
 
-template <class W, class O, int64_t NB>
-void packed_tile_rows(int64_t mr, const float* x, int64_t xstride, const W* p, int64_t k, int64_t r, int64_t col,
-                      const O& o) {
+template <class S, class O, int64_t NB>
+void packed_tile_rows(int64_t mr, const typename S::X* x, int64_t xstride, const typename S::Weight* p,
+                      int64_t steps, int64_t r, int64_t col, const O& o) {
   const bool ahead = r == 0;  // the weights come from memory on the first rows, from cache after
   switch (mr) {
-    case 8: return packed_tile<W, O, 8, NB>(x, xstride, p, k, r, col, o, ahead);
-    case 7: return packed_tile<W, O, 7, NB>(x, xstride, p, k, r, col, o, ahead);
-    case 6: return packed_tile<W, O, 6, NB>(x, xstride, p, k, r, col, o, ahead);
-    case 5: return packed_tile<W, O, 5, NB>(x, xstride, p, k, r, col, o, ahead);
-    case 4: return packed_tile<W, O, 4, NB>(x, xstride, p, k, r, col, o, ahead);
-    case 3: return packed_tile<W, O, 3, NB>(x, xstride, p, k, r, col, o, ahead);
-    case 2: return packed_tile<W, O, 2, NB>(x, xstride, p, k, r, col, o, ahead);
-    default: return packed_tile<W, O, 1, NB>(x, xstride, p, k, r, col, o, ahead);
+    case 8: return packed_tile<S, O, 8, NB>(x, xstride, p, steps, r, col, o, ahead);
+    case 7: return packed_tile<S, O, 7, NB>(x, xstride, p, steps, r, col, o, ahead);
+    case 6: return packed_tile<S, O, 6, NB>(x, xstride, p, steps, r, col, o, ahead);
+    case 5: return packed_tile<S, O, 5, NB>(x, xstride, p, steps, r, col, o, ahead);
+    case 4: return packed_tile<S, O, 4, NB>(x, xstride, p, steps, r, col, o, ahead);
+    case 3: return packed_tile<S, O, 3, NB>(x, xstride, p, steps, r, col, o, ahead);
+    case 2: return packed_tile<S, O, 2, NB>(x, xstride, p, steps, r, col, o, ahead);
+    default: return packed_tile<S, O, 1, NB>(x, xstride, p, steps, r, col, o, ahead);
   }
 }
 
-template <class W, class O>
-void packed_rows(const float* x, int64_t rows, int64_t xstride, const W* p, int64_t k, const O& o) {
+template <class S, class O>
+void packed_rows(const typename S::X* x, int64_t rows, int64_t xstride, const typename S::Weight* p, int64_t steps,
+                 const O& o) {
   const int64_t blocks = (o.n + 15) / 16, groups = (blocks + kNB - 1) / kNB;
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       const int64_t b0 = g * kNB, nb = std::min(kNB, blocks - b0);
-      const W* pg = p + b0 * k * 16;
+      const auto* pg = p + b0 * steps * S::kWidth;
       for (int64_t r = 0; r < rows; r += kMR) {
         const int64_t mr = std::min(kMR, rows - r);
-        const float* xr = x + r * xstride;
+        const auto* xr = x + r * xstride;
         switch (nb) {
-          case 3: packed_tile_rows<W, O, 3>(mr, xr, xstride, pg, k, r, b0 * 16, o); break;
-          case 2: packed_tile_rows<W, O, 2>(mr, xr, xstride, pg, k, r, b0 * 16, o); break;
-          default: packed_tile_rows<W, O, 1>(mr, xr, xstride, pg, k, r, b0 * 16, o); break;
+          case 3: packed_tile_rows<S, O, 3>(mr, xr, xstride, pg, steps, r, b0 * 16, o); break;
+          case 2: packed_tile_rows<S, O, 2>(mr, xr, xstride, pg, steps, r, b0 * 16, o); break;
+          default: packed_tile_rows<S, O, 1>(mr, xr, xstride, pg, steps, r, b0 * 16, o); break;
         }
       }
     }
@@ -147,69 +162,19 @@ struct StoreBF16 {
 // [N / 16][K / 2][16][2], each 512-bit vector 16 columns' weights at k and k + 1; x's bfloat16 pair
 // (x[k], x[k + 1]) broadcast. Every output is one chain of `vdpbf16ps` over the pairs in order,
 // whatever MR and NB: a row's bits do not depend on the rows beside it.
-template <int64_t MR, int64_t NB>
-void pair_tile(const c10::BFloat16* x, int64_t xstride, const c10::BFloat16* p, int64_t k2, int64_t r, int64_t col,
-               const StoreBF16& o, bool ahead) {
-  __m512 acc[MR][NB];
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
-  const int64_t block = k2 * 32;  // elements between column blocks
-  for (int64_t c = 0; c < k2; ++c) {
-    __m512bh w[NB];
-    for (int64_t j = 0; j < NB; ++j) {
-      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(p + j * block + c * 32) + kAheadBytes, _MM_HINT_T0);
-      w[j] = (__m512bh)_mm512_loadu_si512(p + j * block + c * 32);
-    }
-    for (int64_t i = 0; i < MR; ++i) {
-      int32_t pair;
-      std::memcpy(&pair, x + i * xstride + 2 * c, sizeof(pair));
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
-      for (int64_t j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xb, w[j]);
-    }
+struct Pairs {
+  using X = c10::BFloat16;
+  using Weight = c10::BFloat16;
+  using Vec = __m512bh;
+  static constexpr int64_t kWidth = 32;
+  static __m512bh weights(const c10::BFloat16* p) { return (__m512bh)_mm512_loadu_si512(p); }
+  static __m512bh operand(const c10::BFloat16* x, int64_t c) {
+    int32_t pair;
+    std::memcpy(&pair, x + 2 * c, sizeof(pair));
+    return (__m512bh)_mm512_set1_epi32(pair);
   }
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < NB; ++j) {
-      const int64_t at = col + j * 16, left = o.n - at;
-      const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1U << left) - 1);
-      o.store(r + i, at, m, acc[i][j]);
-    }
-}
-
-template <int64_t NB>
-void pair_tile_rows(int64_t mr, const c10::BFloat16* x, int64_t xstride, const c10::BFloat16* p, int64_t k2, int64_t r,
-                    int64_t col, const StoreBF16& o) {
-  const bool ahead = r == 0;
-  switch (mr) {
-    case 8: return pair_tile<8, NB>(x, xstride, p, k2, r, col, o, ahead);
-    case 7: return pair_tile<7, NB>(x, xstride, p, k2, r, col, o, ahead);
-    case 6: return pair_tile<6, NB>(x, xstride, p, k2, r, col, o, ahead);
-    case 5: return pair_tile<5, NB>(x, xstride, p, k2, r, col, o, ahead);
-    case 4: return pair_tile<4, NB>(x, xstride, p, k2, r, col, o, ahead);
-    case 3: return pair_tile<3, NB>(x, xstride, p, k2, r, col, o, ahead);
-    case 2: return pair_tile<2, NB>(x, xstride, p, k2, r, col, o, ahead);
-    default: return pair_tile<1, NB>(x, xstride, p, k2, r, col, o, ahead);
-  }
-}
-
-void pair_rows(const c10::BFloat16* x, int64_t rows, int64_t xstride, const c10::BFloat16* p, int64_t k2,
-               const StoreBF16& o) {
-  const int64_t blocks = (o.n + 15) / 16, groups = (blocks + kNB - 1) / kNB;
-  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t g = begin; g < end; ++g) {
-      const int64_t b0 = g * kNB, nb = std::min(kNB, blocks - b0);
-      const c10::BFloat16* pg = p + b0 * k2 * 32;
-      for (int64_t r = 0; r < rows; r += kMR) {
-        const int64_t mr = std::min(kMR, rows - r);
-        const c10::BFloat16* xr = x + r * xstride;
-        switch (nb) {
-          case 3: pair_tile_rows<3>(mr, xr, xstride, pg, k2, r, b0 * 16, o); break;
-          case 2: pair_tile_rows<2>(mr, xr, xstride, pg, k2, r, b0 * 16, o); break;
-          default: pair_tile_rows<1>(mr, xr, xstride, pg, k2, r, b0 * 16, o); break;
-        }
-      }
-    }
-  });
-}
+  static __m512 madd(__m512 acc, __m512bh x, __m512bh w) { return _mm512_dpbf16_ps(acc, x, w); }
+};
 #endif  // HEARTH_BF16DOT
 
 bool bf16_dot() {
@@ -260,7 +225,7 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w, int64_t n, co
   if (dtype == at::kFloat) {
     const StoreF32 out{has_bias ? bias->data_ptr<float>() : nullptr, has_res ? residual->data_ptr<float>() : nullptr,
                        rstride, n, y.data_ptr<float>()};
-    packed_rows(x.data_ptr<float>(), rows, x.stride(0), w.data_ptr<float>(), k, out);
+    packed_rows<Widened<float>>(x.data_ptr<float>(), rows, x.stride(0), w.data_ptr<float>(), k, out);
     return y;
   }
 #endif
@@ -270,11 +235,11 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w, int64_t n, co
   if (pairs) {
     // an odd K gets a zero column (the packed weight's last pair ends in 0)
     const at::Tensor xe = k % 2 != 0 ? at::constant_pad_nd(x, {0, 1}, 0) : x;
-    pair_rows(xe.data_ptr<c10::BFloat16>(), rows, xe.stride(0), w.data_ptr<c10::BFloat16>(), w.size(1), out);
+    packed_rows<Pairs>(xe.data_ptr<c10::BFloat16>(), rows, xe.stride(0), w.data_ptr<c10::BFloat16>(), w.size(1), out);
     return y;
   }
   const at::Tensor xf = x.to(at::kFloat);  // exact: every bfloat16 is a float32
-  packed_rows(xf.data_ptr<float>(), rows, xf.stride(0), w.data_ptr<c10::BFloat16>(), k, out);
+  packed_rows<Widened<c10::BFloat16>>(xf.data_ptr<float>(), rows, xf.stride(0), w.data_ptr<c10::BFloat16>(), k, out);
 #endif
   return y;
 }

@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -144,20 +145,26 @@ __attribute__((always_inline)) inline void micro8(const QuantRows& q, int64_t r,
 }
 
 // y[r + x, j0 + c + i] for a 4 x 4 tile's sums out[x * 4 + i]: scale * (sum - 128 xqd), rounded to
-// bfloat16 (the same operations as the scalar path below, 16 at once)
-inline void store4x4(const float* out, const QuantRows& q, int64_t r, const float* sc, c10::BFloat16* y, int64_t n) {
+// bfloat16 or kept in float32 (the same operations as the scalar path below, 16 at once)
+template <typename Y>
+inline void store4x4(const float* out, const QuantRows& q, int64_t r, const float* sc, Y* y, int64_t n) {
   const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);  // lane -> row of x
   const __m512 xqd = _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_loadu_ps(q.xqd.data() + r)));
   const __m512 v = _mm512_mul_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(sc)),
                                  _mm512_sub_ps(_mm512_loadu_ps(out), _mm512_mul_ps(_mm512_set1_ps(128.0f), xqd)));
-  alignas(32) uint16_t h[16];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(h), round_bf16(v));
-  for (int64_t x = 0; x < 4; ++x) std::memcpy(y + (r + x) * n, h + x * 4, 4 * sizeof(uint16_t));
+  if constexpr (std::is_same_v<Y, float>) {
+    alignas(64) float f[16];
+    _mm512_store_ps(f, v);
+    for (int64_t x = 0; x < 4; ++x) std::memcpy(y + (r + x) * n, f + x * 4, 4 * sizeof(float));
+  } else {
+    alignas(32) uint16_t h[16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(h), round_bf16(v));
+    for (int64_t x = 0; x < 4; ++x) std::memcpy(y + (r + x) * n, h + x * 4, 4 * sizeof(uint16_t));
+  }
 }
 
-template <int64_t C, typename S>
-void int8_rows(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata, const S* scale, int64_t n,
-               c10::BFloat16* y) {
+template <int64_t C, typename S, typename Y>
+void int8_rows(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata, const S* scale, int64_t n, Y* y) {
   // Weight rows 8 at a time, as unsigned bytes (q + 128) in a buffer in L1: against 4 rows of x at
   // once in tiles of 4 x 4 (each load serves 4 sums), the rows left one at a time against all 8.
   constexpr int64_t kRows = 8;
@@ -186,7 +193,7 @@ void int8_rows(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata,
       for (; r < rows; ++r) {
         micro8<1, kRows, C>(q, r, k, wq.data(), k, out);
         for (int64_t i = 0; i < nr; ++i) {
-          y[r * n + j0 + i] = static_cast<c10::BFloat16>(sc[i] * (out[i] - 128.0f * q.xqd[r]));
+          y[r * n + j0 + i] = static_cast<Y>(sc[i] * (out[i] - 128.0f * q.xqd[r]));
         }
       }
     }
@@ -195,9 +202,9 @@ void int8_rows(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata,
 
 // The activations' grouping: per 32, every vpdpbusd converted and scaled (C = 1); per 128, two
 // summed in int32 first (C = 2).
-template <typename S>
-void int8_dispatch(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata, const S* scale, int64_t n,
-                   c10::BFloat16* y, int64_t group) {
+template <typename S, typename Y>
+void int8_dispatch(const QuantRows& q, int64_t rows, int64_t k, const int8_t* qdata, const S* scale, int64_t n, Y* y,
+                   int64_t group) {
   if (group == 32) {
     int8_rows<1>(q, rows, k, qdata, scale, n, y);
   } else {
@@ -222,21 +229,32 @@ bool vnni() {
 #endif
 }
 
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scale, int64_t group) {
+// float_out: the products kept in float32 (an lm_head's logits: rounded to bfloat16, near ties
+// became exact ties, and which token won one moved with the CPU); else bfloat16, x's dtype.
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qdata, const at::Tensor& scale, int64_t group,
+                       bool float_out) {
   TORCH_CHECK(vnni(), "int8_linear: built without AVX-512 VNNI");
   const int64_t n = qdata.size(0), k = qdata.size(1);
   check_x(x, k, "int8_linear");
   TORCH_CHECK(qdata.is_contiguous() && qdata.scalar_type() == at::kChar, "int8_linear: qdata must be int8 [N, K]");
   TORCH_CHECK(scale.is_contiguous() && scale.numel() == n, "int8_linear: scale must be [N]");
   TORCH_CHECK(group == 32 || group == 128, "int8_linear: activations are quantized per 32 or per 128, not ", group);
-  auto y = at::empty({x.size(0), n}, x.options());
+  auto y = at::empty({x.size(0), n}, x.options().dtype(float_out ? at::kFloat : at::kBFloat16));
 #ifdef HEARTH_VNNI
   const auto q = quantize_rows(x.data_ptr<c10::BFloat16>(), x.size(0), k, x.stride(0), group);
+  TORCH_CHECK(scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kBFloat16,
+              "int8_linear: scale must be float32 or bfloat16");
+  auto run = [&](const auto* sp) {
+    if (float_out) {
+      int8_dispatch(q, x.size(0), k, qdata.data_ptr<int8_t>(), sp, n, y.data_ptr<float>(), group);
+    } else {
+      int8_dispatch(q, x.size(0), k, qdata.data_ptr<int8_t>(), sp, n, y.data_ptr<c10::BFloat16>(), group);
+    }
+  };
   if (scale.scalar_type() == at::kFloat) {
-    int8_dispatch(q, x.size(0), k, qdata.data_ptr<int8_t>(), scale.data_ptr<float>(), n, y.data_ptr<c10::BFloat16>(), group);
+    run(scale.data_ptr<float>());
   } else {
-    TORCH_CHECK(scale.scalar_type() == at::kBFloat16, "int8_linear: scale must be float32 or bfloat16");
-    int8_dispatch(q, x.size(0), k, qdata.data_ptr<int8_t>(), scale.data_ptr<c10::BFloat16>(), n, y.data_ptr<c10::BFloat16>(), group);
+    run(scale.data_ptr<c10::BFloat16>());
   }
 #endif
   return y;
@@ -295,7 +313,7 @@ at::Tensor int8_linear_each(const at::Tensor& x, const at::Tensor& ids, const at
 
 TORCH_LIBRARY_FRAGMENT(hearth, m) {
   m.def("vnni() -> bool", &vnni);
-  m.def("int8_linear(Tensor x, Tensor qdata, Tensor scale, int group=128) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor qdata, Tensor scale, int group=128, bool float_out=False) -> Tensor");
   m.def("int8_linear_each(Tensor x, Tensor ids, Tensor qdata, Tensor scale, int group=128) -> Tensor");
 }
 
