@@ -30,7 +30,6 @@
 #include <cstring>
 #include <limits>
 #include <optional>
-#include <type_traits>
 #include <vector>
 #include "simd.h"
 
@@ -83,9 +82,6 @@ inline void store_row(const float* x, c10::BFloat16* out, int64_t n) {
   for (int64_t i = 0; i < n; i += kLanes)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), hearth::simd::round_bf16(_mm512_loadu_ps(x + i)));
 }
-
-template <typename T>
-constexpr bool kRoundWeights = std::is_same_v<T, c10::BFloat16>;
 
 // A vector the compiler must keep in a register: loaded once, not folded again into each of the
 // kRows multiply-adds that read it (which made the loads, not the multiply-adds, the limit).
@@ -208,9 +204,7 @@ void tile(const T* q, int64_t qs, int64_t rows, int64_t n, const float* kt, int6
       const __m512 y = _mm512_loadu_ps(x + i);
       const __mmask16 live = _mm512_cmp_ps_mask(y, minus_inf, _CMP_NEQ_OQ);
       const __m512 e = _mm512_maskz_mov_ps(live, hearth::simd::exp16(_mm512_sub_ps(y, vm)));
-      // bfloat16: the weights of the values rounded to bfloat16 (the sum is the exact one's), as
-      // SDPA's flash kernel and transformers' eager attention round them
-      _mm512_storeu_ps(x + i, kRoundWeights<T> ? hearth::simd::widen(hearth::simd::round_bf16(e)) : e);
+      _mm512_storeu_ps(x + i, e);
       vsum = _mm512_add_ps(vsum, e);
     }
     float lanes[kLanes];
