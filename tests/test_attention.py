@@ -26,10 +26,10 @@ from engine.model.attention import (
     PrefillChunk,
     StepMeta,
     decode_groups,
-    gather,
     kv_length,
     slot_attention,
 )
+from engine.model.kv_gather import gather
 
 HQ, HKV, D, MAX_LEN, SLOTS = 9, 3, 64, 2048, 6
 PER_SEQ = MAX_LEN // BLOCK_SIZE  # blocks of one sequence

@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.model.attention import attend, gather
+from engine.model.attention import attend
+from engine.model.kv_gather import gather
 from engine.model.lean import LeanLlama, gpu_kernels
 from engine.model.lean.forward import FusedDense, _rotate
 from tests.families import PROMPTS, build, engine_over, reference

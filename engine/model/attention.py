@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from engine.core.blocks import BLOCK_SIZE
 from engine.core.kv_cache import PagedKVCache
+from engine.model.kv_gather import flat_index, gather
 
 KV_BLOCK = 64  # key lengths are multiples of this (a whole number of the cache's blocks)
 # The CPU flash kernel's key block. Past one such block, the length of a row's last, partly masked
@@ -266,33 +267,6 @@ def blocked_pv(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     for b in range(KV_BLOCK, length, KV_BLOCK):
         out += torch.matmul(probs[..., b : b + KV_BLOCK], v[..., b : b + KV_BLOCK, :])
     return out
-
-
-def flat_index(tables: torch.Tensor, kv_heads: int, num_blocks: int) -> torch.Tensor:
-    """For block tables [R, N]: the rows, in order, of a layer's cache seen as
-    [kv_heads * num_blocks, BLOCK_SIZE * D] that make up [R, Hkv, N * BLOCK_SIZE, D]."""
-    heads = torch.arange(kv_heads, device=tables.device) * num_blocks
-    return (heads[None, :, None] + tables[:, None, :]).reshape(-1)
-
-
-def gather(
-    cache: torch.Tensor,
-    tables: torch.Tensor,
-    out: torch.Tensor | None = None,
-    index: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """cache [Hkv, blocks, BLOCK_SIZE, D], tables [R, N] -> [R, Hkv, N * BLOCK_SIZE, D], contiguous:
-    each row's keys (or values) in position order, in one copy of whole blocks (into `out`, a flat
-    buffer of at least the size, when given; `index`: `flat_index` of the tables, when known)."""
-    rows, n = tables.shape
-    hkv, blocks, size, d = cache.shape
-    index = flat_index(tables, hkv, blocks) if index is None else index
-    flat = cache.view(hkv * blocks, size * d)
-    if out is None:
-        got = flat.index_select(0, index)
-    else:
-        got = torch.index_select(flat, 0, index, out=out[: index.numel() * size * d].view(-1, size * d))
-    return got.view(rows, hkv, n * size, d)
 
 
 def _gather_kv(

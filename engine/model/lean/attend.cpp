@@ -386,6 +386,10 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && table.dim() == 2 && table.size(0) == q.size(0) && k.size(0) == q.size(1) &&
                     k.size(2) == kLanes && k.stride(1) == kLanes * sh.d && v.strides() == k.strides(),
                 "hearth::attend: q [R, Hkv, M, D], a cache [Hkv, blocks, 16, D], tables [R, N]");
+    const int64_t* ids = table.data_ptr<int64_t>();
+    for (int64_t i = 0; i < table.numel(); ++i)
+      TORCH_CHECK(ids[i] >= 0 && ids[i] < k.size(1), "hearth::attend: a block table names block ", ids[i],
+                  " of ", k.size(1));
     sh.n = table.size(1) * kLanes;
     sh.kv_heads = k.size(0);
     sh.head_stride = k.stride(0);

@@ -46,15 +46,20 @@ SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))  # fused, quant (int8), de
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]
 
 
-def _cpu_name() -> str:
-    """The CPU's model name (a `-march=native` build is only good on the CPU it was built for)."""
+def _cpuinfo(field: str) -> str | None:
+    """A field of /proc/cpuinfo's first processor ("model name", "vendor_id"), None where absent."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (a `-march=native` build is only good on the CPU it was built for)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def build_dir() -> Path:
@@ -123,17 +128,7 @@ def bf16_pairs() -> bool:
     choice = os.environ.get("HEARTH_BF16_PRODUCTS", "auto")
     if choice in ("pairs", "widened"):
         return choice == "pairs"
-    return _cpu_vendor() == "AuthenticAMD"
-
-
-def _cpu_vendor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return _cpuinfo("vendor_id") == "AuthenticAMD"
 
 
 def usable(x: torch.Tensor) -> bool:

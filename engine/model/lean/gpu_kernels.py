@@ -198,7 +198,7 @@ def self_check(
     it; `norm_dtype`: the dtype of the q/k norms' weights, where the model has them) and compared.
     A failure is logged and the forward runs torch's ops instead: a Triton or driver this code was
     not tested with costs speed, never a request."""
-    from engine.model.attention import gather
+    from engine.model.kv_gather import gather
 
     try:
         g = torch.Generator(device="cpu").manual_seed(0)
